@@ -1,0 +1,205 @@
+"""bytes -> archive -> bytes: the lockstep chunked arithmetic codec.
+
+The token stream is cut into chunks of ``chunk_tokens`` tokens; each chunk is an
+independent sequence that starts from the BOS token, so no chunk exceeds the model's
+context. Chunks are coded ``group_chunks`` at a time in lockstep: step ``t`` codes token
+``t`` of every chunk of the group, in chunk order, into one arithmetic-coded segment per
+group. The decoder runs the same schedule with an incremental KV cache.
+
+How the tables are computed (batch size, threads, prefill block length) never changes the
+archive: the predictor's tables are a pure function of each row's prefix. Only
+``chunk_tokens`` and ``group_chunks`` shape the stream, and both are in the header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .coder import ArithmeticDecoder, ArithmeticEncoder
+from .container import Header, content_checksum, read_archive, write_archive
+from .errors import CorruptArchiveError, UnsupportedFormatError
+
+Progress = Callable[[int], None]   # called with the number of tokens just finished
+DEFAULT_GROUP = 32
+PREFILL_BLOCK = 64                 # encoder: tokens per row per forward call
+
+
+class Predictor(Protocol):
+    """Integer next-token tables for rows that advance in lockstep.
+
+    Invariant: the table returned for a row at a position is a pure function of that row's
+    tokens up to that position. It does not depend on the other rows, on how the tokens
+    were split across ``advance`` calls, or on the machine.
+    """
+
+    vocab_size: int
+    max_context: int
+
+    def start(self, rows: int) -> Any:
+        """A fresh state for ``rows`` empty rows."""
+
+    def advance(self, state: Any, tokens: np.ndarray) -> np.ndarray:
+        """Append ``tokens`` (rows, T); return int64 tables (rows, T, V), each entry >= 1."""
+
+    def keep(self, state: Any, rows: np.ndarray) -> None:
+        """Keep only the listed rows of ``state``, in that order."""
+
+
+class Model(Predictor, Protocol):
+    """A predictor with the tokenizer and identity an archive records."""
+
+    model_id: str
+    fingerprint: bytes
+    bos_id: int
+    engine_id: int
+    freq_bits: int
+    tokenizer: Any  # llmzip.tokens.ByteTokenizer
+
+    def check_archive(self, fingerprint: bytes, model_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs that change speed or memory but never the archive."""
+
+    batch_size: int | None = None   # rows per forward call (None: the whole group)
+    progress: Progress | None = None
+
+
+def compress(
+    data: bytes, model: Model, *, chunk_tokens: int | None = None, group_chunks: int = DEFAULT_GROUP,
+    settings: Settings = Settings(),
+) -> bytes:
+    """Compress ``data`` with ``model``; the archive records everything needed to decode it."""
+    chunk = chunk_tokens or model.max_context - 1
+    if not 1 <= chunk <= model.max_context - 1:
+        raise ValueError(f"chunk_tokens must be in [1, {model.max_context - 1}] for this model")
+    tokens = model.tokenizer.encode(data)
+    header = Header(
+        model_id=model.model_id, fingerprint=model.fingerprint, engine=model.engine_id,
+        vocab_size=model.vocab_size, bos_id=model.bos_id, freq_bits=model.freq_bits,
+        chunk_tokens=chunk, group_chunks=group_chunks, original_size=len(data),
+        token_count=len(tokens), checksum=content_checksum(data),
+    )
+    segments = [
+        encode_group(model, rows, settings)
+        for rows in _groups(tokens, chunk, group_chunks)
+    ]
+    return write_archive(header, segments)
+
+
+def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> bytes:
+    """Decode an archive made by :func:`compress` with the same model (checked by fingerprint)."""
+    header, segments = read_archive(blob)
+    check_compatible(header, model)
+    parts: list[bytes] = []
+    for j, segment in enumerate(segments):
+        rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
+        for ids in decode_group(model, bytes(segment), rows, settings):
+            parts.append(model.tokenizer.decode(ids))
+    data = b"".join(parts)
+    if len(data) != header.original_size or content_checksum(data) != header.checksum:
+        raise CorruptArchiveError("checksum mismatch: the decoded data is not the original")
+    return data
+
+
+def check_compatible(header: Header, model: Model) -> None:
+    """Refuse archives this model/build cannot decode, with the reason."""
+    if header.mixing:
+        raise UnsupportedFormatError("this build cannot decode archives made with context mixing")
+    if header.engine != model.engine_id:
+        raise UnsupportedFormatError(f"unknown inference engine {header.engine}")
+    model.check_archive(header.fingerprint, header.model_id)
+    if header.vocab_size != model.vocab_size or header.bos_id != model.bos_id:
+        raise CorruptArchiveError("vocabulary size or BOS id does not match the model")
+    if header.freq_bits != model.freq_bits:
+        raise UnsupportedFormatError(f"frequency precision {header.freq_bits} bits is not supported")
+    if header.chunk_tokens > model.max_context - 1:
+        raise CorruptArchiveError(f"chunk of {header.chunk_tokens} tokens exceeds the model's context")
+
+
+def _groups(tokens: np.ndarray, chunk: int, group: int) -> Iterator[list[np.ndarray]]:
+    chunks = [tokens[i : i + chunk] for i in range(0, len(tokens), chunk)]
+    for j in range(0, len(chunks), group):
+        yield chunks[j : j + group]
+
+
+def _batches(rows: int, batch_size: int | None) -> list[slice]:
+    size = batch_size or rows
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+def encode_group(model: Predictor, rows: Sequence[np.ndarray], settings: Settings) -> bytes:
+    """Arithmetic-code one group of chunks in lockstep; returns its segment."""
+    bos = getattr(model, "bos_id", 0)
+    length = max(len(r) for r in rows)
+    inputs = np.full((len(rows), length), bos, dtype=np.int64)
+    targets = np.full((len(rows), length), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        inputs[i, 1 : len(row)] = row[:-1]
+        targets[i, : len(row)] = row
+    encoder = ArithmeticEncoder()
+    states = [(s, model.start(s.stop - s.start)) for s in _batches(len(rows), settings.batch_size)]
+    for t0 in range(0, length, PREFILL_BLOCK):
+        block = slice(t0, min(t0 + PREFILL_BLOCK, length))
+        tables = np.concatenate([model.advance(state, inputs[s, block]) for s, state in states])
+        _encode_block(encoder, tables, targets[:, block])
+        if settings.progress:
+            settings.progress(int((targets[:, block] >= 0).sum()))
+    return encoder.finish()
+
+
+def _encode_block(encoder: ArithmeticEncoder, tables: np.ndarray, targets: np.ndarray) -> None:
+    """Code targets (rows, T) (-1 = past the end of a row) with tables (rows, T, V), step-major."""
+    live = targets >= 0
+    safe = np.where(live, targets, 0)
+    cdf = np.cumsum(tables, axis=-1)
+    freq = np.take_along_axis(tables, safe[..., None], -1)[..., 0]
+    cum = np.take_along_axis(cdf, safe[..., None], -1)[..., 0] - freq
+    total = cdf[..., -1]
+    # Transpose so that the loop walks time outermost and chunks innermost.
+    for c, f, tot, ok in zip(cum.T.ravel().tolist(), freq.T.ravel().tolist(),
+                             total.T.ravel().tolist(), live.T.ravel().tolist()):
+        if ok:
+            encoder.encode(c, f, tot)
+
+
+def decode_group(model: Predictor, segment: bytes, lengths: Sequence[int], settings: Settings) -> list[np.ndarray]:
+    """Decode one segment holding chunks of the given lengths (non-increasing); returns their tokens."""
+    if list(lengths) != sorted(lengths, reverse=True):
+        raise CorruptArchiveError("chunk lengths out of order")
+    decoder = ArithmeticDecoder(segment)
+    bos = getattr(model, "bos_id", 0)
+    out = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
+    batches = _batches(len(lengths), settings.batch_size)
+    states = [model.start(s.stop - s.start) for s in batches]
+    prev = np.full(len(lengths), bos, dtype=np.int64)
+    for t in range(max(lengths)):
+        live = sum(1 for n in lengths if n > t)    # lengths are non-increasing: a prefix is live
+        batches, states = _shrink(model, batches, states, live)
+        tables = np.concatenate([model.advance(st, prev[s, None])[:, 0] for s, st in zip(batches, states)])
+        cdf = np.zeros((live, tables.shape[-1] + 1), dtype=np.int64)
+        np.cumsum(tables, axis=-1, out=cdf[:, 1:])
+        for i in range(live):
+            out[i, t] = prev[i] = decoder.decode(cdf[i])
+        if settings.progress:
+            settings.progress(live)
+    decoder.check_end()
+    return [out[i, :n] for i, n in enumerate(lengths)]
+
+
+def _shrink(model: Predictor, batches: list[slice], states: list[Any], live: int) -> tuple[list[slice], list[Any]]:
+    """Drop rows >= live from the batch layout (rows end only at the tail of the group)."""
+    kept_b, kept_s = [], []
+    for s, st in zip(batches, states):
+        if s.start >= live:
+            continue
+        if s.stop > live:
+            model.keep(st, np.arange(live - s.start))
+            s = slice(s.start, live)
+        kept_b.append(s)
+        kept_s.append(st)
+    return kept_b, kept_s

@@ -1,0 +1,35 @@
+"""Typed exceptions raised by the llmzip library.
+
+The CLI maps each class to one exit status and one line on stderr (see ``cli.py``);
+library code never prints and never exits.
+"""
+
+from __future__ import annotations
+
+
+class LlmzipError(Exception):
+    """Base class of every error llmzip raises on purpose."""
+
+
+class CorruptArchiveError(LlmzipError):
+    """The archive is damaged: bad checksum, out-of-range field, truncated payload."""
+
+
+class NotAnArchiveError(CorruptArchiveError):
+    """The input does not start with the llmzip magic bytes."""
+
+
+class UnsupportedFormatError(LlmzipError):
+    """The archive uses a format version or a setting this build cannot decode."""
+
+
+class ModelMismatchError(LlmzipError):
+    """The model available for decoding is not the one the archive was made with."""
+
+
+class ModelLoadError(LlmzipError):
+    """A model or tokenizer could not be loaded, or is not usable by llmzip."""
+
+
+class TokenizerError(ModelLoadError):
+    """The tokenizer cannot map tokens to exact bytes, so it cannot be used losslessly."""

@@ -1,0 +1,142 @@
+"""Platform-exact fixed-point primitives for the integer inference engine.
+
+Everything here is a pure function of its integer inputs on every IEEE-754 machine:
+
+* integer arithmetic is done in ``int64`` numpy arrays (sums of integers are exact in
+  any order, so reductions cannot vary with SIMD width or thread count);
+* matrix products are integer-valued ``float64`` GEMMs, exact because every partial sum
+  stays below 2**53 (callers check the bound with :func:`check_gemm_bound`);
+* lookup tables for ``exp`` and GELU are computed with Python's ``decimal`` module
+  (libmpdec, deterministic everywhere), never with libm;
+* the only float operations on data are conversions, division and ``sqrt``, which
+  IEEE-754 requires to be correctly rounded.
+"""
+
+from __future__ import annotations
+
+import functools
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+
+import numpy as np
+
+_PI = Decimal("3.14159265358979323846264338327950288419716939937510582097494459")
+EXACT_LIMIT = 2**53  # integers below this are exact in float64
+
+
+def rshift_round(a: np.ndarray, shift: int | np.ndarray) -> np.ndarray:
+    """Divide int64 ``a`` by ``2**shift`` rounding half up; ``shift`` >= 1 (scalar or broadcastable)."""
+    return (a + (np.int64(1) << (np.asarray(shift, dtype=np.int64) - 1))) >> shift
+
+
+def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for integer-valued float64 operands; returns int64. Exact while partial sums < 2**53."""
+    return np.matmul(x.astype(np.float64, copy=False), w).astype(np.int64)
+
+
+def check_gemm_bound(k: int, max_x: int, max_w: int, what: str) -> None:
+    """Raise ValueError unless a K-term dot product of such integers stays exact in float64."""
+    if k * max_x * max_w >= EXACT_LIMIT:
+        raise ValueError(f"{what}: {k}*{max_x}*{max_w} >= 2**53, float64 GEMM would not be exact")
+
+
+def _to_int(d: Decimal) -> int:
+    return int(d.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+@functools.lru_cache(maxsize=None)
+def exp_table(frac_bits: int, out_bits: int, limit: float) -> np.ndarray:
+    """``T[i] = round(2**out_bits * exp(-i / 2**frac_bits))`` for i < limit * 2**frac_bits, then a final 0.
+
+    Callers index it with ``min(x, len(T) - 1)`` so that anything beyond the range maps to 0.
+    Built by repeated multiplication in 60-digit decimal arithmetic (error far below 2**-out_bits).
+    """
+    n = int(limit * (1 << frac_bits))
+    with localcontext() as ctx:
+        ctx.prec = 60
+        step = (Decimal(-1) / Decimal(1 << frac_bits)).exp()
+        scale, value, out = Decimal(1 << out_bits), Decimal(1), []
+        for _ in range(n):
+            out.append(_to_int(value * scale))
+            value *= step
+    out.append(0)
+    return np.array(out, dtype=np.int64)
+
+
+def _gelu_tanh(x: Decimal) -> Decimal:
+    """GPT-2's ``gelu_new``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    y = (2 / _PI).sqrt() * (x + Decimal("0.044715") * x * x * x)
+    e = (2 * y).exp()
+    return x * (1 - 1 / (e + 1))  # == 0.5 x (1 + tanh y), written to avoid cancellation
+
+
+def _gelu_erf(x: Decimal) -> Decimal:
+    """Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), erf by its Taylor series."""
+    z = x / Decimal(2).sqrt()
+    term, total, n = z, z, 0
+    while abs(term) > Decimal(10) ** -40:
+        n += 1
+        term *= -z * z / n
+        total += term / (2 * n + 1)
+    return x * (1 + 2 / _PI.sqrt() * total) / 2
+
+
+GELU_KINDS = {"gelu_new": _gelu_tanh, "gelu_pytorch_tanh": _gelu_tanh, "gelu_fast": _gelu_tanh, "gelu": _gelu_erf}
+
+
+@functools.lru_cache(maxsize=None)
+def gelu_table(kind: str, step_bits: int, half_range: int, out_bits: int) -> np.ndarray:
+    """GELU sampled at ``i / 2**step_bits`` for i in [-half_range*2**step_bits, +...], as round(y * 2**out_bits)."""
+    fn = GELU_KINDS[kind]
+    n = half_range << step_bits
+    with localcontext() as ctx:
+        ctx.prec = 70
+        return np.array(
+            [_to_int(fn(Decimal(i) / Decimal(1 << step_bits)) * (1 << out_bits)) for i in range(-n, n + 1)],
+            dtype=np.int64,
+        )
+
+
+def gelu(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_range: int = 8) -> np.ndarray:
+    """GELU of int64 fixed-point ``u`` (``frac_bits`` fraction bits) by exact linear interpolation.
+
+    Inside [-half_range, half_range) the result interpolates the table between its two
+    neighbouring samples; above it GELU(x) = x and below it GELU(x) = 0 (both to far below
+    one unit in the last place).
+    """
+    table = gelu_table(kind, step_bits, half_range, frac_bits)
+    sub = frac_bits - step_bits
+    n = half_range << step_bits
+    cell = (u >> sub) + n
+    inside = (cell >= 0) & (cell < 2 * n)
+    i = np.clip(cell, 0, 2 * n - 1)
+    frac = u & ((1 << sub) - 1)
+    y = table[i] + rshift_round((table[i + 1] - table[i]) * frac, sub)
+    return np.where(inside, y, np.where(cell >= 2 * n, u, 0))
+
+
+def bit_length(a: np.ndarray) -> np.ndarray:
+    """Bit length of non-negative int64 values below 2**53 (exact via frexp)."""
+    return np.frexp(a.astype(np.float64))[1].astype(np.int64)
+
+
+def layer_norm(
+    h: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, in_frac: int, out_frac: int, gamma_frac: int
+) -> np.ndarray:
+    """LayerNorm over the last axis of int64 ``h`` (``in_frac`` fraction bits) -> ``out_frac`` bits.
+
+    Mean and variance are exact integer sums. Each row is shifted right just enough that
+    its squared deviations cannot overflow int64 (a deterministic function of the row).
+    1/sqrt(var + eps) is formed by correctly rounded float64 division and sqrt, floored
+    to a 30-bit-fraction integer. ``gamma`` has ``gamma_frac`` and ``beta`` ``out_frac`` fraction bits.
+    """
+    d = h.shape[-1]
+    mean = (2 * h.sum(-1, keepdims=True) + d) // (2 * d)
+    xc = h - mean
+    sq_bits = (62 - int(d - 1).bit_length()) // 2 - 1
+    shift = np.maximum(bit_length(np.abs(xc).max(-1, keepdims=True)) - sq_bits, 0)
+    xs = xc >> shift
+    var = (xs * xs).sum(-1, keepdims=True)
+    eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
+    inv = np.floor(2.0**30 / np.sqrt(var.astype(np.float64) / d + eps_scaled)).astype(np.int64)
+    z = rshift_round(xs * inv, 30 - out_frac)
+    return rshift_round(z * gamma, gamma_frac) + beta

@@ -1,0 +1,213 @@
+"""Find, load and fingerprint the language model that drives the codec.
+
+A model is named by a string:
+
+* ``embedded`` (or the embedded model's own id): the model shipped inside this package;
+* a local directory in Hugging Face layout (``config.json``, ``*.safetensors``, ``tokenizer.json``);
+* a Hugging Face hub id (``gpt2``, ``user/name``), loaded with ``AutoModelForCausalLM`` and
+  ``AutoTokenizer`` from the local cache, or downloaded only when ``allow_download`` is set.
+
+Weights are only ever read from safetensors and ``trust_remote_code`` is never enabled.
+The fingerprint is a SHA-256 of what the codec actually computes with: the engine's integer
+weights and arithmetic version, the token->bytes table and the BOS id. Two models with the same
+fingerprint produce the same tables, so an archive decodes with either.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine import ExactGPT2, GPT2Spec
+from .errors import ModelLoadError, ModelMismatchError
+from .quantize import FREQ_BITS, freqs_from_logits
+from .tokens import ByteTokenizer
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+EMBEDDED_NAME = "llmzip-gpt2-small-v1"
+EMBEDDED_ALIASES = ("embedded", EMBEDDED_NAME)
+SUPPORTED_TYPES = ("gpt2",)
+
+
+@dataclass
+class LoadedModel:
+    """Everything the codec needs from a model. Implements the codec's ``Predictor`` protocol."""
+
+    model_id: str
+    engine: ExactGPT2
+    tokenizer: ByteTokenizer
+    bos_id: int
+    fingerprint: bytes
+    freq_bits: int = FREQ_BITS
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.spec.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        return self.engine.spec.n_ctx
+
+    @property
+    def engine_id(self) -> int:
+        return self.engine.engine_id
+
+    def start(self, rows: int) -> Any:
+        return self.engine.new_cache(rows)
+
+    def advance(self, state: Any, tokens: np.ndarray) -> np.ndarray:
+        """Append tokens (rows, T); return int64 tables (rows, T, V) for the token after each."""
+        return freqs_from_logits(self.engine.logits(self.engine.forward(tokens, state)), self.freq_bits)
+
+    def keep(self, state: Any, rows: np.ndarray) -> None:
+        state.keep(rows)
+
+    def check_archive(self, fingerprint: bytes, model_id: str) -> None:
+        """Raise ModelMismatchError unless ``fingerprint`` is this model's."""
+        if fingerprint != self.fingerprint:
+            raise ModelMismatchError(
+                f"archive needs model {model_id!r} with fingerprint {fingerprint.hex()[:16]}, "
+                f"but {self.model_id!r} has fingerprint {self.fingerprint.hex()[:16]}"
+            )
+
+
+def model_fingerprint(engine: ExactGPT2, tokenizer: ByteTokenizer, bos_id: int) -> bytes:
+    digest = hashlib.sha256(b"llmzip-model/1")
+    digest.update(engine.fingerprint)
+    digest.update(tokenizer.table_digest())
+    digest.update(bos_id.to_bytes(4, "little"))
+    return digest.digest()
+
+
+def load_model(name: str | None = None, *, allow_download: bool = False) -> LoadedModel:
+    """Load a model by name (see module docstring); ``None`` means the embedded model."""
+    name = name or "embedded"
+    if name in EMBEDDED_ALIASES:
+        path = MODELS_DIR / EMBEDDED_NAME
+        if not path.is_dir():
+            raise ModelLoadError(f"the embedded model is missing from this installation ({path})")
+        return _cached_dir(str(path), EMBEDDED_NAME)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _cached_dir(str(path.resolve()), path.resolve().name)
+    return _load_hub(name, allow_download)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_dir(path: str, model_id: str) -> LoadedModel:
+    return _load_dir(Path(path), model_id)
+
+
+def _load_dir(path: Path, model_id: str) -> LoadedModel:
+    """Fast path: a directory in HF layout, read with json + safetensors + tokenizers (no torch)."""
+    from tokenizers import Tokenizer
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        weight_files = sorted(path.glob("*.safetensors"))
+        if not weight_files or not (path / "tokenizer.json").exists():
+            raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
+        state = _read_safetensors(weight_files)
+        backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer = ByteTokenizer(backend)
+        bos = _bos_from_files(path, config, backend)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
+    return _assemble(model_id, _Config(config), state, tokenizer, bos)
+
+
+def _load_hub(name: str, allow_download: bool) -> LoadedModel:
+    """A hub id, through transformers: from the local cache unless downloads are allowed."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        kw: dict[str, Any] = {"local_files_only": not allow_download, "trust_remote_code": False}
+        config = AutoConfig.from_pretrained(name, **kw)
+        _check_type(config.model_type, name)
+        hf_tok = AutoTokenizer.from_pretrained(name, **kw)
+        model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, dtype=torch.float32, **kw)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers raises OSError/ValueError/EnvironmentError variants
+        hint = "" if allow_download else " (not in the local cache; pass --allow-download to fetch it)"
+        raise ModelLoadError(f"cannot load model {name!r}{hint}: {exc}") from exc
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    tokenizer = ByteTokenizer.from_hf(hf_tok)
+    bos = hf_tok.bos_token_id if hf_tok.bos_token_id is not None else hf_tok.eos_token_id
+    if bos is None:
+        raise ModelLoadError(f"{name}: the tokenizer has neither a BOS nor an EOS token")
+    return _assemble(name, config, state, tokenizer, int(bos))
+
+
+class _Config:
+    """Attribute access over a config.json dict, with GPT-2's defaults."""
+
+    _defaults = {"layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": True}
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, key: str) -> Any:
+        if key in self._data:
+            return self._data[key]
+        if key in self._defaults:
+            return self._defaults[key]
+        raise ModelLoadError(f"config.json has no {key!r}")
+
+
+def _check_type(model_type: str, name: str) -> None:
+    if model_type not in SUPPORTED_TYPES:
+        raise ModelLoadError(
+            f"{name}: model type {model_type!r} is not supported by the exact engine (supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+
+
+def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenizer: ByteTokenizer, bos: int) -> LoadedModel:
+    _check_type(config.model_type, model_id)
+    state = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in state.items()}
+    if getattr(config, "tie_word_embeddings", True) or "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    spec = GPT2Spec.from_config(config)
+    if tokenizer.vocab_size > spec.vocab_size:
+        raise ModelLoadError(f"{model_id}: tokenizer has {tokenizer.vocab_size} tokens, model only {spec.vocab_size}")
+    if not 0 <= bos < spec.vocab_size:
+        raise ModelLoadError(f"{model_id}: BOS id {bos} outside the vocabulary")
+    try:
+        engine = ExactGPT2(spec, state)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"{model_id}: cannot build the exact engine: {exc}") from exc
+    return LoadedModel(model_id, engine, tokenizer, bos, model_fingerprint(engine, tokenizer, bos))
+
+
+def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    state: dict[str, np.ndarray] = {}
+    for f in files:
+        with safe_open(str(f), framework="numpy") as handle:
+            for key in handle.keys():
+                state[key] = handle.get_tensor(key)
+    return state
+
+
+def _bos_from_files(path: Path, config: dict[str, Any], backend: Any) -> int:
+    """BOS id: the tokenizer_config's bos (or eos) token, else config.json's bos/eos id."""
+    tok_cfg_path = path / "tokenizer_config.json"
+    if tok_cfg_path.exists():
+        tok_cfg = json.loads(tok_cfg_path.read_text(encoding="utf-8"))
+        for key in ("bos_token", "eos_token"):
+            token = tok_cfg.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            if isinstance(token, str) and backend.token_to_id(token) is not None:
+                return int(backend.token_to_id(token))
+    for key in ("bos_token_id", "eos_token_id"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    raise ModelLoadError(f"{path}: cannot tell the BOS token (no bos/eos in tokenizer_config.json or config.json)")
