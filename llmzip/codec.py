@@ -61,12 +61,21 @@ class Model(Predictor, Protocol):
     def check_archive(self, fingerprint: bytes, model_id: str) -> None: ...
 
 
+@dataclass
+class CodingStats:
+    """Filled in by :func:`compress` when passed in :class:`Settings`: what an ideal coder would pay."""
+
+    tokens: int = 0
+    ideal_bits: float = 0.0   # sum of -log2(freq / total) over the coded tokens
+
+
 @dataclass(frozen=True)
 class Settings:
     """Knobs that change speed or memory but never the archive."""
 
     batch_size: int | None = None   # rows per forward call (None: the whole group)
     progress: Progress | None = None
+    stats: CodingStats | None = None
 
 
 def compress(
@@ -146,13 +155,15 @@ def encode_group(model: Predictor, rows: Sequence[np.ndarray], settings: Setting
     for t0 in range(0, length, PREFILL_BLOCK):
         block = slice(t0, min(t0 + PREFILL_BLOCK, length))
         tables = np.concatenate([model.advance(state, inputs[s, block]) for s, state in states])
-        _encode_block(encoder, tables, targets[:, block])
+        _encode_block(encoder, tables, targets[:, block], settings.stats)
         if settings.progress:
             settings.progress(int((targets[:, block] >= 0).sum()))
     return encoder.finish()
 
 
-def _encode_block(encoder: ArithmeticEncoder, tables: np.ndarray, targets: np.ndarray) -> None:
+def _encode_block(
+    encoder: ArithmeticEncoder, tables: np.ndarray, targets: np.ndarray, stats: CodingStats | None
+) -> None:
     """Code targets (rows, T) (-1 = past the end of a row) with tables (rows, T, V), step-major."""
     live = targets >= 0
     safe = np.where(live, targets, 0)
@@ -160,6 +171,9 @@ def _encode_block(encoder: ArithmeticEncoder, tables: np.ndarray, targets: np.nd
     freq = np.take_along_axis(tables, safe[..., None], -1)[..., 0]
     cum = np.take_along_axis(cdf, safe[..., None], -1)[..., 0] - freq
     total = cdf[..., -1]
+    if stats is not None:
+        stats.tokens += int(live.sum())
+        stats.ideal_bits += float(np.log2(total[live] / freq[live]).sum())
     # Transpose so that the loop walks time outermost and chunks innermost.
     for c, f, tot, ok in zip(cum.T.ravel().tolist(), freq.T.ravel().tolist(),
                              total.T.ravel().tolist(), live.T.ravel().tolist()):

@@ -126,8 +126,10 @@ def layer_norm(
 
     Mean and variance are exact integer sums. Each row is shifted right just enough that
     its squared deviations cannot overflow int64 (a deterministic function of the row).
-    1/sqrt(var + eps) is formed by correctly rounded float64 division and sqrt, floored
-    to a 30-bit-fraction integer. ``gamma`` has ``gamma_frac`` and ``beta`` ``out_frac`` fraction bits.
+    ``sigma = sqrt(var + eps)`` is a correctly rounded float64; ``2**g / sigma`` is floored
+    to an integer of 25 bits whatever the row's scale (``g`` follows sigma's exponent), so
+    the normalised value keeps ~24 significant bits. ``gamma`` has ``gamma_frac`` and
+    ``beta`` ``out_frac`` fraction bits.
     """
     d = h.shape[-1]
     mean = (2 * h.sum(-1, keepdims=True) + d) // (2 * d)
@@ -137,6 +139,8 @@ def layer_norm(
     xs = xc >> shift
     var = (xs * xs).sum(-1, keepdims=True)
     eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
-    inv = np.floor(2.0**30 / np.sqrt(var.astype(np.float64) / d + eps_scaled)).astype(np.int64)
-    z = rshift_round(xs * inv, 30 - out_frac)
+    sigma = np.sqrt(var.astype(np.float64) / d + eps_scaled)
+    g = 24 + np.frexp(sigma)[1].astype(np.int64)                    # sigma < 2**(g - 24)
+    inv = np.floor(np.ldexp(1.0, g) / sigma).astype(np.int64)       # in (2**24, 2**25]
+    z = rshift_round(xs * inv, g - out_frac)
     return rshift_round(z * gamma, gamma_frac) + beta

@@ -95,7 +95,10 @@ def load_model(name: str | None = None, *, allow_download: bool = False) -> Load
         return _cached_dir(str(path), EMBEDDED_NAME)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _cached_dir(str(path.resolve()), path.resolve().name)
+        full = str(path.resolve())
+        # The archive names the directory it was made with, so decompression finds it again
+        # on the same machine; elsewhere the user points --model at a copy (fingerprint-checked).
+        return _cached_dir(full, full if len(full.encode()) <= 255 else path.resolve().name)
     return _load_hub(name, allow_download)
 
 

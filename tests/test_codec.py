@@ -1,0 +1,144 @@
+"""The codec: round trips, schedule-independent archives, golden archives, damaged archives."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmzip import codec
+from llmzip.container import read_archive
+from llmzip.errors import CorruptArchiveError, LlmzipError, ModelMismatchError
+from llmzip.model import load_model
+
+DATA = Path(__file__).parent / "data"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+class CountingPredictor:
+    """A torch-free predictor: token counts of the row so far (pure function of the prefix)."""
+
+    vocab_size = 260
+    max_context = 40
+    bos_id = 256
+
+    def start(self, rows: int) -> np.ndarray:
+        return np.zeros((rows, self.vocab_size), dtype=np.int64)
+
+    def advance(self, counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        out = np.empty(tokens.shape + (self.vocab_size,), dtype=np.int64)
+        for t in range(tokens.shape[1]):
+            counts[np.arange(len(tokens)), tokens[:, t]] += 1
+            out[:, t] = 1 + 64 * counts
+        return out
+
+    def keep(self, counts: np.ndarray, rows: np.ndarray) -> None:
+        raise NotImplementedError  # only the tail rows end; the tests give equal-length rows
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_model(str(DATA / "golden-tiny"))
+
+
+def _sample(name: str) -> bytes:
+    return {
+        "empty": b"",
+        "one": b"x",
+        "prose": b"It was the best of times, it was the worst of times.\r\n" * 20,
+        "c": b"#include <stdio.h>\nint main(void) {\n  printf(\"hi\\n\");\n  return 0;\n}\n",
+        "binary": bytes(range(256)) * 3 + b"\x00" * 100,
+        "random": np.random.default_rng(7).bytes(3000),
+        "invalid_utf8": b"caf\xc3 \xff\xfe\xed\xa0\x80 \xe2\x82 end\r",
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["empty", "one", "prose", "c", "binary", "random", "invalid_utf8"])
+def test_round_trip(golden, name):
+    data = _sample(name)
+    blob = codec.compress(data, golden, group_chunks=4)
+    assert codec.decompress(blob, golden) == data
+
+
+def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden):
+    data = _sample("prose") + _sample("random")[:500]
+    blobs = {bs: codec.compress(data, golden, settings=codec.Settings(batch_size=bs)) for bs in (1, 3, None)}
+    assert len(set(blobs.values())) == 1
+    for bs in (1, 2, 5):
+        assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=bs)) == data
+
+
+def test_toy_predictor_round_trip_without_torch():
+    """The codec only needs the Predictor protocol (equal-length chunks here)."""
+    model = CountingPredictor()
+    rows = [np.array([1, 2, 3, 1, 2, 3, 1, 2], dtype=np.int64), np.array([9, 9, 9, 9, 9, 9, 9, 9])]
+    segment = codec.encode_group(model, rows, codec.Settings())
+    decoded = codec.decode_group(model, segment, [8, 8], codec.Settings())
+    assert [r.tolist() for r in decoded] == [r.tolist() for r in rows]
+
+
+def test_ideal_cost_is_close_to_real_size(golden):
+    data = (CORPUS / "node_url.md").read_bytes()[:6000] if CORPUS.exists() else _sample("prose") * 3
+    stats = codec.CodingStats()
+    blob = codec.compress(data, golden, settings=codec.Settings(stats=stats))
+    _, segments = read_archive(blob)
+    payload = sum(len(s) for s in segments)
+    assert stats.tokens == len(golden.tokenizer.encode(data))
+    assert payload * 8 <= stats.ideal_bits * 1.001 + 8 * 2 * len(segments)
+
+
+def test_golden_archive_bytes(golden):
+    """Fixed model + fixed input -> exact archive. A change here breaks old archives:
+    bump ENGINE_ID / FORMAT_VERSION and keep decoding the old ones."""
+    data = (DATA / "golden-input.bin").read_bytes()
+    blob = codec.compress(data, golden, group_chunks=3)
+    assert hashlib.sha256(blob).hexdigest() == (DATA / "golden-tiny.llz.sha256").read_text().split()[0]
+
+
+def test_golden_archive_still_decodes(golden):
+    blob = (DATA / "golden-tiny.llz").read_bytes()
+    assert codec.decompress(blob, golden) == (DATA / "golden-input.bin").read_bytes()
+
+
+def test_damaged_payload_is_detected(golden):
+    data = _sample("prose")
+    blob = bytearray(codec.compress(data, golden))
+    header_len = len(blob) - sum(len(s) for s in read_archive(bytes(blob))[1])
+    rng = np.random.default_rng(0)
+    for pos in rng.integers(header_len, len(blob), size=12):
+        bad = bytearray(blob)
+        bad[pos] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(CorruptArchiveError):
+            codec.decompress(bytes(bad), golden)
+
+
+def test_every_truncation_is_detected(golden):
+    blob = codec.compress(_sample("c"), golden)
+    for cut in range(len(blob)):
+        with pytest.raises(LlmzipError):
+            codec.decompress(blob[:cut], golden)
+
+
+def test_other_model_is_refused(golden, tmp_path):
+    blob = codec.compress(b"hello", golden)
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in (DATA / "golden-tiny").iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    config = (other / "config.json").read_text().replace('"n_positions": 48', '"n_positions": 40')
+    (other / "config.json").write_text(config)
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        codec.decompress(blob, load_model(str(other)))
+
+
+@pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
+def test_regenerate_golden(golden):  # pragma: no cover - run by hand only, after a format bump
+    data = b"golden input: text, CRLF\r\n, NUL \x00, invalid \xff\xfe, emoji \xf0\x9f\x98\x80\n" * 3
+    data += Path(codec.__file__).read_bytes()[:1500]
+    (DATA / "golden-input.bin").write_bytes(data)
+    blob = codec.compress(data, golden, group_chunks=3)
+    (DATA / "golden-tiny.llz").write_bytes(blob)
+    (DATA / "golden-tiny.llz.sha256").write_text(hashlib.sha256(blob).hexdigest() + "  golden-tiny.llz\n")

@@ -1,0 +1,148 @@
+"""The exact engine: close to the float model, and bit-identical however it is scheduled."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmzip import fixedpoint
+from llmzip.model import load_model
+from llmzip.quantize import freqs_from_logits
+
+GOLDEN_DIR = Path(__file__).parent / "data" / "golden-tiny"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_model(str(GOLDEN_DIR))
+
+
+def _rows(model, n: int, length: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, model.vocab_size, size=(n, length))
+    rows[:, 0] = model.bos_id
+    return rows
+
+
+def _tables(model, rows: np.ndarray, step: int | None = None) -> np.ndarray:
+    """Tables for every position, feeding ``step`` tokens per call (None: all at once)."""
+    state = model.start(len(rows))
+    step = step or rows.shape[1]
+    return np.concatenate([model.advance(state, rows[:, i : i + step]) for i in range(0, rows.shape[1], step)], 1)
+
+
+def test_exact_logits_are_close_to_the_float_model(golden):
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(str(GOLDEN_DIR)).eval()
+    rows = _rows(golden, 3, 40)
+    exact = golden.engine.logits(golden.engine.forward(rows, golden.engine.new_cache(3))) / 256.0
+    with torch.no_grad():
+        ref = hf(torch.tensor(rows)).logits.double().numpy()
+    # Logits carry 8 fraction bits; everything else adds well under one more unit.
+    assert np.abs(exact - ref).max() < 2.5 / 256
+
+
+def test_full_pass_equals_incremental_and_blocked(golden):
+    rows = _rows(golden, 3, golden.max_context)
+    full = _tables(golden, rows)
+    assert np.array_equal(full, _tables(golden, rows, step=1))
+    assert np.array_equal(full, _tables(golden, rows, step=7))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_tables_do_not_depend_on_batch_composition(golden, batch):
+    rows = _rows(golden, 8, 30, seed=1)
+    alone = _tables(golden, rows[5:6])
+    others = _rows(golden, batch, 30, seed=batch + 10)
+    others[batch // 2] = rows[5]                       # same row, different position and company
+    assert np.array_equal(_tables(golden, others)[batch // 2], alone[0])
+
+
+def test_tables_are_valid_coding_tables(golden):
+    tables = _tables(golden, _rows(golden, 2, 20))
+    assert tables.min() >= 1
+    assert tables.sum(-1).max() <= 2**golden.freq_bits + golden.vocab_size
+
+
+def test_thread_count_does_not_change_tables(golden):
+    """OpenBLAS with 1 and 2 threads, in separate processes, gives the same bits."""
+    code = (
+        "import hashlib, numpy as np; from llmzip.model import load_model; "
+        f"m = load_model({str(GOLDEN_DIR)!r}); rng = np.random.default_rng(3); "
+        "rows = rng.integers(0, m.vocab_size, size=(4, m.max_context)); "
+        "t = m.advance(m.start(4), rows); print(hashlib.sha256(t.tobytes()).hexdigest())"
+    )
+    digests = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_exp_table_matches_exp():
+    table = fixedpoint.exp_table(8, 30, 20.0)
+    x = np.arange(len(table) - 1) / 256.0
+    assert np.abs(table[:-1] - np.exp(-x) * 2**30).max() <= 1.0
+    assert table[-1] == 0
+
+
+@pytest.mark.parametrize("kind", ["gelu_new", "gelu"])
+def test_gelu_is_close_to_float_gelu(kind):
+    torch = pytest.importorskip("torch")
+    u = np.arange(-12 * 4096, 12 * 4096, 7, dtype=np.int64)
+    approximate = "tanh" if kind == "gelu_new" else "none"
+    ref = torch.nn.functional.gelu(torch.tensor(u / 4096.0), approximate=approximate).numpy()
+    assert np.abs(fixedpoint.gelu(u, kind, 12) / 4096.0 - ref).max() < 3e-4
+
+
+def test_layer_norm_is_close_to_float_layer_norm():
+    rng = np.random.default_rng(0)
+    h = rng.normal(0, 3, size=(5, 64))
+    h[0] *= 1e-3                                       # tiny variance: eps matters
+    h[1] *= 2000                                       # huge values: the row shift kicks in
+    gamma, beta = rng.normal(1, 0.2, 64), rng.normal(0, 0.2, 64)
+    h_fixed = np.round(h * 2**16).astype(np.int64)
+    h = h_fixed / 2**16                                # compare on the same (quantised) input
+    out = fixedpoint.layer_norm(
+        h_fixed, np.round(gamma * 2**14).astype(np.int64),
+        np.round(beta * 2**12).astype(np.int64), 1e-5, 16, 12, 14,
+    )
+    ref = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    assert np.abs(out / 2**12 - ref).max() < 2e-3
+
+
+def test_rshift_round_rounds_half_up():
+    a = np.array([-3, -2, -1, 0, 1, 2, 3], dtype=np.int64)
+    assert fixedpoint.rshift_round(a, 1).tolist() == [-1, -1, 0, 0, 1, 1, 2]
+
+
+def test_gemm_bound_is_enforced():
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        fixedpoint.check_gemm_bound(2**13, 2**20, 2**20, "test")
+
+
+def test_freqs_from_logits_floor_and_total():
+    logits = np.array([[0, -100000, 5000, 5000], [0, 0, 0, 0]], dtype=np.int64)
+    f = freqs_from_logits(logits)
+    assert f.min() == 1 and f[0, 1] == 1
+    assert f[0, 2] == f[0, 3] and f[1].tolist() == [f[1, 0]] * 4
+    assert (f.sum(-1) <= 2**28 + 4).all()
+
+
+def test_fingerprint_is_stable(golden):
+    # Pins the weight quantisation and the engine's arithmetic version: if this changes,
+    # every archive made with the golden model changes too (bump ENGINE_ID and the format).
+    assert hashlib.sha256(golden.engine.fingerprint).hexdigest()[:16] == GOLDEN_ENGINE_FINGERPRINT
+
+
+GOLDEN_ENGINE_FINGERPRINT = "3b6ab6a8ac2765ad"
