@@ -23,7 +23,8 @@ from .container import Header, content_checksum, read_archive, write_archive
 from .errors import CorruptArchiveError, UnsupportedFormatError
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
-DEFAULT_GROUP = 32
+MAX_GROUP = 64                     # more rows per step amortise reading the weights...
+KV_BUDGET = 640 << 20              # ...but every row of a group holds a KV cache: bound their sum
 PREFILL_BLOCK = 64                 # encoder: tokens per row per forward call
 
 
@@ -79,11 +80,16 @@ class Settings:
 
 
 def compress(
-    data: bytes, model: Model, *, chunk_tokens: int | None = None, group_chunks: int = DEFAULT_GROUP,
+    data: bytes, model: Model, *, chunk_tokens: int | None = None, group_chunks: int | None = None,
     settings: Settings = Settings(),
 ) -> bytes:
-    """Compress ``data`` with ``model``; the archive records everything needed to decode it."""
+    """Compress ``data`` with ``model``; the archive records everything needed to decode it.
+
+    ``group_chunks`` defaults to as many chunks (up to ``MAX_GROUP``) as fit ``KV_BUDGET``
+    of decoder cache, so decompression memory stays bounded whatever the model.
+    """
     chunk = chunk_tokens or model.max_context - 1
+    group_chunks = group_chunks or default_group(model)
     if not 1 <= chunk <= model.max_context - 1:
         raise ValueError(f"chunk_tokens must be in [1, {model.max_context - 1}] for this model")
     tokens = model.tokenizer.encode(data)
@@ -113,6 +119,11 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     if len(data) != header.original_size or content_checksum(data) != header.checksum:
         raise CorruptArchiveError("checksum mismatch: the decoded data is not the original")
     return data
+
+
+def default_group(model: Predictor) -> int:
+    per_row = getattr(model, "kv_bytes_per_row", 0)
+    return max(1, min(MAX_GROUP, KV_BUDGET // per_row)) if per_row else MAX_GROUP
 
 
 def check_compatible(header: Header, model: Model) -> None:

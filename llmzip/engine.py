@@ -44,6 +44,7 @@ ATT_FRAC = 8             # attention logits: 1/256 nat
 ATT_EXP_BITS = 16        # attention weights: exp(0) == 2**16
 SCALE_BITS = 16          # 1/sqrt(head_dim) as an integer over 2**16
 MASKED = -(2**62)        # attention score of a masked key: exp() of it reads as exactly 0
+ATTEND_BUDGET = 1 << 22  # entries of the largest attention temporary (speed/memory only)
 
 
 @dataclass(frozen=True)
@@ -241,15 +242,17 @@ class ExactGPT2:
         cache.values[layer][:, :, start:end] = v
         keys, values = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
         out = np.empty((rows, self.spec.n_head, t_new, self.head_dim), dtype=np.int64)
-        for r in range(rows):   # one row at a time bounds the (H, T, T) temporaries
-            out[r] = self._attend(q[r], keys[r], values[r], start)
+        # Rows are attended in slices that bound the (rows, H, T, S) temporaries to ~4M entries.
+        step = max(1, ATTEND_BUDGET // (self.spec.n_head * t_new * end))
+        for r in range(0, rows, step):
+            out[r : r + step] = self._attend(q[r : r + step], keys[r : r + step], values[r : r + step], start)
         return out.transpose(0, 2, 1, 3).reshape(rows, t_new, self.spec.n_embd)
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int) -> np.ndarray:
-        """Softmax(q k / sqrt(hd)) v for one row, all heads; q (H, T, hd), keys/values (H, S, hd)."""
-        dot = exact_matmul(q, keys.transpose(0, 2, 1))                   # (H, T, S), 2*ACT_FRAC bits
+        """Softmax(q k / sqrt(hd)) v for rows of all heads; q (R, H, T, hd), keys/values (R, H, S, hd)."""
+        dot = exact_matmul(q, keys.swapaxes(-1, -2))                     # (R, H, T, S), 2*ACT_FRAC bits
         scores = rshift_round(dot * self.att_scale, 2 * ACT_FRAC + SCALE_BITS - ATT_FRAC)
-        t_new, span = q.shape[1], keys.shape[1]
+        t_new, span = q.shape[-2], keys.shape[-2]
         allowed = np.arange(span)[None, :] <= (start + np.arange(t_new))[:, None]
         scores = np.where(allowed, scores, MASKED)
         table = exp_table(ATT_FRAC, ATT_EXP_BITS, 12.0)

@@ -55,6 +55,12 @@ class LoadedModel:
         return self.engine.spec.n_ctx
 
     @property
+    def kv_bytes_per_row(self) -> int:
+        """Decoder KV-cache bytes for one row of a full context."""
+        s = self.engine.spec
+        return s.n_layer * 2 * s.n_ctx * s.n_embd * 8
+
+    @property
     def engine_id(self) -> int:
         return self.engine.engine_id
 
