@@ -13,6 +13,8 @@ below 0.0003 bits per token for a 50k vocabulary.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .fixedpoint import exp_table
@@ -26,22 +28,32 @@ EXP_LIMIT = 20.0        # exp(-20) < 2**-28: beyond that every token sits at the
 def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndarray:
     """Integer frequencies from int64 fixed-point logits (``LOGIT_FRAC_BITS`` fraction bits).
 
-    ``f = 1 + floor(e * 2**freq_bits / sum(e))`` with ``e = exp(logit - max)`` read from an
-    exact lookup table: softmax, quantised, with a floor of one.
+    ``f = 1 + floor(e * (2**freq_bits / sum(e)))`` with ``e = exp(logit - max)`` read from
+    an exact lookup table: softmax, quantised, with a floor of one.
+
+    Exactness: ``e`` are integers <= 2**30, so their float64 sum (< 2**53 for any vocabulary
+    below 2**22) is exact in any summation order; the division and the product are single
+    correctly rounded IEEE operations, identical on every machine.
 
     Args:
-        logits: int64 array ``(..., V)``.
-        freq_bits: log2 of the probability resolution, at most 30 - log2(V) headroom is not needed:
-            products stay below 2**(EXP_OUT_BITS + freq_bits) <= 2**58.
+        logits: int64 array ``(..., V)``; values are clipped to +-2**30 first.
+        freq_bits: log2 of the probability resolution (<= 28 keeps totals below 2**30).
 
     Returns:
         int64 array of the same shape, each row a valid coding table.
     """
-    table = exp_table(LOGIT_FRAC_BITS, EXP_OUT_BITS, EXP_LIMIT)
-    gap = logits.max(-1, keepdims=True) - logits
-    e = table[np.minimum(gap, len(table) - 1)]
-    total = e.sum(-1, keepdims=True)
-    return 1 + (e << freq_bits) // total
+    table = _exp_table_f64()
+    lg = np.clip(logits, -(1 << 30), 1 << 30).astype(np.int32)
+    gap = lg.max(-1, keepdims=True) - lg
+    np.minimum(gap, len(table) - 1, out=gap)
+    e = np.take(table, gap)
+    scale = float(1 << freq_bits) / e.sum(-1, keepdims=True)
+    return (np.floor(e * scale) + 1).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _exp_table_f64() -> np.ndarray:
+    return exp_table(LOGIT_FRAC_BITS, EXP_OUT_BITS, EXP_LIMIT).astype(np.float64)
 
 
 def freqs_from_probs(probs: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndarray:
