@@ -92,7 +92,8 @@ def quantize_linear(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac:
     w_int = np.clip(np.round(np.ldexp(w, scale_bits[None, :])), -limit, limit)
     bias = np.zeros(w.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
     b_int = np.round(np.ldexp(bias, out_frac)).astype(np.int64)
-    return Linear(w_int, (scale_bits + in_frac - out_frac).astype(np.int64), b_int)
+    shift = (scale_bits + in_frac - out_frac).astype(np.int64)
+    return Linear(np.ascontiguousarray(w_int), shift, b_int)   # row-major: fastest GEMM layout here
 
 
 def to_fixed(a: np.ndarray, frac: int) -> np.ndarray:
