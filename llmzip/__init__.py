@@ -39,21 +39,24 @@ def _resolve(model: Any, allow_download: bool = False) -> Any:
     return model
 
 
-def compress(data: bytes, model: Any = None, **options: Any) -> bytes:
-    """Compress ``data``; ``options`` are those of :func:`llmzip.codec.compress`."""
+def compress(data: bytes, model: Any = None, *, allow_download: bool = False, **options: Any) -> bytes:
+    """Compress ``data``; ``options`` are those of :func:`llmzip.codec.compress`.
+
+    A hub model is only downloaded when ``allow_download`` is true.
+    """
     from . import codec
 
-    return codec.compress(bytes(data), _resolve(model), **options)
+    return codec.compress(bytes(data), _resolve(model, allow_download), **options)
 
 
-def decompress(blob: bytes, model: Any = None, **options: Any) -> bytes:
+def decompress(blob: bytes, model: Any = None, *, allow_download: bool = False, **options: Any) -> bytes:
     """Decompress an archive; loads the model the header names when ``model`` is None."""
     from . import codec
     from .container import read_header
 
     if model is None:
         model = read_header(blob)[0].model_id
-    return codec.decompress(bytes(blob), _resolve(model), **options)
+    return codec.decompress(bytes(blob), _resolve(model, allow_download), **options)
 
 
 def read_info(blob: bytes) -> Any:

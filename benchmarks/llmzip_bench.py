@@ -1,0 +1,127 @@
+"""Measure llmzip on one (model, file) in a child process of its own.
+
+The parent (:func:`measure_llmzip`) starts ``python benchmarks/run.py --_llmzip-worker SPEC``;
+the child (:func:`worker_main`) loads the model and codes a short warm-up text (both timed
+apart: ``load_s``, ``warmup_s``), then compresses and decompresses the file once each under
+a BLAS thread limit, and writes its entry as JSON to the file SPEC names.
+A process per measurement makes ``peak_rss_mb`` (the child's ``ru_maxrss``) honest: it is the
+peak of exactly one model on one file, imports included, and nothing left from earlier runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from compressors import base_entry
+
+RUN_PY = Path(__file__).resolve().parent / "run.py"
+WORKER_FLAG = "--_llmzip-worker"
+WARMUP = b"llmzip benchmark warm-up: a short round trip before the timed ones.\n"
+
+
+def model_label(name: str) -> str:
+    """A short column name for a model: the name itself, or a directory's base name."""
+    path = Path(name).expanduser()
+    return f"llmzip:{path.resolve().name if path.is_dir() else name}"
+
+
+def measure_llmzip(model: str, label: str, path: Path, limit: int | None,
+                   threads: int | None, batch_size: int | None) -> dict[str, Any]:
+    """Run one worker; return its results.json entry. Raises RuntimeError if the worker fails."""
+    with tempfile.TemporaryDirectory(prefix="llmzip-bench-") as tmp:
+        out = Path(tmp) / "entry.json"
+        spec = {"model": model, "label": label, "file": str(path), "limit": limit,
+                "threads": threads, "batch_size": batch_size, "out": str(out)}
+        proc = subprocess.run([sys.executable, str(RUN_PY), WORKER_FLAG, json.dumps(spec)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise RuntimeError(f"llmzip worker failed (model {model!r}, file {path.name}), "
+                               f"exit {proc.returncode}:\n{tail}")
+        return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
+    """Load, compress, decompress; everything the entry needs, timed."""
+    from llmzip import codec, read_info
+    from llmzip.errors import CorruptArchiveError
+    from llmzip.model import load_model
+
+    model, load_s = _timed(load_model, spec["model"])
+    # One-time lazy set-up (lookup tables, first BLAS call) belongs with loading, not coding.
+    warm = codec.Settings(batch_size=spec["batch_size"])
+    _, warmup_s = _timed(lambda: codec.decompress(codec.compress(WARMUP, model, settings=warm), model, warm))
+    stats = codec.CodingStats()
+    blob, c_s = _timed(codec.compress, data, model,
+                       settings=codec.Settings(batch_size=spec["batch_size"], stats=stats))
+
+    def decompress() -> bytes:
+        try:
+            return codec.decompress(blob, model, codec.Settings(batch_size=spec["batch_size"]))
+        except CorruptArchiveError as exc:  # the codec's own checksum caught a mismatch
+            print(f"llmzip round trip failed: {exc}", file=sys.stderr)
+            return b""
+
+    back, d_s = _timed(decompress)
+    header = read_info(blob)
+    return {"model": model, "load_s": load_s, "warmup_s": warmup_s, "stats": stats, "blob": blob,
+            "back": back, "c_s": c_s, "d_s": d_s, "header": header}
+
+
+def _entry(spec: dict[str, Any], data: bytes, r: dict[str, Any]) -> dict[str, Any]:
+    header, stats, model = r["header"], r["stats"], r["model"]
+    params = {"model": spec["model"], "threads": spec["threads"] or "default",
+              "batch_size": spec["batch_size"], "chunk_tokens": header.chunk_tokens,
+              "group_chunks": header.group_chunks, "freq_bits": header.freq_bits}
+    entry = base_entry(Path(spec["file"]).name, spec["label"], params, len(data), len(r["blob"]),
+                       r["c_s"], r["d_s"], r["back"] == data)
+    archive_bits = 8.0 * len(r["blob"])
+    entry.update({
+        "model": model.model_id, "fingerprint": model.fingerprint.hex(), "tokens": stats.tokens,
+        "ideal_bits_per_byte": stats.ideal_bits / len(data),
+        "overhead_pct": 100.0 * (archive_bits - stats.ideal_bits) / stats.ideal_bits if stats.ideal_bits else None,
+        "compress_tokens_per_s": stats.tokens / r["c_s"] if r["c_s"] > 0 else None,
+        "decompress_tokens_per_s": stats.tokens / r["d_s"] if r["d_s"] > 0 else None,
+        "peak_rss_mb": _peak_rss_mb(), "load_s": r["load_s"], "warmup_s": r["warmup_s"],
+    })
+    return entry
+
+
+def worker_main(spec_json: str) -> int:
+    """Child process entry point (``run.py --_llmzip-worker SPEC``)."""
+    spec = json.loads(spec_json)
+    data = Path(spec["file"]).read_bytes()
+    if spec["limit"]:
+        data = data[: spec["limit"]]
+    if spec["threads"]:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=spec["threads"], user_api="blas"):
+            result = _code(spec, data)
+    else:
+        result = _code(spec, data)
+    entry = _entry(spec, data, result)
+    tmp = spec["out"] + ".tmp"
+    Path(tmp).write_text(json.dumps(entry), encoding="utf-8")
+    os.replace(tmp, spec["out"])
+    return 0

@@ -1,0 +1,341 @@
+"""Context mixing: adaptive in-file models mixed into the language model's tables.
+
+A small LM knows the language but not the file. :class:`Mixer` learns the file as it is coded
+and mixes three kinds of predictions into every coding table:
+
+* the LM table (dense, one entry per token);
+* token n-gram counts of several orders: the last ``o`` tokens of a row, hashed into one shared
+  table of slots, each holding up to ``slot_width`` tokens seen after that context with counts;
+* a match model: the last ``match_min`` tokens, hashed to the last file position that followed
+  them; while the following tokens keep agreeing, it predicts the next one of that earlier copy.
+
+The mixture is linear, ``P = sum_m pi_m P_m``, with softmax gates ``pi_m ~ exp(theta[m, c_m])``
+over the models that have a prediction. Each sparse model has a confidence class ``c_m`` (how
+often its context was seen and whether it was deterministic; how long the match is), and the
+weights ``theta`` take one online gradient step on the coding loss after every token:
+``theta_m += lr * (responsibility_m - pi_m)``. Statistics and weights are shared by all rows
+(chunks) and all groups: at step ``t`` the decoder knows every row's first ``t`` tokens.
+
+Invariants:
+
+* Every number that shapes a table is an integer (numpy int64/uint64, wrapping hashes); the
+  only transcendental is :func:`llmzip.fixedpoint.exp_table`, exact on every machine. So the
+  decoder rebuilds bit-identical tables whatever the batch size or machine.
+* Every output table entry is >= 1 and every total is at most ``2**28 + 2 * V`` (< 2**30).
+* The dense work per row per step is a sum and a multiply-shift-add pass over the vocabulary; the rest
+  costs O(orders * slot_width) per row.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CorruptArchiveError
+from .fixedpoint import exp_table
+
+MASS_BITS = 28                   # a mixed table spreads 2**28 of mass, plus a floor of 1 per entry
+PROB_BITS = 16                   # gates and responsibilities: 2**16 is probability 1
+THETA_FRAC = 16                  # weights are log-domain, in units of 2**-16 nat
+THETA_LIMIT = 24 << THETA_FRAC   # weights are clipped to +-24 nats
+GATE_FRAC = 8                    # gates read exp() at 1/256 nat resolution
+CLASSES = 16                     # confidence classes per model
+MATCH_VERIFY = 32                # a new match is verified (and measured) over at most this many tokens
+PARAMS_VERSION = 1
+_U64 = np.uint64
+_MUL = _U64(0x9E3779B97F4A7C15)  # hashing: multiply-xorshift over uint64 (wraps mod 2**64)
+_MUL2 = _U64(0xBF58476D1CE4E5B9)
+# Confidence class of an n-gram context from its total count (cap 63) and determinism.
+_COUNT_CLASS = np.minimum(np.array([0, 0, 1, 2, 3, 3, 4, 4, 4] + [5] * 6 + [6] * 16 + [7] * 33), 7)
+# Confidence class of a match from its verified length (cap 63).
+_LENGTH_CLASS = np.array(list(range(12)) + [12] * 4 + [13] * 8 + [14] * 8 + [15] * 32)
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """Everything that shapes the mixed tables; stored in ``Header.mix_params``.
+
+    Invariants (checked on construction, ValueError otherwise): ``orders`` is 1..8 strictly
+    increasing orders in [1, 16]; ``hash_bits``/``match_bits`` in [10, 24]; ``slot_width`` in
+    [1, 16]; ``count_limit`` in [2, 1023]; ``match_min`` in [0, 32] (0 disables the match
+    model); ``lr`` and ``init_gap`` in [0, 255] (units of 1/16 nat).
+    """
+
+    orders: tuple[int, ...] = (1, 2, 3, 4, 6)
+    hash_bits: int = 20        # n-gram table: 2**hash_bits slots shared by all orders
+    slot_width: int = 4        # tokens remembered per context
+    count_limit: int = 255     # a slot's counts are halved when one exceeds this
+    match_min: int = 5         # tokens hashed to find a match (0: no match model)
+    match_bits: int = 20       # match table: 2**match_bits positions
+    lr: int = 8                # weight step per unit of responsibility, in 1/16 nat
+    init_gap: int = 32         # sparse models start this far below the LM, in 1/16 nat
+
+    def __post_init__(self) -> None:
+        orders = self.orders
+        if not (isinstance(orders, tuple) and 1 <= len(orders) <= 8
+                and all(type(o) is int and 0 <= o <= 16 for o in orders)
+                and all(a < b for a, b in zip(orders, orders[1:]))):
+            raise ValueError(f"orders must be 1..8 increasing ints in [1, 16], got {orders!r}")
+        for name, low, high in (("hash_bits", 10, 24), ("match_bits", 10, 24), ("slot_width", 1, 16),
+                                ("count_limit", 2, 1023), ("match_min", 0, 32), ("lr", 0, 255),
+                                ("init_gap", 0, 255)):
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+    def to_bytes(self) -> bytes:
+        """Serialize: version u8 | n u8 | n orders u8 | 6 x u8 | count_limit u16 (little-endian)."""
+        return (bytes([PARAMS_VERSION, len(self.orders), *self.orders, self.hash_bits, self.slot_width,
+                       self.match_min, self.match_bits, self.lr, self.init_gap])
+                + struct.pack("<H", self.count_limit))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> MixParams:
+        """Parse :meth:`to_bytes` output; CorruptArchiveError on any malformed or out-of-range value."""
+        raw = bytes(raw)
+        if len(raw) < 2 or raw[0] != PARAMS_VERSION:
+            raise CorruptArchiveError("mixing parameters: unknown version or truncated")
+        n = raw[1]
+        if len(raw) != 2 + n + 8:
+            raise CorruptArchiveError(f"mixing parameters: expected {10 + n} bytes, got {len(raw)}")
+        fields = raw[2 + n:]
+        try:
+            return cls(orders=tuple(raw[2:2 + n]), hash_bits=fields[0], slot_width=fields[1],
+                       match_min=fields[2], match_bits=fields[3], lr=fields[4], init_gap=fields[5],
+                       count_limit=struct.unpack("<H", fields[6:8])[0])
+        except ValueError as exc:
+            raise CorruptArchiveError(f"mixing parameters: {exc}") from None
+
+
+DEFAULT_MIX = MixParams()
+
+
+@functools.lru_cache(maxsize=None)
+def _gate_table() -> np.ndarray:
+    """``round(2**30 * exp(-i / 256))`` for i < 24 * 256, then 0 (exact, see exp_table)."""
+    return exp_table(GATE_FRAC, 30, 24.0)
+
+
+def _finish_hash(h: np.ndarray) -> np.ndarray:
+    """Avalanche a uint64 hash so that its low and high bits both depend on every input."""
+    h = h ^ (h >> _U64(29))
+    h = h * _MUL2
+    return h ^ (h >> _U64(32))
+
+
+class Mixer:
+    """Mixes adaptive in-file models into LM tables; one instance codes one whole file.
+
+    Usage, identical in the encoder and the decoder: ``begin_group(rows)`` for every group in
+    order; then for every step ``t``: ``tables(lm)`` with the LM tables of the live rows (a
+    prefix of the group's rows, all at step ``t``), code with the result, ``update(tokens)``
+    with the tokens coded at that step. Rows are chunks of ``chunk_tokens`` tokens, laid out in
+    file order, so a match may run from one chunk into the next.
+    """
+
+    def __init__(self, vocab_size: int, params: MixParams, chunk_tokens: int) -> None:
+        self.vocab_size, self.params, self.chunk = vocab_size, params, chunk_tokens
+        p = params
+        self._orders = np.array(p.orders, dtype=np.int64)
+        self._models = 2 + len(p.orders)              # LM, orders..., match
+        self._slot_chk = np.zeros(1 << p.hash_bits, dtype=np.int64)   # 0: empty slot
+        self._slot_tok = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.int32)
+        self._slot_cnt = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.int32)
+        self._match_pos = np.full(1 << p.match_bits, -1, dtype=np.int64)
+        self._buf = np.full(0, -1, dtype=np.int32)    # every token by file position; -1: unknown
+        self._theta = np.full((self._models, CLASSES), -(p.init_gap << (THETA_FRAC - 4)), dtype=np.int64)
+        self._theta[0] = 0
+        self._base, self._rows = 0, 0
+        self._hist_len = max(p.orders[-1], p.match_min)
+        self.begin_group(0)
+
+    def begin_group(self, rows: int) -> None:
+        """Start a group of ``rows`` chunks, each at BOS; they follow the previous group's."""
+        self._base += self._rows * self.chunk
+        self._rows, self._t = rows, 0
+        need = self._base + rows * self.chunk + 1         # + 1: a match may point one past the end
+        if need > len(self._buf):
+            grown = np.full(max(need, 2 * len(self._buf)), -1, dtype=np.int32)
+            grown[: len(self._buf)] = self._buf
+            self._buf = grown
+        self._hist = np.full((rows, self._hist_len), -1, dtype=np.int64)  # [:, 0] is the newest
+        self._mptr = np.full(rows, -1, dtype=np.int64)   # file position the match predicts
+        self._mlen = np.zeros(rows, dtype=np.int64)
+
+    # ------------------------------------------------------------------ prediction
+
+    def tables(self, lm: np.ndarray) -> np.ndarray:
+        """Mixed int64 tables (R, V) for the first R rows of the group at the current step.
+
+        Args:
+            lm: int64 (R, V) LM tables, entries >= 1, totals <= 2**30.
+
+        Returns:
+            int64 (R, V), entries >= 1, totals <= 2**28 + 2 * V.
+        """
+        rows = lm.shape[0]
+        tok, cnt, cls = self._sparse(rows)                  # (R, S) each; cls (R, M)
+        mass = self._gates(cls)                             # (R, M), sums to <= 2**28
+        scale = (mass[:, :1] << MASS_BITS) // lm.sum(1, keepdims=True)
+        out = lm * scale                                    # <= mass * 2**28 <= 2**56
+        out >>= MASS_BITS
+        out += 1                                            # LM part: floor(lm * mass / total) + 1
+        share = self._spread(mass, cnt)
+        np.add.at(out, (np.repeat(np.arange(rows), tok.shape[1]), tok.ravel()), share.ravel())
+        self._last = (lm, scale[:, 0], out, tok, share, cls, mass)
+        return out
+
+    def _sparse(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of the sparse models: tokens and counts (R, O*K + 1), classes (R, M).
+
+        Column block ``o`` holds order ``o``'s slot (counts 0 where absent); the last column is
+        the match model's token with count 1. Class -1 marks a model without a prediction.
+        """
+        slot, chk = self._context_hashes(rows)              # (R, O)
+        self._ctx = (slot, chk)
+        tok = self._slot_tok[slot]                          # (R, O, K)
+        cnt = self._slot_cnt[slot] * (self._slot_chk[slot] == chk)[..., None]
+        total = cnt.sum(-1)
+        det = (cnt > 0).sum(-1) == 1
+        cls = np.full((rows, self._models), -1, dtype=np.int64)
+        cls[:, 0] = 0
+        cls[:, 1:-1] = np.where(total > 0, _COUNT_CLASS[np.minimum(total, 63)] * 2 + det, -1)
+        mtok = np.full(rows, 0, dtype=np.int64)
+        ptr = self._mptr[:rows]
+        known = ptr >= 0
+        mtok[known] = self._buf[ptr[known]]
+        known &= mtok >= 0
+        mtok[~known] = 0
+        cls[:, -1] = np.where(known, _LENGTH_CLASS[np.minimum(self._mlen[:rows], 63)], -1)
+        toks = np.concatenate([tok.reshape(rows, -1).astype(np.int64), mtok[:, None]], axis=1)
+        cnts = np.concatenate([cnt.reshape(rows, -1), known[:, None]], axis=1).astype(np.int64)
+        return toks, cnts, cls
+
+    def _context_hashes(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slot index and check value (R, O) of each order's context; check 0 where t < order."""
+        p = self.params
+        h = np.zeros(rows, dtype=_U64)
+        slots, chks = [], []
+        for j in range(0, p.orders[-1] + 1):
+            if j:
+                h = (h ^ self._hist[:rows, j - 1].astype(_U64)) * _MUL + _U64(j)
+            if j in p.orders:
+                f = _finish_hash(h)
+                slots.append((f & _U64((1 << p.hash_bits) - 1)).astype(np.int64))
+                chks.append(((f >> _U64(40)) | _U64(1)).astype(np.int64) * (self._t >= j))
+        return np.stack(slots, 1), np.stack(chks, 1)
+
+    def _gates(self, cls: np.ndarray) -> np.ndarray:
+        """Mass (R, M) of each model: softmax of its weight over the predicting models, * 2**28."""
+        theta = np.where(cls >= 0, self._theta[np.arange(self._models), np.maximum(cls, 0)], -THETA_LIMIT * 4)
+        gap = (theta.max(1, keepdims=True) - theta) >> (THETA_FRAC - GATE_FRAC)
+        table = _gate_table()
+        g = table[np.minimum(gap, len(table) - 1)]
+        g[cls < 0] = 0
+        return (g << MASS_BITS) // g.sum(1, keepdims=True)
+
+    def _spread(self, mass: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        """Share of each sparse candidate: its model's mass split in proportion to the counts."""
+        rows, width, orders = cnt.shape[0], self.params.slot_width, len(self.params.orders)
+        ng = cnt[:, :-1].reshape(rows, orders, width)
+        total = np.maximum(ng.sum(-1, keepdims=True), 1)
+        share = ng * mass[:, 1:-1, None] // total
+        return np.concatenate([share.reshape(rows, -1), cnt[:, -1:] * mass[:, -1:]], axis=1)
+
+    # ------------------------------------------------------------------ learning
+
+    def update(self, tokens: np.ndarray) -> None:
+        """Learn from the tokens (R,) just coded with the last :meth:`tables` (same R rows)."""
+        x = np.asarray(tokens, dtype=np.int64)
+        rows = len(x)
+        self._learn_weights(x)
+        self._learn_ngrams(x)
+        pos = self._base + np.arange(rows) * self.chunk + self._t
+        self._buf[pos] = x
+        self._hist[:rows, 1:] = self._hist[:rows, :-1]
+        self._hist[:rows, 0] = x
+        self._t += 1
+        if self.params.match_min:
+            self._learn_match(x, pos)
+
+    def _learn_weights(self, x: np.ndarray) -> None:
+        """One gradient step on -log P(x): theta_m += lr * (responsibility_m - gate_m)."""
+        lm, scale, out, tok, share, cls, mass = self._last
+        rows, ar = len(x), np.arange(len(x))
+        contrib = np.zeros((rows, self._models), dtype=np.int64)
+        contrib[:, 0] = ((lm[ar, x] * scale) >> MASS_BITS) + 1
+        hit = np.where(tok == x[:, None], share, 0)
+        orders, width = len(self.params.orders), self.params.slot_width
+        contrib[:, 1:-1] = hit[:, :-1].reshape(rows, orders, width).sum(-1)
+        contrib[:, -1] = hit[:, -1]
+        resp = (contrib << PROB_BITS) // out[ar, x][:, None]
+        grad = ((resp - (mass >> (MASS_BITS - PROB_BITS))) * self.params.lr) >> 4   # THETA_FRAC == PROB_BITS
+        active = cls >= 0
+        active[:, 0] = False                                # the LM is the reference: theta = 0
+        m_idx = np.broadcast_to(np.arange(self._models), cls.shape)
+        np.add.at(self._theta, (m_idx[active], cls[active]), grad[active])
+        np.clip(self._theta, -THETA_LIMIT, THETA_LIMIT, out=self._theta)
+
+    def _learn_ngrams(self, x: np.ndarray) -> None:
+        """Count x after each order's context; slots shared by several rows update in row order."""
+        slot, chk = self._ctx
+        live = chk > 0
+        slots, chks = slot[live], chk[live]
+        toks = np.broadcast_to(x[:, None], slot.shape)[live]
+        pending = np.arange(len(slots))
+        while len(pending):
+            _, first = np.unique(slots[pending], return_index=True)
+            now = pending[first]
+            self._count(slots[now], chks[now], toks[now])
+            pending = np.delete(pending, first)
+
+    def _count(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
+        """Add x to distinct slots: bump its count, else replace the least counted token."""
+        n = len(slot)
+        ar = np.arange(n)
+        tok, cnt = self._slot_tok[slot], self._slot_cnt[slot]
+        cnt[self._slot_chk[slot] != chk] = 0
+        hit = (tok == x[:, None]) & (cnt > 0)
+        has = hit.any(1)
+        k = np.where(has, hit.argmax(1), cnt.argmin(1))
+        tok[ar, k] = x
+        cnt[ar, k] = np.where(has, cnt[ar, k] + 1, 1)
+        over = cnt.max(1) > self.params.count_limit
+        cnt[over] >>= 1
+        self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = chk, tok, cnt
+
+    def _learn_match(self, x: np.ndarray, pos: np.ndarray) -> None:
+        """Follow or drop each row's match, look up a new one, then record this context."""
+        rows, k = len(x), self.params.match_min
+        ptr, mlen = self._mptr[:rows], self._mlen[:rows]
+        on = ptr >= 0
+        ok = on & (self._buf[np.maximum(ptr, 0)] == x)
+        ptr[:] = np.where(ok, ptr + 1, -1)
+        mlen[:] = np.where(ok, mlen + 1, 0)
+        if self._t < k:
+            return
+        h = np.zeros(rows, dtype=_U64)
+        for j in range(k):
+            h = (h ^ self._hist[:rows, j].astype(_U64)) * _MUL + _U64(j + 101)
+        key = (_finish_hash(h) & _U64((1 << self.params.match_bits) - 1)).astype(np.int64)
+        seek = np.flatnonzero(ptr < 0)
+        found = self._match_pos[key[seek]]
+        seek, found = seek[found >= 0], found[found >= 0]
+        length = self._verify(found, pos[seek])
+        good = length >= k
+        ptr[seek[good]], mlen[seek[good]] = found[good], length[good]
+        last = rows - 1 - np.unique(key[::-1], return_index=True)[1]   # the last row wins
+        self._match_pos[key[last]] = pos[last] + 1
+
+    def _verify(self, found: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """How many tokens before ``found`` equal those ending at ``pos`` (at most MATCH_VERIFY)."""
+        back = np.arange(MATCH_VERIFY)
+        a = found[:, None] - 1 - back
+        b = pos[:, None] - back
+        same = (a >= 0) & (b >= 0)
+        same &= self._buf[np.maximum(a, 0)] == self._buf[np.maximum(b, 0)]
+        same &= self._buf[np.maximum(b, 0)] >= 0
+        return np.where(same.all(1), MATCH_VERIFY, same.argmin(1))
