@@ -11,8 +11,9 @@ import bz2
 import gzip
 import lzma
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 Codec = Callable[[bytes], bytes]
 KB = 1000  # throughputs are in kB/s = 1000 bytes of ORIGINAL data per second

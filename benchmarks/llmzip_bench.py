@@ -40,7 +40,7 @@ def measure_llmzip(model: str, label: str, path: Path, limit: int | None,
         spec = {"model": model, "label": label, "file": str(path), "limit": limit,
                 "threads": threads, "batch_size": batch_size, "out": str(out)}
         proc = subprocess.run([sys.executable, str(RUN_PY), WORKER_FLAG, json.dumps(spec)],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
             raise RuntimeError(f"llmzip worker failed (model {model!r}, file {path.name}), "
@@ -64,10 +64,13 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     """Load, compress, decompress; everything the entry needs, timed."""
     from llmzip import codec, read_info
-    from llmzip.errors import CorruptArchiveError
+    from llmzip.errors import CorruptArchiveError, LlmzipError
     from llmzip.model import load_model
 
-    model, load_s = _timed(load_model, spec["model"])
+    try:
+        model, load_s = _timed(load_model, spec["model"])
+    except LlmzipError as exc:
+        raise SystemExit(f"cannot load model {spec['model']!r}: {exc}") from None
     # One-time lazy set-up (lookup tables, first BLAS call) belongs with loading, not coding.
     warm = codec.Settings(batch_size=spec["batch_size"])
     _, warmup_s = _timed(lambda: codec.decompress(codec.compress(WARMUP, model, settings=warm), model, warm))

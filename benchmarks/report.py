@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Entry = dict[str, Any]
 TOTAL = "all files"
@@ -14,10 +15,17 @@ def ordered(entries: list[Entry], key: str) -> list[str]:
     return list(dict.fromkeys(e[key] for e in entries))
 
 
+def compressors(entries: list[Entry]) -> list[str]:
+    """Compressor names, classic ones first (in run order), then llmzip ones."""
+    names = ordered(entries, "compressor")
+    llm = {e["compressor"] for e in entries if "fingerprint" in e}
+    return [n for n in names if n not in llm] + [n for n in names if n in llm]
+
+
 def with_totals(entries: list[Entry]) -> list[Entry]:
     """``entries`` plus one pseudo-entry per compressor summed over all files."""
     totals = []
-    for comp in ordered(entries, "compressor"):
+    for comp in compressors(entries):
         rows = [e for e in entries if e["compressor"] == comp]
         orig = sum(e["original_bytes"] for e in rows)
         c_s, d_s = sum(e["compress_s"] for e in rows), sum(e["decompress_s"] for e in rows)
@@ -35,7 +43,7 @@ def with_totals(entries: list[Entry]) -> list[Entry]:
 
 def matrix(entries: list[Entry], key: str, fmt: str, best: Callable[[list[float]], float]) -> list[str]:
     """A Markdown table of ``key``: files as rows, compressors as columns, the best of a row in bold."""
-    comps, cells = ordered(entries, "compressor"), {(e["file"], e["compressor"]): e.get(key) for e in entries}
+    comps, cells = compressors(entries), {(e["file"], e["compressor"]): e.get(key) for e in entries}
     lines = ["| file | " + " | ".join(comps) + " |", "|---|" + "---:|" * len(comps)]
     for file in ordered(entries, "file"):
         row = [cells.get((file, c)) for c in comps]
@@ -50,23 +58,26 @@ def matrix(entries: list[Entry], key: str, fmt: str, best: Callable[[list[float]
 def llmzip_table(entries: list[Entry]) -> list[str]:
     """Per (model, file): tokens, ideal vs real bits/byte, speed in tokens/s, memory, load time."""
     rows = [e for e in entries if "fingerprint" in e]
-    lines = ["| model | file | tokens | ideal bpb | archive bpb | overhead % | compress tok/s "
-             "| decompress tok/s | peak RSS MB | load s | warm-up s |", "|---|---|" + "---:|" * 9]
+    head = ("| model | file | tokens | ideal bpb | archive bpb | overhead % | compress tok/s "
+            "| decompress tok/s | peak RSS MB | load s | warm-up s |")
+    lines = [head, "|---|---|" + "---:|" * 9]
     for e in rows:
         lines.append(
             f"| {e['compressor']} | {e['file']} | {e['tokens']} | {e['ideal_bits_per_byte']:.3f} "
             f"| {e['bits_per_byte']:.3f} | {e['overhead_pct']:.2f} | {e['compress_tokens_per_s']:.0f} "
-            f"| {e['decompress_tokens_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['load_s']:.2f} | {e['warmup_s']:.2f} |")
+            f"| {e['decompress_tokens_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['load_s']:.2f} "
+            f"| {e['warmup_s']:.2f} |")
     return lines if rows else []
 
 
 def header_lines(machine: dict[str, Any]) -> list[str]:
-    quick = " — **quick run: only the first {} bytes of each file**".format(machine["quick_bytes"]) \
-        if machine["quick"] else ""
+    quick = (f" — **quick run: only the first {machine['quick_bytes']} bytes of each file** (classic"
+             " compressors' speeds are then mostly per-call set-up, e.g. xz's and PPMd's tables)"
+             if machine["quick"] else "")
     return [
         "# llmzip benchmark", "",
-        f"{machine['date']} · {machine['cpu']} ({machine['cores']} cores) · Python {machine['python']} "
-        f"· numpy {machine['numpy']} · torch {machine['torch'] or 'not installed'}{quick}", "",
+        (f"{machine['date']} · {machine['cpu']} ({machine['cores']} cores) · Python {machine['python']} "
+         f"· numpy {machine['numpy']} · torch {machine['torch'] or 'not installed'}{quick}"), "",
         f"Command: `{machine['command']}`", "",
     ]
 
@@ -115,7 +126,7 @@ def _colors(comps: list[str]) -> dict[str, Any]:
 def plot_bpb_by_file(out: Path, entries: list[Entry]) -> Path:
     """Grouped bars: one group per file (and all files), one bar per compressor."""
     plt, allrows = _pyplot(), with_totals(entries)
-    files, comps = ordered(allrows, "file"), ordered(allrows, "compressor")
+    files, comps = ordered(allrows, "file"), compressors(allrows)
     colors, cells = _colors(comps), {(e["file"], e["compressor"]): e["bits_per_byte"] for e in allrows}
     width = 0.84 / len(comps)
     fig, ax = plt.subplots(figsize=(max(9.0, 1.5 * len(files) * max(1, len(comps) / 6)), 5.5))
@@ -133,18 +144,22 @@ def plot_bpb_by_file(out: Path, entries: list[Entry]) -> Path:
 def plot_bpb_vs_speed(out: Path, entries: list[Entry]) -> Path:
     """Bits/byte vs compress throughput: a labelled point per compressor over all files,
     small faint points per file in the same colour."""
-    plt, comps = _pyplot(), ordered(entries, "compressor")
+    plt, comps = _pyplot(), compressors(entries)
     colors, totals = _colors(comps), [e for e in with_totals(entries) if e["file"] == TOTAL]
     fig, ax = plt.subplots(figsize=(10, 6.5))
+    star = {e["compressor"] for e in entries if "fingerprint" in e}  # llmzip: stars, the rest dots
     for e in entries:
-        ax.scatter(e["compress_kbps"], e["bits_per_byte"], s=14, alpha=0.35, color=colors[e["compressor"]])
+        small = e["compressor"] in star
+        ax.scatter(e["compress_kbps"], e["bits_per_byte"], s=30 if small else 14, alpha=0.35,
+                   color=colors[e["compressor"]], marker="*" if small else "o")
     for t in totals:
-        ax.scatter(t["compress_kbps"], t["bits_per_byte"], s=70, color=colors[t["compressor"]],
-                   edgecolors="black", zorder=3, label=t["compressor"])
+        big = t["compressor"] in star
+        ax.scatter(t["compress_kbps"], t["bits_per_byte"], s=160 if big else 70, color=colors[t["compressor"]],
+                   marker="*" if big else "o", edgecolors="black", zorder=3, label=t["compressor"])
     ax.set_xscale("log")
     ax.set_xlabel("compress throughput, kB/s of original data (log scale)")
     ax.set_ylabel("bits per byte (lower is better)")
-    ax.set_title("Size vs speed (big dots: all files; small dots: single files)")
+    ax.set_title("Size vs speed (big markers: all files together; small ones: single files)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     fig.tight_layout()  # fix the axes' final size before measuring where labels fall

@@ -128,15 +128,16 @@ def llmzip_labels(models: list[str]) -> dict[str, str]:
 
 
 def plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Path, str, Any]]:
-    """The (file, compressor label, how to run it) steps, file-major."""
+    """The (file, compressor label, how to run it) steps, file-major; llmzip first, so that a
+    model that cannot load stops the run at once rather than after the classic ones."""
     from compressors import classic_compressors
 
     classic = [] if args.no_classic else classic_compressors()
     labels = llmzip_labels(list(dict.fromkeys(args.models)))
     steps: list[tuple[Path, str, Any]] = []
     for path in files:
-        steps += [(path, c.name, c) for c in classic]
         steps += [(path, label, model) for model, label in labels.items()]
+        steps += [(path, c.name, c) for c in classic]
     return steps
 
 
