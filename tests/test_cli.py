@@ -425,3 +425,20 @@ def test_interrupt_leaves_no_partial_output(llz, prose_file, monkeypatch):
 ])
 def test_classify(exc, expected):
     assert cli.classify(exc, "f") == expected
+
+
+def test_threads_and_batch_size_never_change_the_archive(tiny_model_dir, tmp_path):
+    """`-T 2 --batch-size 16` and `-T 1 --batch-size 3`: same bytes, each decodes under the other."""
+    src = tmp_path / "text"
+    src.write_bytes(PROSE * 3 + SAMPLES["random"][:400])
+    settings = {"a": ["-T", "2", "--batch-size", "16"], "b": ["-T", "1", "--batch-size", "3"]}
+    base = [sys.executable, "-m", "llmzip.cli"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for name, opts in settings.items():
+        subprocess.run(base + ["compress", "--model", str(tiny_model_dir), *opts, str(src), "-o",
+                               str(tmp_path / f"{name}.llz")], check=True, env=env)
+    assert (tmp_path / "a.llz").read_bytes() == (tmp_path / "b.llz").read_bytes()
+    for name, opts in (("a", settings["b"]), ("b", settings["a"])):
+        out = subprocess.run(base + ["decompress", "--model", str(tiny_model_dir), *opts, "-c",
+                                     str(tmp_path / f"{name}.llz")], check=True, env=env, capture_output=True)
+        assert out.stdout == src.read_bytes()
