@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Peak memory of the CLI as the input grows: does llmzip stay bounded?
+
+    python benchmarks/memory.py [--model tests/data/golden-tiny] [--sizes-mb 1 10]
+
+For each size, builds a text file of that size (the corpus files repeated), then runs
+``llmzip compress`` and ``llmzip decompress`` in child processes and reports each child's peak
+RSS (``ru_maxrss``) and wall time. The decoded file is compared with the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def make_input(path: Path, size: int) -> None:
+    sources = [p.read_bytes() for p in sorted(CORPUS.iterdir()) if p.name != "README.md"]
+    blob = b"".join(sources)
+    path.write_bytes((blob * (size // len(blob) + 1))[:size])
+
+
+def run_child(args: list[str]) -> tuple[float, float]:
+    """Run ``python -m llmzip.cli ARGS``; return (its own peak RSS in MB, seconds)."""
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "llmzip.cli", *args], cwd=REPO)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"llmzip {args[0]} failed with status {child.returncode}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO / "tests" / "data" / "golden-tiny"))
+    p.add_argument("--sizes-mb", type=float, nargs="+", default=[1, 10])
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for mb in sorted(args.sizes_mb):
+            src = Path(tmp) / f"in{mb}"
+            make_input(src, int(mb * 2**20))
+            rss_c, t_c = run_child(["compress", "-q", "--model", args.model, str(src), "-o", f"{src}.llz"])
+            rss_d, t_d = run_child(["decompress", "-q", "--model", args.model, f"{src}.llz", "-o", f"{src}.out"])
+            same = Path(f"{src}.out").read_bytes() == src.read_bytes()
+            print(json.dumps({"input_mb": mb, "archive_bytes": Path(f"{src}.llz").stat().st_size,
+                              "compress_peak_rss_mb": round(rss_c, 1), "compress_s": round(t_c, 1),
+                              "decompress_peak_rss_mb": round(rss_d, 1), "decompress_s": round(t_d, 1),
+                              "round_trip": same}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
