@@ -56,6 +56,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--export", type=Path, help="write the final model here in HF layout")
+    p.add_argument("--export-only", action="store_true", help="export the latest checkpoint without training")
     return p.parse_args()
 
 
@@ -239,7 +240,7 @@ def train(args: argparse.Namespace, tok_path: Path) -> torch.nn.Module:
         tmp.replace(ckpt_path)
 
     model.train()
-    while step < args.steps:
+    while step < args.steps and not args.export_only:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         loss, count = loss_bits(model, sampler.batch(step, args.batch))
@@ -271,6 +272,7 @@ def export(model: torch.nn.Module, tok_path: Path, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").unlink(missing_ok=True)   # not used by llmzip
     fast = PreTrainedTokenizerFast(tokenizer_file=str(tok_path), bos_token=BOS, eos_token=BOS, unk_token=None)
     fast.model_max_length = model.config.n_positions
     fast.save_pretrained(out)
@@ -281,7 +283,8 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    if not args.export_only:
+        (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     tok_path = args.work / "tokenizer.json"
     docs = None
     if not tok_path.exists():
