@@ -221,6 +221,13 @@ class ArithmeticDecoder:
         self._advance(cum, _index(cdf.item(s + 1)) - cum, total)
         return s
 
+    def check_overread(self) -> None:
+        """Raises CorruptArchiveError as soon as the decoder has read more than 8 bytes
+        past the end: no valid stream does that, so a truncated or forged one is caught
+        early instead of after the whole segment has been decoded."""
+        if self._pos > len(self._data) + _MAX_OVERREAD:
+            raise CorruptArchiveError("arithmetic-coded stream is truncated")
+
     def check_end(self) -> None:
         """Checks that the stream ended where it should, after the last symbol.
 
@@ -232,8 +239,7 @@ class ArithmeticDecoder:
             (truncated stream), did not read every byte (trailing junk), or the
             data ends in a zero byte (never emitted).
         """
-        if self._pos > len(self._data) + _MAX_OVERREAD:
-            raise CorruptArchiveError("arithmetic-coded stream is truncated")
+        self.check_overread()
         if self._pos < len(self._data):
             raise CorruptArchiveError("arithmetic-coded stream has trailing bytes")
         if self._data and self._data[-1] == 0:
