@@ -61,7 +61,16 @@ class GPT2Spec:
 
     @classmethod
     def from_config(cls, config: object) -> "GPT2Spec":
-        """Build from a ``transformers.GPT2Config`` (or anything with the same attributes)."""
+        """Build from a ``transformers.GPT2Config`` (or anything with the same attributes).
+
+        Raises:
+            ValueError: the config asks for a GPT-2 variant this engine does not compute
+                (attention scaled by layer index, or unscaled attention).
+        """
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            raise ValueError("scale_attn_by_inverse_layer_idx is not supported by the exact engine")
+        if not getattr(config, "scale_attn_weights", True):
+            raise ValueError("scale_attn_weights=False is not supported by the exact engine")
         return cls(
             n_layer=int(config.n_layer), n_head=int(config.n_head), n_embd=int(config.n_embd),
             n_ctx=int(config.n_positions), vocab_size=int(config.vocab_size),
@@ -183,7 +192,8 @@ class ExactGPT2:
         """Prove at load that every float64 GEMM of this model is exact."""
         w_max = 2**WEIGHT_BITS - 1
         d = self.spec.n_embd
-        check_gemm_bound(4 * d, ACT_CLIP, w_max, "linear layers")
+        inner = max(blk.fc_proj.w.shape[0] for blk in self.blocks)   # n_inner, 4 * d by default
+        check_gemm_bound(max(inner, d), ACT_CLIP, w_max, "linear layers")
         check_gemm_bound(self.head_dim, ACT_CLIP, ACT_CLIP, "attention scores")
         check_gemm_bound(self.spec.n_ctx, 2**ATT_EXP_BITS, ACT_CLIP, "attention values")
 

@@ -158,7 +158,10 @@ def _load_hub(name: str, allow_download: bool) -> LoadedModel:
 class _Config:
     """Attribute access over a config.json dict, with GPT-2's defaults."""
 
-    _defaults = {"layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": True}
+    _defaults = {
+        "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": True,
+        "scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True,
+    }
 
     def __init__(self, data: dict[str, Any]) -> None:
         self._data = data
@@ -183,7 +186,10 @@ def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenize
     state = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in state.items()}
     if getattr(config, "tie_word_embeddings", True) or "lm_head.weight" not in state:
         state["lm_head.weight"] = state["transformer.wte.weight"]
-    spec = GPT2Spec.from_config(config)
+    try:
+        spec = GPT2Spec.from_config(config)
+    except ValueError as exc:
+        raise ModelLoadError(f"{model_id}: {exc}") from exc
     if tokenizer.vocab_size > spec.vocab_size:
         raise ModelLoadError(f"{model_id}: tokenizer has {tokenizer.vocab_size} tokens, model only {spec.vocab_size}")
     if not 0 <= bos < spec.vocab_size:

@@ -146,3 +146,15 @@ def test_fingerprint_is_stable(golden):
 
 
 GOLDEN_ENGINE_FINGERPRINT = "3b6ab6a8ac2765ad"
+
+
+@pytest.mark.parametrize("flag", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])
+def test_unsupported_gpt2_variants_are_refused(flag):
+    from types import SimpleNamespace
+
+    from llmzip.engine import GPT2Spec
+
+    base = dict(n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab_size=300,
+                layer_norm_epsilon=1e-5, activation_function="gelu_new")
+    with pytest.raises(ValueError, match="not supported"):
+        GPT2Spec.from_config(SimpleNamespace(**base, **flag))

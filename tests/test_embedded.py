@@ -1,0 +1,57 @@
+"""The embedded model ships with the package, round-trips real text and beats gzip on prose."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import llmzip
+from llmzip import codec
+from llmzip.model import EMBEDDED_NAME, MODELS_DIR, load_model
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+README = Path(__file__).resolve().parents[1] / "README.md"
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model("embedded")
+
+
+def _prose() -> bytes:
+    """A real prose sample: Treasure Island when ../shared is beside the checkout, else the README."""
+    source = CORPUS / "treasure_island.txt"
+    return source.read_bytes()[20000:26000] if source.exists() else README.read_bytes()[:6000]
+
+
+def test_embedded_model_is_packaged():
+    files = {p.name for p in (MODELS_DIR / EMBEDDED_NAME).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    size = sum(p.stat().st_size for p in (MODELS_DIR / EMBEDDED_NAME).iterdir())
+    assert size <= 30 * 2**20
+
+
+def test_round_trip_and_beats_gzip_on_prose(embedded):
+    data = _prose()
+    blob = codec.compress(data, embedded)
+    assert codec.decompress(blob, embedded) == data
+    assert len(blob) < len(gzip.compress(data, 9))
+
+
+def test_default_api_uses_the_embedded_model():
+    blob = llmzip.compress(b"Hello, hello, hello world!\n")
+    assert llmzip.read_info(blob).model_id == EMBEDDED_NAME
+    assert llmzip.decompress(blob) == b"Hello, hello, hello world!\n"
+
+
+def test_embedded_golden_archive_decodes(embedded):
+    """Pins the shipped weights + engine: a retrained or re-quantised model must not silently
+    change what old archives decode to (it changes the fingerprint, and this test fails)."""
+    blob = (DATA / "golden-embedded.llz").read_bytes()
+    data = codec.decompress(blob, embedded)
+    assert hashlib.sha256(data).hexdigest() == (DATA / "golden-embedded.sha256").read_text().split()[0]
+    assert codec.compress(data, embedded, group_chunks=llmzip.read_info(blob).group_chunks) == blob
