@@ -101,10 +101,10 @@ def load_model(name: str | None = None, *, allow_download: bool = False) -> Load
         return _cached_dir(str(path), EMBEDDED_NAME)
     path = Path(name).expanduser()
     if path.is_dir():
-        full = str(path.resolve())
-        # The archive names the directory it was made with, so decompression finds it again
-        # on the same machine; elsewhere the user points --model at a copy (fingerprint-checked).
-        return _cached_dir(full, full if len(full.encode()) <= 255 else path.resolve().name)
+        # Archives record only the directory's name: the same input and model give the same
+        # archive wherever the model lives. Decompression finds it again through --model
+        # (and the fingerprint proves it is the right one).
+        return _cached_dir(str(path.resolve()), path.resolve().name[:255] or "model")
     return _load_hub(name, allow_download)
 
 
@@ -145,7 +145,9 @@ def _load_hub(name: str, allow_download: bool) -> LoadedModel:
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers raises OSError/ValueError/EnvironmentError variants
-        hint = "" if allow_download else " (not in the local cache; pass --allow-download to fetch it)"
+        hint = "" if allow_download else (
+            " (not a local directory and not in the Hugging Face cache: point --model at the model's"
+            " directory, or pass --allow-download to fetch it from the hub)")
         raise ModelLoadError(f"cannot load model {name!r}{hint}: {exc}") from exc
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     tokenizer = ByteTokenizer.from_hf(hf_tok)

@@ -91,7 +91,7 @@ def test_real_shell_pipeline(tiny_model_dir, tmp_path):
     src.write_bytes(SAMPLES["random"] + SAMPLES["invalid_utf8"])
     llmzip = _python_llmzip()
     pipeline = (f"cat {src} | {llmzip} compress -c --model {tiny_model_dir} "
-                f"| {llmzip} decompress -c | cmp - {src}")      # decompress finds the model in the header
+                f"| {llmzip} decompress -c --model {tiny_model_dir} | cmp - {src}")
     done = subprocess.run(["sh", "-c", pipeline], cwd=REPO, capture_output=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
 
@@ -241,7 +241,7 @@ def test_list_json(llz, archive, tiny_model_dir):
     header = read_archive(archive.read_bytes())[0]
     size = archive.stat().st_size
     assert info == {
-        "file": str(archive), "model_id": str(tiny_model_dir.resolve()),
+        "file": str(archive), "model_id": tiny_model_dir.resolve().name,
         "fingerprint": load_model(str(tiny_model_dir)).fingerprint.hex(), "format_version": 1,
         "original_size": len(PROSE), "archive_size": size, "ratio": round(size / len(PROSE), 4),
         "bits_per_byte": round(8 * size / len(PROSE), 4), "token_count": header.token_count,
@@ -262,7 +262,7 @@ def test_list_text(llz, archive, tiny_model_dir, tmp_path):
     assert line.split() == [
         str(size), str(len(PROSE)), f"{size / len(PROSE):.3f}", f"{8 * size / len(PROSE):.2f}",
         str(header.token_count), f"63x{header.group_chunks}", header.fingerprint.hex()[:16],
-        str(tiny_model_dir.resolve()), str(archive)]
+        tiny_model_dir.resolve().name, str(archive)]
 
 
 # --- damaged archives and wrong models -----------------------------------------------------------
@@ -310,8 +310,8 @@ def test_model_mismatch(llz, archive, tiny_model_dir, other_model_dir, tmp_path)
     ours, theirs = (load_model(str(d)).fingerprint.hex()[:16] for d in (tiny_model_dir, other_model_dir))
     assert ours != theirs
     assert (result.exit_code, err(result)) == (1, (
-        f"llmzip: {archive}: archive needs model '{tiny_model_dir.resolve()}' with fingerprint {ours}, "
-        f"but '{other_model_dir.resolve()}' has fingerprint {theirs}\n"))
+        f"llmzip: {archive}: archive needs model '{tiny_model_dir.resolve().name}' with fingerprint {ours}, "
+        f"but '{other_model_dir.resolve().name}' has fingerprint {theirs}\n"))
     assert not out.exists()
 
 
