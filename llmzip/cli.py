@@ -99,6 +99,7 @@ class Options:
     threads: int | None = None
     batch_size: int | None = None
     chunk_tokens: int | None = None
+    mix: bool = True                 # context mixing (compress)
     model: str | None = None
     allow_download: bool = False
     debug: bool = False
@@ -218,7 +219,8 @@ def transform(data: bytes, label: str, opts: Options, verify: bool) -> bytes:
         settings = codec.Settings(batch_size=opts.batch_size, progress=tick)
         if opts.mode != "compress":
             return codec.decompress(data, model, settings)
-        blob = codec.compress(data, model, chunk_tokens=opts.chunk_tokens, settings=settings)
+        blob = codec.compress(data, model, chunk_tokens=opts.chunk_tokens, settings=settings,
+                              mixing=codec.DEFAULT_MIX if opts.mix else None)
         if verify and codec.decompress(blob, model, settings) != data:
             raise Refused("verification failed: the archive does not decode to the input (input kept)")
         return blob
@@ -384,6 +386,8 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
                                help="Rows per forward pass (memory/speed only) [default: whole group]."),
     "chunk_tokens": click.option("--chunk-tokens", type=click.IntRange(min=1),
                                  help="Tokens per chunk [default: the model's context - 1]."),
+    "mix": click.option("--mix/--no-mix", default=True,
+                        help="Context mixing with in-file n-gram and match models.  [default: mix]"),
     "model": click.option("--model", envvar="LLMZIP_MODEL", metavar="NAME",
                           help="Model: 'embedded', a directory or a hub id [default: embedded; "
                                "decompress: the archive's model]. Env: LLMZIP_MODEL."),
@@ -421,7 +425,7 @@ def main() -> None:
 
 
 @main.command(epilog=EPILOG)
-@_with("files", "stdout", "output", "force", "keep", "suffix", "chunk_tokens", *_CODEC_OPTIONS)
+@_with("files", "stdout", "output", "force", "keep", "suffix", "chunk_tokens", "mix", *_CODEC_OPTIONS)
 def compress(files: tuple[str, ...], **kw: Any) -> int:
     """Compress each FILE to FILE.llz (no FILE, or -: stdin to stdout)."""
     return _run("compress", files, **kw)

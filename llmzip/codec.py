@@ -9,6 +9,11 @@ group. The decoder runs the same schedule with an incremental KV cache.
 How the tables are computed (batch size, threads, prefill block length) never changes the
 archive: the predictor's tables are a pure function of each row's prefix. Only
 ``chunk_tokens`` and ``group_chunks`` shape the stream, and both are in the header.
+
+With context mixing (``compress(..., mixing=MixParams)``, recorded in the header) one
+:class:`~llmzip.mix.Mixer` lives for the whole file: at every step it turns the LM tables of
+the live rows into the coding tables and then learns the tokens coded at that step, in the
+same order in the encoder and the decoder (see :mod:`llmzip.mix`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from .coder import ArithmeticDecoder, ArithmeticEncoder
 from .container import Header, content_checksum, read_archive, write_archive
 from .errors import CorruptArchiveError, UnsupportedFormatError
+from .mix import DEFAULT_MIX, Mixer, MixParams
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 MAX_GROUP = 64                     # more rows per step amortise reading the weights...
@@ -81,12 +87,14 @@ class Settings:
 
 def compress(
     data: bytes, model: Model, *, chunk_tokens: int | None = None, group_chunks: int | None = None,
-    settings: Settings = Settings(),
+    settings: Settings = Settings(), mixing: MixParams | None = DEFAULT_MIX,
 ) -> bytes:
     """Compress ``data`` with ``model``; the archive records everything needed to decode it.
 
     ``group_chunks`` defaults to as many chunks (up to ``MAX_GROUP``) as fit ``KV_BUDGET``
-    of decoder cache, so decompression memory stays bounded whatever the model.
+    of decoder cache, so decompression memory stays bounded whatever the model. ``mixing``
+    (on by default) sets the context-mixing parameters, stored in the header; ``None`` turns
+    mixing off.
     """
     chunk = chunk_tokens or model.max_context - 1
     group_chunks = group_chunks or default_group(model)
@@ -98,9 +106,11 @@ def compress(
         vocab_size=model.vocab_size, bos_id=model.bos_id, freq_bits=model.freq_bits,
         chunk_tokens=chunk, group_chunks=group_chunks, original_size=len(data),
         token_count=len(tokens), checksum=content_checksum(data),
+        mixing=mixing is not None, mix_params=mixing.to_bytes() if mixing else b"",
     )
+    mixer = Mixer(model.vocab_size, mixing, chunk) if mixing else None
     segments = [
-        encode_group(model, rows, settings)
+        encode_group(model, rows, settings, mixer)
         for rows in _groups(tokens, chunk, group_chunks)
     ]
     return write_archive(header, segments)
@@ -109,11 +119,12 @@ def compress(
 def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> bytes:
     """Decode an archive made by :func:`compress` with the same model (checked by fingerprint)."""
     header, segments = read_archive(blob)
-    check_compatible(header, model)
+    mixing = check_compatible(header, model)
+    mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens) if mixing else None
     parts: list[bytes] = []
     for j, segment in enumerate(segments):
         rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
-        for ids in decode_group(model, bytes(segment), rows, settings):
+        for ids in decode_group(model, bytes(segment), rows, settings, mixer):
             parts.append(model.tokenizer.decode(ids))
     data = b"".join(parts)
     if len(data) != header.original_size or content_checksum(data) != header.checksum:
@@ -126,10 +137,9 @@ def default_group(model: Predictor) -> int:
     return max(1, min(MAX_GROUP, KV_BUDGET // per_row)) if per_row else MAX_GROUP
 
 
-def check_compatible(header: Header, model: Model) -> None:
-    """Refuse archives this model/build cannot decode, with the reason."""
-    if header.mixing:
-        raise UnsupportedFormatError("this build cannot decode archives made with context mixing")
+def check_compatible(header: Header, model: Model) -> MixParams | None:
+    """Refuse archives this model/build cannot decode, with the reason; return the mixing parameters."""
+    mixing = MixParams.from_bytes(header.mix_params) if header.mixing else None
     if header.engine != model.engine_id:
         raise UnsupportedFormatError(f"unknown inference engine {header.engine}")
     model.check_archive(header.fingerprint, header.model_id)
@@ -139,6 +149,7 @@ def check_compatible(header: Header, model: Model) -> None:
         raise UnsupportedFormatError(f"frequency precision {header.freq_bits} bits is not supported")
     if header.chunk_tokens > model.max_context - 1:
         raise CorruptArchiveError(f"chunk of {header.chunk_tokens} tokens exceeds the model's context")
+    return mixing
 
 
 def _groups(tokens: np.ndarray, chunk: int, group: int) -> Iterator[list[np.ndarray]]:
@@ -152,8 +163,13 @@ def _batches(rows: int, batch_size: int | None) -> list[slice]:
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
-def encode_group(model: Predictor, rows: Sequence[np.ndarray], settings: Settings) -> bytes:
-    """Arithmetic-code one group of chunks in lockstep; returns its segment."""
+def encode_group(
+    model: Predictor, rows: Sequence[np.ndarray], settings: Settings, mixer: Mixer | None = None
+) -> bytes:
+    """Arithmetic-code one group of chunks in lockstep; returns its segment.
+
+    Rows must be in non-increasing length order (only the last chunk of a file is short).
+    """
     bos = getattr(model, "bos_id", 0)
     length = max(len(r) for r in rows)
     inputs = np.full((len(rows), length), bos, dtype=np.int64)
@@ -162,11 +178,16 @@ def encode_group(model: Predictor, rows: Sequence[np.ndarray], settings: Setting
         inputs[i, 1 : len(row)] = row[:-1]
         targets[i, : len(row)] = row
     encoder = ArithmeticEncoder()
+    if mixer is not None:
+        mixer.begin_group(len(rows))
     states = [(s, model.start(s.stop - s.start)) for s in _batches(len(rows), settings.batch_size)]
     for t0 in range(0, length, PREFILL_BLOCK):
         block = slice(t0, min(t0 + PREFILL_BLOCK, length))
         tables = np.concatenate([model.advance(state, inputs[s, block]) for s, state in states])
-        _encode_block(encoder, tables, targets[:, block], settings.stats)
+        if mixer is None:
+            _encode_block(encoder, tables, targets[:, block], settings.stats)
+        else:
+            _encode_mixed(encoder, mixer, tables, targets[:, block], settings.stats)
         if settings.progress:
             settings.progress(int((targets[:, block] >= 0).sum()))
     return encoder.finish()
@@ -192,7 +213,22 @@ def _encode_block(
             encoder.encode(c, f, tot)
 
 
-def decode_group(model: Predictor, segment: bytes, lengths: Sequence[int], settings: Settings) -> list[np.ndarray]:
+def _encode_mixed(
+    encoder: ArithmeticEncoder, mixer: Mixer, tables: np.ndarray, targets: np.ndarray, stats: CodingStats | None
+) -> None:
+    """Like :func:`_encode_block`, one step at a time: mix the live rows' tables, code, learn."""
+    for t in range(targets.shape[1]):
+        live = int((targets[:, t] >= 0).sum())      # rows end only at the tail of the group
+        if not live:
+            break
+        x = targets[:live, t]
+        _encode_block(encoder, mixer.tables(tables[:live, t])[:, None], x[:, None], stats)
+        mixer.update(x)
+
+
+def decode_group(
+    model: Predictor, segment: bytes, lengths: Sequence[int], settings: Settings, mixer: Mixer | None = None
+) -> list[np.ndarray]:
     """Decode one segment holding chunks of the given lengths (non-increasing); returns their tokens."""
     if list(lengths) != sorted(lengths, reverse=True):
         raise CorruptArchiveError("chunk lengths out of order")
@@ -202,14 +238,20 @@ def decode_group(model: Predictor, segment: bytes, lengths: Sequence[int], setti
     batches = _batches(len(lengths), settings.batch_size)
     states = [model.start(s.stop - s.start) for s in batches]
     prev = np.full(len(lengths), bos, dtype=np.int64)
+    if mixer is not None:
+        mixer.begin_group(len(lengths))
     for t in range(max(lengths)):
         live = sum(1 for n in lengths if n > t)    # lengths are non-increasing: a prefix is live
         batches, states = _shrink(model, batches, states, live)
         tables = np.concatenate([model.advance(st, prev[s, None])[:, 0] for s, st in zip(batches, states)])
+        if mixer is not None:
+            tables = mixer.tables(tables)
         cdf = np.zeros((live, tables.shape[-1] + 1), dtype=np.int64)
         np.cumsum(tables, axis=-1, out=cdf[:, 1:])
         for i in range(live):
             out[i, t] = prev[i] = decoder.decode(cdf[i])
+        if mixer is not None:
+            mixer.update(out[:live, t])
         if settings.progress:
             settings.progress(live)
     decoder.check_end()

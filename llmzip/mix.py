@@ -22,8 +22,8 @@ Invariants:
   only transcendental is :func:`llmzip.fixedpoint.exp_table`, exact on every machine. So the
   decoder rebuilds bit-identical tables whatever the batch size or machine.
 * Every output table entry is >= 1 and every total is at most ``2**28 + 2 * V`` (< 2**30).
-* The dense work per row per step is a sum and a multiply-shift-add pass over the vocabulary; the rest
-  costs O(orders * slot_width) per row.
+* The dense work per row per step is a sum and a multiply-shift-add pass over the vocabulary;
+  the rest costs O(orders * slot_width) per row.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from .fixedpoint import exp_table
 MASS_BITS = 28                   # a mixed table spreads 2**28 of mass, plus a floor of 1 per entry
 PROB_BITS = 16                   # gates and responsibilities: 2**16 is probability 1
 THETA_FRAC = 16                  # weights are log-domain, in units of 2**-16 nat
-THETA_LIMIT = 24 << THETA_FRAC   # weights are clipped to +-24 nats
+THETA_LIMIT = 16 << THETA_FRAC   # log-weights are clipped to [-16, +8] nats
+THETA_TOP = 8 << THETA_FRAC
 GATE_FRAC = 8                    # gates read exp() at 1/256 nat resolution
 CLASSES = 16                     # confidence classes per model
 MATCH_VERIFY = 32                # a new match is verified (and measured) over at most this many tokens
@@ -49,7 +50,10 @@ _U64 = np.uint64
 _MUL = _U64(0x9E3779B97F4A7C15)  # hashing: multiply-xorshift over uint64 (wraps mod 2**64)
 _MUL2 = _U64(0xBF58476D1CE4E5B9)
 # Confidence class of an n-gram context from its total count (cap 63) and determinism.
-_COUNT_CLASS = np.minimum(np.array([0, 0, 1, 2, 3, 3, 4, 4, 4] + [5] * 6 + [6] * 16 + [7] * 33), 7)
+_COUNT_CLASS = np.array([0, 0, 1, 2, 3, 3, 4, 4, 4] + [5] * 6 + [6] * 16 + [7] * 33)
+# Initial log-weights relative to the LM, in 1/16 nat (see _prior).
+_PRIOR = {"order 0": -48, "seen once": -24, "deterministic": 8, "mixed": -24,
+          "short match": -16, "match": 8, "long match": 40}
 # Confidence class of a match from its verified length (cap 63).
 _LENGTH_CLASS = np.array(list(range(12)) + [12] * 4 + [13] * 8 + [14] * 8 + [15] * 32)
 
@@ -59,26 +63,28 @@ class MixParams:
     """Everything that shapes the mixed tables; stored in ``Header.mix_params``.
 
     Invariants (checked on construction, ValueError otherwise): ``orders`` is 1..8 strictly
-    increasing orders in [1, 16]; ``hash_bits``/``match_bits`` in [10, 24]; ``slot_width`` in
-    [1, 16]; ``count_limit`` in [2, 1023]; ``match_min`` in [0, 32] (0 disables the match
-    model); ``lr`` and ``init_gap`` in [0, 255] (units of 1/16 nat).
+    increasing context lengths in [0, 16] (order 0: a cache of the file's commonest tokens);
+    ``hash_bits`` and ``match_bits`` in [10, 24]; ``slot_width`` in [1, 16]; ``count_limit``
+    in [2, 1023]; ``match_min`` in [0, 32] (0 disables the match model); ``lr`` and
+    ``init_gap`` in [0, 255] (units of 1/16 nat). Changing the meaning of any field, or the
+    mixer's arithmetic, breaks old archives: bump PARAMS_VERSION and keep decoding the old one.
     """
 
-    orders: tuple[int, ...] = (1, 2, 3, 4, 6)
+    orders: tuple[int, ...] = (0, 1, 2, 3, 4, 6)
     hash_bits: int = 20        # n-gram table: 2**hash_bits slots shared by all orders
-    slot_width: int = 4        # tokens remembered per context
-    count_limit: int = 255     # a slot's counts are halved when one exceeds this
+    slot_width: int = 16       # tokens remembered per context
+    count_limit: int = 30      # a slot's counts are halved when one exceeds this
     match_min: int = 5         # tokens hashed to find a match (0: no match model)
     match_bits: int = 20       # match table: 2**match_bits positions
     lr: int = 8                # weight step per unit of responsibility, in 1/16 nat
-    init_gap: int = 32         # sparse models start this far below the LM, in 1/16 nat
+    init_gap: int = 0          # sparse models start this far below the LM, in 1/16 nat
 
     def __post_init__(self) -> None:
         orders = self.orders
         if not (isinstance(orders, tuple) and 1 <= len(orders) <= 8
                 and all(type(o) is int and 0 <= o <= 16 for o in orders)
                 and all(a < b for a, b in zip(orders, orders[1:]))):
-            raise ValueError(f"orders must be 1..8 increasing ints in [1, 16], got {orders!r}")
+            raise ValueError(f"orders must be 1..8 increasing ints in [0, 16], got {orders!r}")
         for name, low, high in (("hash_bits", 10, 24), ("match_bits", 10, 24), ("slot_width", 1, 16),
                                 ("count_limit", 2, 1023), ("match_min", 0, 32), ("lr", 0, 255),
                                 ("init_gap", 0, 255)):
@@ -87,7 +93,12 @@ class MixParams:
                 raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
 
     def to_bytes(self) -> bytes:
-        """Serialize: version u8 | n u8 | n orders u8 | 6 x u8 | count_limit u16 (little-endian)."""
+        """Serialize: version u8, then either ``0x80 + preset`` (a :data:`PRESETS` key) or
+        n u8 | n orders u8 | hash_bits, slot_width, match_min, match_bits, lr, init_gap u8 |
+        count_limit u16 (little-endian)."""
+        for key, preset in PRESETS.items():
+            if preset == self:
+                return bytes([PARAMS_VERSION, 0x80 + key])
         return (bytes([PARAMS_VERSION, len(self.orders), *self.orders, self.hash_bits, self.slot_width,
                        self.match_min, self.match_bits, self.lr, self.init_gap])
                 + struct.pack("<H", self.count_limit))
@@ -99,6 +110,10 @@ class MixParams:
         if len(raw) < 2 or raw[0] != PARAMS_VERSION:
             raise CorruptArchiveError("mixing parameters: unknown version or truncated")
         n = raw[1]
+        if n >= 0x80:
+            if len(raw) != 2 or n - 0x80 not in PRESETS:
+                raise CorruptArchiveError(f"mixing parameters: unknown preset {n - 0x80}")
+            return PRESETS[n - 0x80]
         if len(raw) != 2 + n + 8:
             raise CorruptArchiveError(f"mixing parameters: expected {10 + n} bytes, got {len(raw)}")
         fields = raw[2 + n:]
@@ -110,13 +125,38 @@ class MixParams:
             raise CorruptArchiveError(f"mixing parameters: {exc}") from None
 
 
-DEFAULT_MIX = MixParams()
+# Parameter sets an archive can name in one byte. Never change an entry: add a new key.
+PRESETS = {
+    0: MixParams(orders=(0, 1, 2, 3, 4, 6), hash_bits=20, slot_width=16, count_limit=30, match_min=5,
+                 match_bits=20, lr=8, init_gap=0),
+}
+DEFAULT_MIX = PRESETS[0]
 
 
 @functools.lru_cache(maxsize=None)
 def _gate_table() -> np.ndarray:
     """``round(2**30 * exp(-i / 256))`` for i < 24 * 256, then 0 (exact, see exp_table)."""
     return exp_table(GATE_FRAC, 30, 24.0)
+
+
+def _gate(theta: np.ndarray) -> np.ndarray:
+    """``round(2**30 * exp(theta - 8 nats))`` for log-weights in [-16, 8] nats (2**-16 nat units)."""
+    table = _gate_table()
+    return table[np.minimum((THETA_TOP - theta) >> (THETA_FRAC - GATE_FRAC), len(table) - 1)]
+
+
+def _prior(orders: tuple[int, ...], gap: int) -> np.ndarray:
+    """Initial log-weights (M, CLASSES) in 2**-16 nat: 0 for the LM, and for the other models
+    about where they settle on typical files, lowered by ``gap`` / 16 nat."""
+    cls = np.arange(CLASSES)
+    count, det = cls // 2, cls % 2
+    ngram = np.where(det == 1, np.where(count == 0, _PRIOR["seen once"], _PRIOR["deterministic"]),
+                     _PRIOR["mixed"])
+    rows = [np.full(CLASSES, _PRIOR["order 0"]) if o == 0 else ngram for o in orders]
+    rows.append(np.where(cls < 8, _PRIOR["short match"],
+                         np.where(cls < 12, _PRIOR["match"], _PRIOR["long match"])))
+    theta = np.stack([np.zeros(CLASSES, dtype=np.int64)] + [r - gap for r in rows])
+    return theta.astype(np.int64) << (THETA_FRAC - 4)
 
 
 def _finish_hash(h: np.ndarray) -> np.ndarray:
@@ -132,24 +172,26 @@ class Mixer:
     Usage, identical in the encoder and the decoder: ``begin_group(rows)`` for every group in
     order; then for every step ``t``: ``tables(lm)`` with the LM tables of the live rows (a
     prefix of the group's rows, all at step ``t``), code with the result, ``update(tokens)``
-    with the tokens coded at that step. Rows are chunks of ``chunk_tokens`` tokens, laid out in
+    with the tokens coded at that step. Rows are chunks of ``chunk_tokens`` tokens laid out in
     file order, so a match may run from one chunk into the next.
+
+    Sparse candidates of a row are laid out in ``S = len(orders) * slot_width + 1`` columns:
+    block ``i`` holds the slot of order ``orders[i]``, the last column the match prediction.
     """
 
     def __init__(self, vocab_size: int, params: MixParams, chunk_tokens: int) -> None:
-        self.vocab_size, self.params, self.chunk = vocab_size, params, chunk_tokens
-        p = params
-        self._orders = np.array(p.orders, dtype=np.int64)
-        self._models = 2 + len(p.orders)              # LM, orders..., match
-        self._slot_chk = np.zeros(1 << p.hash_bits, dtype=np.int64)   # 0: empty slot
+        p = self.params = params
+        self.vocab_size, self.chunk = vocab_size, chunk_tokens
+        self._models = 2 + len(p.orders)                                # LM, orders..., match
+        self._slot_chk = np.zeros(1 << p.hash_bits, dtype=np.int32)     # 0: empty slot
         self._slot_tok = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.int32)
-        self._slot_cnt = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.int32)
-        self._match_pos = np.full(1 << p.match_bits, -1, dtype=np.int64)
-        self._buf = np.full(0, -1, dtype=np.int32)    # every token by file position; -1: unknown
-        self._theta = np.full((self._models, CLASSES), -(p.init_gap << (THETA_FRAC - 4)), dtype=np.int64)
-        self._theta[0] = 0
+        self._slot_cnt = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.uint16)
+        self._match_pos = np.zeros(1 << p.match_bits, dtype=np.int64)  # next position; 0: none
+        self._buf = np.full(1, -1, dtype=np.int32)      # every token by file position; -1: unknown
+        self._theta = _prior(p.orders, p.init_gap)
+        self._entry_model = np.repeat(np.arange(1, self._models), [p.slot_width] * len(p.orders) + [1])
+        self._hist_len = max(p.orders[-1], p.match_min, 1)
         self._base, self._rows = 0, 0
-        self._hist_len = max(p.orders[-1], p.match_min)
         self.begin_group(0)
 
     def begin_group(self, rows: int) -> None:
@@ -161,9 +203,9 @@ class Mixer:
             grown = np.full(max(need, 2 * len(self._buf)), -1, dtype=np.int32)
             grown[: len(self._buf)] = self._buf
             self._buf = grown
-        self._hist = np.full((rows, self._hist_len), -1, dtype=np.int64)  # [:, 0] is the newest
-        self._mptr = np.full(rows, -1, dtype=np.int64)   # file position the match predicts
-        self._mlen = np.zeros(rows, dtype=np.int64)
+        self._hist = np.full((rows, self._hist_len), -1, dtype=np.int64)   # [:, 0] is the newest
+        self._mptr = np.full(rows, -1, dtype=np.int64)    # file position the match predicts
+        self._mlen = np.zeros(rows, dtype=np.int64)       # verified length of the match
 
     # ------------------------------------------------------------------ prediction
 
@@ -177,49 +219,48 @@ class Mixer:
             int64 (R, V), entries >= 1, totals <= 2**28 + 2 * V.
         """
         rows = lm.shape[0]
-        tok, cnt, cls = self._sparse(rows)                  # (R, S) each; cls (R, M)
+        tok, cnt, cls = self._sparse(rows)                  # (R, S), (R, S), (R, M)
         mass = self._gates(cls)                             # (R, M), sums to <= 2**28
-        scale = (mass[:, :1] << MASS_BITS) // lm.sum(1, keepdims=True)
-        out = lm * scale                                    # <= mass * 2**28 <= 2**56
+        scale = (mass[:, 0] << MASS_BITS) // lm.sum(1)      # lm * scale <= mass * 2**28 <= 2**56
+        out = lm * scale[:, None]
         out >>= MASS_BITS
         out += 1                                            # LM part: floor(lm * mass / total) + 1
-        share = self._spread(mass, cnt)
+        em = self._entry_model
+        share = cnt * mass[:, em] // np.maximum(self._totals[:, em], 1)
         np.add.at(out, (np.repeat(np.arange(rows), tok.shape[1]), tok.ravel()), share.ravel())
-        self._last = (lm, scale[:, 0], out, tok, share, cls, mass)
+        self._last = (out, tok, share, cls, mass)
         return out
 
     def _sparse(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates of the sparse models: tokens and counts (R, O*K + 1), classes (R, M).
+        """Candidates of the sparse models: tokens and counts (R, S), classes (R, M).
 
-        Column block ``o`` holds order ``o``'s slot (counts 0 where absent); the last column is
-        the match model's token with count 1. Class -1 marks a model without a prediction.
+        Absent candidates have count 0 (and token 0); class -1 marks a model without a
+        prediction. Also leaves each model's total count in ``self._totals`` (R, M).
         """
         slot, chk = self._context_hashes(rows)              # (R, O)
         self._ctx = (slot, chk)
-        tok = self._slot_tok[slot]                          # (R, O, K)
-        cnt = self._slot_cnt[slot] * (self._slot_chk[slot] == chk)[..., None]
+        tok = self._slot_tok[slot].astype(np.int64)         # (R, O, K)
+        cnt = self._slot_cnt[slot].astype(np.int64) * (self._slot_chk[slot] == chk)[..., None]
         total = cnt.sum(-1)
         det = (cnt > 0).sum(-1) == 1
         cls = np.full((rows, self._models), -1, dtype=np.int64)
         cls[:, 0] = 0
         cls[:, 1:-1] = np.where(total > 0, _COUNT_CLASS[np.minimum(total, 63)] * 2 + det, -1)
-        mtok = np.full(rows, 0, dtype=np.int64)
         ptr = self._mptr[:rows]
-        known = ptr >= 0
-        mtok[known] = self._buf[ptr[known]]
-        known &= mtok >= 0
-        mtok[~known] = 0
+        mtok = np.where(ptr >= 0, self._buf[np.maximum(ptr, 0)], -1).astype(np.int64)
+        known = mtok >= 0
         cls[:, -1] = np.where(known, _LENGTH_CLASS[np.minimum(self._mlen[:rows], 63)], -1)
-        toks = np.concatenate([tok.reshape(rows, -1).astype(np.int64), mtok[:, None]], axis=1)
-        cnts = np.concatenate([cnt.reshape(rows, -1), known[:, None]], axis=1).astype(np.int64)
+        self._totals = np.concatenate([np.zeros((rows, 1), np.int64), total, known[:, None]], axis=1)
+        toks = np.concatenate([tok.reshape(rows, -1), np.maximum(mtok, 0)[:, None]], axis=1)
+        cnts = np.concatenate([cnt.reshape(rows, -1), known[:, None]], axis=1)
         return toks, cnts, cls
 
     def _context_hashes(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Slot index and check value (R, O) of each order's context; check 0 where t < order."""
+        """Slot index and check value (R, O) of each order's context; check 0 while t < order."""
         p = self.params
         h = np.zeros(rows, dtype=_U64)
         slots, chks = [], []
-        for j in range(0, p.orders[-1] + 1):
+        for j in range(p.orders[-1] + 1):
             if j:
                 h = (h ^ self._hist[:rows, j - 1].astype(_U64)) * _MUL + _U64(j)
             if j in p.orders:
@@ -229,21 +270,10 @@ class Mixer:
         return np.stack(slots, 1), np.stack(chks, 1)
 
     def _gates(self, cls: np.ndarray) -> np.ndarray:
-        """Mass (R, M) of each model: softmax of its weight over the predicting models, * 2**28."""
-        theta = np.where(cls >= 0, self._theta[np.arange(self._models), np.maximum(cls, 0)], -THETA_LIMIT * 4)
-        gap = (theta.max(1, keepdims=True) - theta) >> (THETA_FRAC - GATE_FRAC)
-        table = _gate_table()
-        g = table[np.minimum(gap, len(table) - 1)]
+        """Mass (R, M) of each model, in 2**-28: softmax of its log-weight over the predicting models."""
+        g = _gate(self._theta[np.arange(self._models), np.maximum(cls, 0)])
         g[cls < 0] = 0
         return (g << MASS_BITS) // g.sum(1, keepdims=True)
-
-    def _spread(self, mass: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-        """Share of each sparse candidate: its model's mass split in proportion to the counts."""
-        rows, width, orders = cnt.shape[0], self.params.slot_width, len(self.params.orders)
-        ng = cnt[:, :-1].reshape(rows, orders, width)
-        total = np.maximum(ng.sum(-1, keepdims=True), 1)
-        share = ng * mass[:, 1:-1, None] // total
-        return np.concatenate([share.reshape(rows, -1), cnt[:, -1:] * mass[:, -1:]], axis=1)
 
     # ------------------------------------------------------------------ learning
 
@@ -262,40 +292,39 @@ class Mixer:
             self._learn_match(x, pos)
 
     def _learn_weights(self, x: np.ndarray) -> None:
-        """One gradient step on -log P(x): theta_m += lr * (responsibility_m - gate_m)."""
-        lm, scale, out, tok, share, cls, mass = self._last
-        rows, ar = len(x), np.arange(len(x))
-        contrib = np.zeros((rows, self._models), dtype=np.int64)
-        contrib[:, 0] = ((lm[ar, x] * scale) >> MASS_BITS) + 1
+        """One gradient step on -log P(x): ``theta_m += lr * (responsibility_m - mass_m)``.
+
+        The responsibility of a sparse model is its part of the coded token's table entry; the
+        LM's weight stays 0 (softmax gates are shift-invariant, so it is the reference).
+        """
+        out, tok, share, cls, mass = self._last
+        rows, orders, width = len(x), len(self.params.orders), self.params.slot_width
         hit = np.where(tok == x[:, None], share, 0)
-        orders, width = len(self.params.orders), self.params.slot_width
-        contrib[:, 1:-1] = hit[:, :-1].reshape(rows, orders, width).sum(-1)
-        contrib[:, -1] = hit[:, -1]
-        resp = (contrib << PROB_BITS) // out[ar, x][:, None]
-        grad = ((resp - (mass >> (MASS_BITS - PROB_BITS))) * self.params.lr) >> 4   # THETA_FRAC == PROB_BITS
-        active = cls >= 0
-        active[:, 0] = False                                # the LM is the reference: theta = 0
-        m_idx = np.broadcast_to(np.arange(self._models), cls.shape)
-        np.add.at(self._theta, (m_idx[active], cls[active]), grad[active])
-        np.clip(self._theta, -THETA_LIMIT, THETA_LIMIT, out=self._theta)
+        part = np.concatenate([hit[:, :-1].reshape(rows, orders, width).sum(-1), hit[:, -1:]], axis=1)
+        resp = (part << PROB_BITS) // out[np.arange(rows), x][:, None]
+        grad = ((resp - (mass[:, 1:] >> (MASS_BITS - PROB_BITS))) * self.params.lr) >> 4
+        active = cls[:, 1:] >= 0
+        models = np.broadcast_to(np.arange(1, self._models), active.shape)
+        np.add.at(self._theta, (models[active], cls[:, 1:][active]), grad[active])
+        np.clip(self._theta, -THETA_LIMIT, THETA_TOP, out=self._theta)
 
     def _learn_ngrams(self, x: np.ndarray) -> None:
-        """Count x after each order's context; slots shared by several rows update in row order."""
+        """Count x after each order's context; a slot met by several rows updates in row order."""
         slot, chk = self._ctx
         live = chk > 0
         slots, chks = slot[live], chk[live]
         toks = np.broadcast_to(x[:, None], slot.shape)[live]
-        pending = np.arange(len(slots))
-        while len(pending):
-            _, first = np.unique(slots[pending], return_index=True)
-            now = pending[first]
-            self._count(slots[now], chks[now], toks[now])
-            pending = np.delete(pending, first)
+        _, first = np.unique(slots, return_index=True)
+        first.sort()
+        self._count(slots[first], chks[first], toks[first])
+        if len(first) < len(slots):                         # repeated slots: the rest, one by one
+            rest = np.delete(np.arange(len(slots)), first)
+            for s, c, t in zip(slots[rest].tolist(), chks[rest].tolist(), toks[rest].tolist()):
+                self._count_one(s, c, t)
 
     def _count(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
         """Add x to distinct slots: bump its count, else replace the least counted token."""
-        n = len(slot)
-        ar = np.arange(n)
+        ar = np.arange(len(slot))
         tok, cnt = self._slot_tok[slot], self._slot_cnt[slot]
         cnt[self._slot_chk[slot] != chk] = 0
         hit = (tok == x[:, None]) & (cnt > 0)
@@ -303,16 +332,26 @@ class Mixer:
         k = np.where(has, hit.argmax(1), cnt.argmin(1))
         tok[ar, k] = x
         cnt[ar, k] = np.where(has, cnt[ar, k] + 1, 1)
-        over = cnt.max(1) > self.params.count_limit
-        cnt[over] >>= 1
+        cnt[cnt.max(1) > self.params.count_limit] >>= 1
+        self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = chk, tok, cnt
+
+    def _count_one(self, slot: int, chk: int, x: int) -> None:
+        """:meth:`_count` for a single slot, in plain Python (same rule, same result)."""
+        tok, cnt = self._slot_tok[slot].tolist(), self._slot_cnt[slot].tolist()
+        if self._slot_chk[slot] != chk:
+            cnt = [0] * len(cnt)
+        hits = [i for i, (t, n) in enumerate(zip(tok, cnt)) if t == x and n > 0]
+        k = hits[0] if hits else cnt.index(min(cnt))
+        tok[k], cnt[k] = x, (cnt[k] + 1 if hits else 1)
+        if max(cnt) > self.params.count_limit:
+            cnt = [n >> 1 for n in cnt]
         self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = chk, tok, cnt
 
     def _learn_match(self, x: np.ndarray, pos: np.ndarray) -> None:
         """Follow or drop each row's match, look up a new one, then record this context."""
         rows, k = len(x), self.params.match_min
         ptr, mlen = self._mptr[:rows], self._mlen[:rows]
-        on = ptr >= 0
-        ok = on & (self._buf[np.maximum(ptr, 0)] == x)
+        ok = (ptr >= 0) & (self._buf[np.maximum(ptr, 0)] == x)
         ptr[:] = np.where(ok, ptr + 1, -1)
         mlen[:] = np.where(ok, mlen + 1, 0)
         if self._t < k:
@@ -323,7 +362,7 @@ class Mixer:
         key = (_finish_hash(h) & _U64((1 << self.params.match_bits) - 1)).astype(np.int64)
         seek = np.flatnonzero(ptr < 0)
         found = self._match_pos[key[seek]]
-        seek, found = seek[found >= 0], found[found >= 0]
+        seek, found = seek[found > 0], found[found > 0]
         length = self._verify(found, pos[seek])
         good = length >= k
         ptr[seek[good]], mlen[seek[good]] = found[good], length[good]
@@ -335,7 +374,6 @@ class Mixer:
         back = np.arange(MATCH_VERIFY)
         a = found[:, None] - 1 - back
         b = pos[:, None] - back
-        same = (a >= 0) & (b >= 0)
-        same &= self._buf[np.maximum(a, 0)] == self._buf[np.maximum(b, 0)]
-        same &= self._buf[np.maximum(b, 0)] >= 0
+        ta = self._buf[np.maximum(a, 0)]
+        same = (a >= 0) & (b >= 0) & (ta == self._buf[np.maximum(b, 0)]) & (ta >= 0)
         return np.where(same.all(1), MATCH_VERIFY, same.argmin(1))
