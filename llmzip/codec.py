@@ -250,6 +250,7 @@ def decode_group(
         np.cumsum(tables, axis=-1, out=cdf[:, 1:])
         for i in range(live):
             out[i, t] = prev[i] = decoder.decode(cdf[i])
+        decoder.check_overread()   # a truncated or forged segment stops here, not at the end
         if mixer is not None:
             mixer.update(out[:live, t])
         if settings.progress:
