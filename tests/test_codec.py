@@ -13,30 +13,10 @@ from llmzip import codec
 from llmzip.container import read_archive
 from llmzip.errors import CorruptArchiveError, LlmzipError, ModelMismatchError
 from llmzip.model import load_model
+from predictors import CountingPredictor
 
 DATA = Path(__file__).parent / "data"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-class CountingPredictor:
-    """A torch-free predictor: token counts of the row so far (pure function of the prefix)."""
-
-    vocab_size = 260
-    max_context = 40
-    bos_id = 256
-
-    def start(self, rows: int) -> np.ndarray:
-        return np.zeros((rows, self.vocab_size), dtype=np.int64)
-
-    def advance(self, counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        out = np.empty(tokens.shape + (self.vocab_size,), dtype=np.int64)
-        for t in range(tokens.shape[1]):
-            counts[np.arange(len(tokens)), tokens[:, t]] += 1
-            out[:, t] = 1 + 64 * counts
-        return out
-
-    def keep(self, counts: np.ndarray, rows: np.ndarray) -> None:
-        raise NotImplementedError  # only the tail rows end; the tests give equal-length rows
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +53,7 @@ def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden):
 
 def test_toy_predictor_round_trip_without_torch():
     """The codec only needs the Predictor protocol (equal-length chunks here)."""
-    model = CountingPredictor()
+    model = CountingPredictor(vocab_size=260, max_context=40, bos_id=256, weight=64)
     rows = [np.array([1, 2, 3, 1, 2, 3, 1, 2], dtype=np.int64), np.array([9, 9, 9, 9, 9, 9, 9, 9])]
     segment = codec.encode_group(model, rows, codec.Settings())
     decoded = codec.decode_group(model, segment, [8, 8], codec.Settings())

@@ -17,6 +17,7 @@ from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError
 from llmzip.mix import DEFAULT_MIX, Mixer, MixParams
 from llmzip.model import load_model
+from predictors import CountingPredictor
 
 DATA = Path(__file__).parent / "data"
 # Spelled out, not DEFAULT_MIX: retuning the default must not move the golden archive. It equals
@@ -82,29 +83,8 @@ def test_ideal_cost_is_reported_with_mixing(golden):
     assert payload * 8 <= stats.ideal_bits * 1.001 + 16 * read_archive(blob)[0].segment_count
 
 
-class CountingPredictor:
-    """A torch-free predictor: token counts of the row so far (small totals, unlike an LM's)."""
-
-    vocab_size = 40
-    max_context = 20
-    bos_id = 39
-
-    def start(self, rows: int) -> np.ndarray:
-        return np.zeros((rows, self.vocab_size), dtype=np.int64)
-
-    def advance(self, counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        out = np.empty(tokens.shape + (self.vocab_size,), dtype=np.int64)
-        for t in range(tokens.shape[1]):
-            counts[np.arange(len(tokens)), tokens[:, t]] += 1
-            out[:, t] = 1 + 3 * counts
-        return out
-
-    def keep(self, counts: np.ndarray, rows: np.ndarray) -> None:
-        raise NotImplementedError  # equal-length rows only
-
-
 def test_toy_predictor_round_trip_across_groups():
-    model = CountingPredictor()
+    model = CountingPredictor(vocab_size=40, max_context=20, bos_id=39, weight=3)
     groups = [[np.array([1, 2, 3, 1, 2, 3, 1, 2]), np.array([5, 1, 2, 3, 1, 2, 3, 1])],
               [np.array([1, 2, 3, 1, 2, 3, 1, 2]), np.array([9, 9, 9, 9, 9, 9, 9, 9])]]
     enc, dec = Mixer(model.vocab_size, SMALL, 8), Mixer(model.vocab_size, SMALL, 8)
