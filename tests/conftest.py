@@ -62,3 +62,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: obj
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: object) -> Path:
     """Same shape and tokenizer as ``tiny_model_dir`` but other weights (seed 1): another fingerprint."""
     return build_tiny_model(tmp_path_factory.mktemp("other-model"), tiny_tokenizer, seed=1)
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The committed tiny GPT-2 that the golden archives were made with."""
+    from llmzip.model import load_model
+
+    return load_model(str(Path(__file__).parent / "data" / "golden-tiny"))

@@ -19,11 +19,6 @@ DATA = Path(__file__).parent / "data"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
-@pytest.fixture(scope="module")
-def golden():
-    return load_model(str(DATA / "golden-tiny"))
-
-
 def _sample(name: str) -> bytes:
     return {
         "empty": b"",

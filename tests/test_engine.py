@@ -19,11 +19,6 @@ GOLDEN_DIR = Path(__file__).parent / "data" / "golden-tiny"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def golden():
-    return load_model(str(GOLDEN_DIR))
-
-
 def _rows(model, n: int, length: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, model.vocab_size, size=(n, length))

@@ -29,11 +29,6 @@ PARAGRAPH = (b"Context mixing: a small model knows the language but not this fil
              b"models that count what this file already said take over where it repeats itself.\n")
 
 
-@pytest.fixture(scope="module")
-def golden():
-    return load_model(str(DATA / "golden-tiny"))
-
-
 def _sample(name: str) -> bytes:
     return {
         "empty": b"",
