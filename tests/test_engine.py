@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from llmzip import fixedpoint
-from llmzip.model import load_model
 from llmzip.quantize import freqs_from_logits
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden-tiny"

@@ -16,7 +16,6 @@ from llmzip import codec
 from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError
 from llmzip.mix import DEFAULT_MIX, Mixer, MixParams
-from llmzip.model import load_model
 from predictors import CountingPredictor
 
 DATA = Path(__file__).parent / "data"
