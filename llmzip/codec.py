@@ -31,7 +31,8 @@ from .mix import DEFAULT_MIX, Mixer, MixParams
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 MAX_GROUP = 64                     # more rows per step amortise reading the weights...
 KV_BUDGET = 640 << 20              # ...but every row of a group holds a KV cache: bound their sum
-PREFILL_BLOCK = 64                 # encoder: tokens per row per forward call
+PREFILL_BLOCK = 16                 # encoder: at most this many tokens per row per forward call...
+TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (64 MiB) per call
 
 
 class Predictor(Protocol):
@@ -158,6 +159,11 @@ def _groups(tokens: np.ndarray, chunk: int, group: int) -> Iterator[list[np.ndar
         yield chunks[j : j + group]
 
 
+def prefill_block(rows: int, vocab_size: int) -> int:
+    """Tokens per row per encoder forward call: the tables it returns stay within TABLE_BUDGET."""
+    return max(1, min(PREFILL_BLOCK, TABLE_BUDGET // max(1, rows * vocab_size)))
+
+
 def _batches(rows: int, batch_size: int | None) -> list[slice]:
     size = batch_size or rows
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
@@ -181,8 +187,9 @@ def encode_group(
     if mixer is not None:
         mixer.begin_group(len(rows))
     states = [(s, model.start(s.stop - s.start)) for s in _batches(len(rows), settings.batch_size)]
-    for t0 in range(0, length, PREFILL_BLOCK):
-        block = slice(t0, min(t0 + PREFILL_BLOCK, length))
+    span = prefill_block(len(rows), getattr(model, "vocab_size", 1))
+    for t0 in range(0, length, span):
+        block = slice(t0, min(t0 + span, length))
         tables = np.concatenate([model.advance(state, inputs[s, block]) for s, state in states])
         if mixer is None:
             _encode_block(encoder, tables, targets[:, block], settings.stats)

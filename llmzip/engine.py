@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal, localcontext
 from typing import Mapping
 
 import numpy as np
 
-from .fixedpoint import check_gemm_bound, exact_matmul, exp_table, gelu, GELU_KINDS, layer_norm, rshift_round
+from .fixedpoint import check_gemm_bound, exact_matmul, exp_table, gelu_clipped, GELU_KINDS, layer_norm, rshift_round
 from .quantize import LOGIT_FRAC_BITS
 
 ENGINE_ID = 1            # archive field "engine": exact GPT-2 engine, arithmetic version 1
@@ -85,9 +85,31 @@ class Linear:
     w: np.ndarray      # float64 (in, out), integer-valued, |w| <= 2**WEIGHT_BITS - 1
     shift: np.ndarray  # int64 (out,), each >= 1
     b: np.ndarray      # int64 (out,), in the output format
+    _half: np.ndarray = field(init=False, repr=False, compare=False)   # float64 2**(shift-1)
+    _inv: np.ndarray = field(init=False, repr=False, compare=False)    # float64 2**-shift
+    _bias: np.ndarray = field(init=False, repr=False, compare=False)   # float64 b
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_half", np.ldexp(1.0, self.shift - 1))
+        object.__setattr__(self, "_inv", np.ldexp(1.0, -self.shift))
+        object.__setattr__(self, "_bias", self.b.astype(np.float64))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return rshift_round(exact_matmul(x, self.w), self.shift) + self.b
+        return self.float_out(x).astype(np.int64)
+
+    def float_out(self, x: np.ndarray) -> np.ndarray:
+        """The same integers as :meth:`__call__`, as float64.
+
+        ``floor((acc + 2**(s-1)) * 2**-s)`` is :func:`rshift_round` in float64: every value is
+        an integer below 2**53 and scaling by a power of two is exact.
+        """
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float64, copy=False)   # one 2-D GEMM, not a batch
+        acc = np.matmul(flat, self.w).reshape(*x.shape[:-1], self.w.shape[1])
+        acc += self._half
+        acc *= self._inv
+        np.floor(acc, out=acc)
+        acc += self._bias
+        return acc
 
 
 def quantize_linear(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac: int) -> Linear:
@@ -135,12 +157,16 @@ class Block:
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of rows that advance in lockstep."""
+    """Keys and values of every layer for a batch of rows that advance in lockstep.
+
+    Keys are stored transposed, (rows, heads, head_dim, capacity), so that scoring a block
+    of queries is a plain GEMM over a prefix of the last axis; values are (rows, heads,
+    capacity, head_dim). Both hold integer-valued float64, ready for exact GEMMs.
+    """
 
     def __init__(self, n_layer: int, rows: int, n_head: int, capacity: int, head_dim: int) -> None:
-        shape = (rows, n_head, capacity, head_dim)
-        self.keys = [np.zeros(shape) for _ in range(n_layer)]
-        self.values = [np.zeros(shape) for _ in range(n_layer)]
+        self.keys = [np.zeros((rows, n_head, head_dim, capacity)) for _ in range(n_layer)]
+        self.values = [np.zeros((rows, n_head, capacity, head_dim)) for _ in range(n_layer)]
         self.length = 0
 
     @property
@@ -235,7 +261,7 @@ class ExactGPT2:
             a = self._attention(blk.attn(blk.ln_1(h, self.spec.eps)), cache, layer, start)
             h = np.clip(h + blk.proj(a), -RESID_CLIP, RESID_CLIP)
             u = np.clip(blk.fc(blk.ln_2(h, self.spec.eps)), -ACT_CLIP, ACT_CLIP)
-            h = np.clip(h + blk.fc_proj(gelu(u, self.spec.activation, ACT_FRAC)), -RESID_CLIP, RESID_CLIP)
+            h = np.clip(h + blk.fc_proj(gelu_clipped(u, self.spec.activation, ACT_FRAC, ACT_CLIP)), -RESID_CLIP, RESID_CLIP)
         cache.length = start + t_new
         return self.ln_f(h, self.spec.eps)
 
@@ -243,15 +269,19 @@ class ExactGPT2:
         """int64 logits with ``LOGIT_FRAC_BITS`` fraction bits for hidden states (..., n_embd)."""
         return self.head(hidden)
 
+    def float_logits(self, hidden: np.ndarray) -> np.ndarray:
+        """:meth:`logits` as integer-valued float64 (saves a conversion before quantising)."""
+        return self.head.float_out(hidden)
+
     def _attention(self, qkv: np.ndarray, cache: KVCache, layer: int, start: int) -> np.ndarray:
         """Causal multi-head attention of the new positions over cache + new; returns (rows, T, d)."""
         rows, t_new, _ = qkv.shape
         qkv = np.clip(qkv, -ACT_CLIP, ACT_CLIP).reshape(rows, t_new, 3, self.spec.n_head, self.head_dim)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (rows, H, T, hd)
         end = start + t_new
-        cache.keys[layer][:, :, start:end] = k
+        cache.keys[layer][..., start:end] = k.swapaxes(-1, -2)
         cache.values[layer][:, :, start:end] = v
-        keys, values = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
+        keys, values = cache.keys[layer][..., :end], cache.values[layer][:, :, :end]
         out = np.empty((rows, self.spec.n_head, t_new, self.head_dim), dtype=np.int64)
         # Rows are attended in slices that bound the (rows, H, T, S) temporaries to ~4M entries.
         step = max(1, ATTEND_BUDGET // (self.spec.n_head * t_new * end))
@@ -259,18 +289,22 @@ class ExactGPT2:
             out[r : r + step] = self._attend(q[r : r + step], keys[r : r + step], values[r : r + step], start)
         return out.transpose(0, 2, 1, 3).reshape(rows, t_new, self.spec.n_embd)
 
-    def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int) -> np.ndarray:
-        """Softmax(q k / sqrt(hd)) v for rows of all heads; q (R, H, T, hd), keys/values (R, H, S, hd)."""
-        dot = exact_matmul(q, keys.swapaxes(-1, -2))                     # (R, H, T, S), 2*ACT_FRAC bits
+    def _attend(self, q: np.ndarray, keys_t: np.ndarray, values: np.ndarray, start: int) -> np.ndarray:
+        """Softmax(q k / sqrt(hd)) v for rows of all heads; q (R, H, T, hd), keys_t (R, H, hd, S), values (R, H, S, hd)."""
+        t_new, span = q.shape[-2], values.shape[-2]
+        dot = exact_matmul(q, keys_t)                                    # (R, H, T, S), 2*ACT_FRAC bits
         scores = rshift_round(dot * self.att_scale, 2 * ACT_FRAC + SCALE_BITS - ATT_FRAC)
-        t_new, span = q.shape[-2], keys.shape[-2]
-        allowed = np.arange(span)[None, :] <= (start + np.arange(t_new))[:, None]
-        scores = np.where(allowed, scores, MASKED)
+        if t_new > 1:                                                    # one new token sees every key
+            allowed = np.arange(span)[None, :] <= (start + np.arange(t_new))[:, None]
+            scores = np.where(allowed, scores, MASKED)
         table = exp_table(ATT_FRAC, ATT_EXP_BITS, 12.0)
         gap = np.minimum(scores.max(-1, keepdims=True) - scores, len(table) - 1)
-        weights = table[gap]                                             # masked -> exactly 0
-        num = exact_matmul(weights, values)                              # (H, T, hd)
-        den = weights.sum(-1, keepdims=True)
+        weights = table[gap].astype(np.float64)                          # masked -> exactly 0
+        if t_new == 1:   # a batch of vector products: einsum beats per-row GEMM calls here
+            num = np.einsum("rhts,rhsd->rhtd", weights, values).astype(np.int64)
+        else:
+            num = exact_matmul(weights, values)                          # (R, H, T, hd)
+        den = weights.sum(-1, keepdims=True).astype(np.int64)            # exact: integers < 2**53
         return (2 * num + den) // (2 * den)
 
 

@@ -114,6 +114,37 @@ def gelu(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_rang
     return np.where(inside, y, np.where(cell >= 2 * n, u, 0))
 
 
+@functools.lru_cache(maxsize=None)
+def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int, half_range: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-cell (base, slope) of :func:`gelu` over every cell of [-clip, clip], and the first cell."""
+    table = gelu_table(kind, step_bits, half_range, frac_bits)
+    sub, n = frac_bits - step_bits, half_range << step_bits
+    cells = np.arange((-clip >> sub) + n, (clip >> sub) + n + 1)
+    i = np.clip(cells, 0, 2 * n - 1)
+    above, below = cells >= 2 * n, cells < 0
+    base = np.where(below, 0, np.where(above, (cells - n) << sub, table[i]))     # GELU(x) = x above
+    slope = np.where(below, 0, np.where(above, 1 << sub, table[i + 1] - table[i]))
+    return base, slope, int(cells[0] - n)
+
+
+def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits: int = 6, half_range: int = 8) -> np.ndarray:
+    """:func:`gelu` for ``|u| <= clip``, bit-identical and about 3x faster.
+
+    Every cell of ``2**-step_bits`` gets a (base, slope) pair, including the cells outside the
+    table (slope 0 below, identity above), so one lookup replaces the range tests.
+    """
+    base, slope, first = _gelu_cells(kind, frac_bits, clip, step_bits, half_range)
+    sub = frac_bits - step_bits
+    idx = u >> sub
+    idx -= first
+    y = np.take(slope, idx)
+    y *= u & ((1 << sub) - 1)
+    y += 1 << (sub - 1)
+    y >>= sub
+    y += np.take(base, idx)
+    return y
+
+
 def bit_length(a: np.ndarray) -> np.ndarray:
     """Bit length of non-negative int64 values below 2**53 (exact via frexp)."""
     return np.frexp(a.astype(np.float64))[1].astype(np.int64)

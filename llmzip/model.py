@@ -33,6 +33,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 EMBEDDED_NAME = "llmzip-gpt2-small-v1"
 EMBEDDED_ALIASES = ("embedded", EMBEDDED_NAME)
 SUPPORTED_TYPES = ("gpt2",)
+HEAD_ROWS = 128   # positions per output-head block (speed only)
 
 
 @dataclass
@@ -69,7 +70,12 @@ class LoadedModel:
 
     def advance(self, state: Any, tokens: np.ndarray) -> np.ndarray:
         """Append tokens (rows, T); return int64 tables (rows, T, V) for the token after each."""
-        return freqs_from_logits(self.engine.logits(self.engine.forward(tokens, state)), self.freq_bits)
+        hidden = self.engine.forward(tokens, state)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        out = np.empty((len(flat), self.vocab_size), dtype=np.int64)
+        for i in range(0, len(flat), HEAD_ROWS):   # head + quantiser in cache-sized blocks
+            out[i : i + HEAD_ROWS] = freqs_from_logits(self.engine.float_logits(flat[i : i + HEAD_ROWS]), self.freq_bits)
+        return out.reshape(*hidden.shape[:-1], self.vocab_size)
 
     def keep(self, state: Any, rows: np.ndarray) -> None:
         state.keep(rows)

@@ -23,10 +23,11 @@ FREQ_BITS = 28          # probability resolution of the tables written by this v
 LOGIT_FRAC_BITS = 8     # fixed-point logits carry 8 fraction bits (1/256 nat)
 EXP_OUT_BITS = 30       # exp() table scale: exp(0) == 2**30
 EXP_LIMIT = 20.0        # exp(-20) < 2**-28: beyond that every token sits at the floor anyway
+QUANT_ROWS = 32         # rows per pass: keeps the (rows, V) temporaries in cache (speed only)
 
 
 def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndarray:
-    """Integer frequencies from int64 fixed-point logits (``LOGIT_FRAC_BITS`` fraction bits).
+    """Integer frequencies from fixed-point logits (``LOGIT_FRAC_BITS`` fraction bits).
 
     ``f = 1 + floor(e * (2**freq_bits / sum(e)))`` with ``e = exp(logit - max)`` read from
     an exact lookup table: softmax, quantised, with a floor of one.
@@ -36,19 +37,32 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndar
     correctly rounded IEEE operations, identical on every machine.
 
     Args:
-        logits: int64 array ``(..., V)``; values are clipped to +-2**30 first.
+        logits: integer-valued array ``(..., V)``, int64 or float64 (|x| < 2**53); values are
+            clipped to +-2**30 first.
         freq_bits: log2 of the probability resolution (<= 28 keeps totals below 2**30).
 
     Returns:
         int64 array of the same shape, each row a valid coding table.
     """
+    logits = np.asarray(logits)
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = np.empty(flat.shape, dtype=np.int64)
+    for i in range(0, len(flat), QUANT_ROWS):
+        out[i : i + QUANT_ROWS] = _freqs_block(flat[i : i + QUANT_ROWS], freq_bits)
+    return out.reshape(logits.shape)
+
+
+def _freqs_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
+    """:func:`freqs_from_logits` for a (rows, V) block small enough to stay in cache; float64 out."""
     table = _exp_table_f64()
-    lg = np.clip(logits, -(1 << 30), 1 << 30).astype(np.int32)
-    gap = lg.max(-1, keepdims=True) - lg
-    np.minimum(gap, len(table) - 1, out=gap)
-    e = np.take(table, gap)
-    scale = float(1 << freq_bits) / e.sum(-1, keepdims=True)
-    return (np.floor(e * scale) + 1).astype(np.int64)
+    x = np.clip(logits, -(1 << 30), 1 << 30).astype(np.float64)   # exact: integers below 2**31
+    np.subtract(x.max(-1, keepdims=True), x, out=x)                 # gap to the row's maximum
+    np.minimum(x, len(table) - 1, out=x)
+    e = np.take(table, x.astype(np.intp))
+    e *= float(1 << freq_bits) / e.sum(-1, keepdims=True)
+    np.floor(e, out=e)
+    e += 1
+    return e
 
 
 @functools.lru_cache(maxsize=None)

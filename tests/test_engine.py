@@ -99,6 +99,21 @@ def test_gelu_is_close_to_float_gelu(kind):
     assert np.abs(fixedpoint.gelu(u, kind, 12) / 4096.0 - ref).max() < 3e-4
 
 
+@pytest.mark.parametrize("kind", ["gelu_new", "gelu"])
+def test_gelu_clipped_equals_gelu_on_every_input(kind):
+    clip = 2**20 - 1                                   # the engine's ACT_CLIP: every input it can see
+    u = np.arange(-clip, clip + 1, dtype=np.int64)
+    assert np.array_equal(fixedpoint.gelu_clipped(u, kind, 12, clip), fixedpoint.gelu(u, kind, 12))
+
+
+def test_linear_float_out_equals_integer_rounding(golden):
+    lin = golden.engine.blocks[0].fc
+    x = np.random.default_rng(1).integers(-2**20, 2**20, size=(2, 3, lin.w.shape[0]))
+    ref = fixedpoint.rshift_round(fixedpoint.exact_matmul(x, lin.w), lin.shift) + lin.b
+    assert np.array_equal(lin(x), ref)
+    assert np.array_equal(lin.float_out(x), ref.astype(np.float64))
+
+
 def test_layer_norm_is_close_to_float_layer_norm():
     rng = np.random.default_rng(0)
     h = rng.normal(0, 3, size=(5, 64))
@@ -131,6 +146,14 @@ def test_freqs_from_logits_floor_and_total():
     assert f.min() == 1 and f[0, 1] == 1
     assert f[0, 2] == f[0, 3] and f[1].tolist() == [f[1, 0]] * 4
     assert (f.sum(-1) <= 2**28 + 4).all()
+
+
+def test_freqs_from_logits_same_for_float_input_and_any_block_split():
+    logits = np.random.default_rng(2).integers(-40000, 40000, size=(3, 45, 300))
+    f = freqs_from_logits(logits)
+    assert np.array_equal(freqs_from_logits(logits.astype(np.float64)), f)
+    rows = [freqs_from_logits(logits[i, j]) for i in range(3) for j in range(45)]
+    assert np.array_equal(np.stack(rows).reshape(f.shape), f)
 
 
 def test_fingerprint_is_stable(golden):
