@@ -18,6 +18,8 @@ same order in the encoder and the decoder (see :mod:`llmzip.mix`).
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -31,7 +33,8 @@ from .mix import DEFAULT_MIX, Mixer, MixParams
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 MAX_GROUP = 64                     # more rows per step amortise reading the weights...
 KV_BUDGET = 640 << 20              # ...but every row of a group holds a KV cache: bound their sum
-PREFILL_BLOCK = 16                 # encoder: at most this many tokens per row per forward call...
+KV_LIMIT = 4 * KV_BUDGET           # the most decoder cache an archive may ask for (explicit groups)
+PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (64 MiB) per call
 
 
@@ -81,7 +84,8 @@ class CodingStats:
 class Settings:
     """Knobs that change speed or memory but never the archive."""
 
-    batch_size: int | None = None   # rows per forward call (None: the whole group)
+    batch_size: int | None = None   # rows per forward call (None: the group split evenly among workers)
+    workers: int = 1                # threads that run the batches of a step concurrently
     progress: Progress | None = None
     stats: CodingStats | None = None
 
@@ -99,6 +103,8 @@ def compress(
     """
     chunk = chunk_tokens or model.max_context - 1
     group_chunks = group_chunks or default_group(model)
+    if group_chunks * getattr(model, "kv_bytes_per_row", 0) > KV_LIMIT:
+        raise ValueError(f"group_chunks={group_chunks} would need more than {KV_LIMIT >> 20} MiB of decoder cache")
     if not 1 <= chunk <= model.max_context - 1:
         raise ValueError(f"chunk_tokens must be in [1, {model.max_context - 1}] for this model")
     tokens = model.tokenizer.encode(data)
@@ -109,7 +115,7 @@ def compress(
         token_count=len(tokens), checksum=content_checksum(data),
         mixing=mixing is not None, mix_params=mixing.to_bytes() if mixing else b"",
     )
-    mixer = Mixer(model.vocab_size, mixing, chunk) if mixing else None
+    mixer = Mixer(model.vocab_size, mixing, chunk, len(tokens)) if mixing else None
     segments = [
         encode_group(model, rows, settings, mixer)
         for rows in _groups(tokens, chunk, group_chunks)
@@ -121,7 +127,7 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     """Decode an archive made by :func:`compress` with the same model (checked by fingerprint)."""
     header, segments = read_archive(blob)
     mixing = check_compatible(header, model)
-    mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens) if mixing else None
+    mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens) if mixing else None   # grows as decoded
     parts: list[bytes] = []
     for j, segment in enumerate(segments):
         rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
@@ -150,13 +156,17 @@ def check_compatible(header: Header, model: Model) -> MixParams | None:
         raise UnsupportedFormatError(f"frequency precision {header.freq_bits} bits is not supported")
     if header.chunk_tokens > model.max_context - 1:
         raise CorruptArchiveError(f"chunk of {header.chunk_tokens} tokens exceeds the model's context")
+    cache = min(header.group_chunks, header.chunk_count) * getattr(model, "kv_bytes_per_row", 0)
+    if cache > KV_LIMIT:   # compress() never writes such an archive: refuse before allocating it
+        raise CorruptArchiveError(f"groups of {header.group_chunks} chunks would need {cache >> 20} MiB "
+                                  f"of decoder cache (limit {KV_LIMIT >> 20} MiB)")
     return mixing
 
 
 def _groups(tokens: np.ndarray, chunk: int, group: int) -> Iterator[list[np.ndarray]]:
-    chunks = [tokens[i : i + chunk] for i in range(0, len(tokens), chunk)]
-    for j in range(0, len(chunks), group):
-        yield chunks[j : j + group]
+    """The chunks of ``tokens``, ``group`` at a time (views, made lazily)."""
+    for j in range(0, len(tokens), chunk * group):
+        yield [tokens[i : i + chunk] for i in range(j, min(j + chunk * group, len(tokens)), chunk)]
 
 
 def prefill_block(rows: int, vocab_size: int) -> int:
@@ -164,9 +174,23 @@ def prefill_block(rows: int, vocab_size: int) -> int:
     return max(1, min(PREFILL_BLOCK, TABLE_BUDGET // max(1, rows * vocab_size)))
 
 
-def _batches(rows: int, batch_size: int | None) -> list[slice]:
-    size = batch_size or rows
+def _batches(rows: int, settings: Settings) -> list[slice]:
+    size = settings.batch_size or -(-rows // max(1, settings.workers))
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+@contextlib.contextmanager
+def _mapper(settings: Settings) -> Iterator[Callable[..., list[Any]]]:
+    """``map`` over the batches of a step: in ``settings.workers`` threads when there are several.
+
+    Rows are independent, so running batches concurrently never changes a table; numpy and
+    BLAS release the GIL, so on a multi-core machine the batches really overlap.
+    """
+    if settings.workers <= 1:
+        yield lambda fn, *items: list(map(fn, *items))
+        return
+    with ThreadPoolExecutor(settings.workers, thread_name_prefix="llmzip") as pool:
+        yield lambda fn, *items: list(pool.map(fn, *items))
 
 
 def encode_group(
@@ -186,18 +210,26 @@ def encode_group(
     encoder = ArithmeticEncoder()
     if mixer is not None:
         mixer.begin_group(len(rows))
-    states = [(s, model.start(s.stop - s.start)) for s in _batches(len(rows), settings.batch_size)]
+    batches = _batches(len(rows), settings)
+    states = [model.start(s.stop - s.start) for s in batches]
     span = prefill_block(len(rows), getattr(model, "vocab_size", 1))
-    for t0 in range(0, length, span):
-        block = slice(t0, min(t0 + span, length))
-        tables = np.concatenate([model.advance(state, inputs[s, block]) for s, state in states])
-        if mixer is None:
-            _encode_block(encoder, tables, targets[:, block], settings.stats)
-        else:
-            _encode_mixed(encoder, mixer, tables, targets[:, block], settings.stats)
-        if settings.progress:
-            settings.progress(int((targets[:, block] >= 0).sum()))
+    with _mapper(settings) as run:
+        for t0 in range(0, length, span):
+            block = slice(t0, min(t0 + span, length))
+            tables = np.concatenate(run(lambda s, st: model.advance(st, inputs[s, block]), batches, states))
+            _encode_tables(encoder, mixer, tables, targets[:, block], settings)
     return encoder.finish()
+
+
+def _encode_tables(
+    encoder: ArithmeticEncoder, mixer: Mixer | None, tables: np.ndarray, targets: np.ndarray, settings: Settings
+) -> None:
+    if mixer is None:
+        _encode_block(encoder, tables, targets, settings.stats)
+    else:
+        _encode_mixed(encoder, mixer, tables, targets, settings.stats)
+    if settings.progress:
+        settings.progress(int((targets >= 0).sum()))
 
 
 def _encode_block(
@@ -240,17 +272,28 @@ def decode_group(
     if list(lengths) != sorted(lengths, reverse=True):
         raise CorruptArchiveError("chunk lengths out of order")
     decoder = ArithmeticDecoder(segment)
+    batches = _batches(len(lengths), settings)
+    states = [model.start(s.stop - s.start) for s in batches]
+    with _mapper(settings) as run:
+        out = _decode_steps(model, decoder, lengths, batches, states, run, settings, mixer)
+    decoder.check_end()
+    return [out[i, :n] for i, n in enumerate(lengths)]
+
+
+def _decode_steps(
+    model: Predictor, decoder: ArithmeticDecoder, lengths: Sequence[int], batches: list[slice],
+    states: list[Any], run: Callable[..., list[Any]], settings: Settings, mixer: Mixer | None,
+) -> np.ndarray:
+    """The decoder's lockstep loop: one token of every live row per step; returns (rows, T) tokens."""
     bos = getattr(model, "bos_id", 0)
     out = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
-    batches = _batches(len(lengths), settings.batch_size)
-    states = [model.start(s.stop - s.start) for s in batches]
     prev = np.full(len(lengths), bos, dtype=np.int64)
     if mixer is not None:
         mixer.begin_group(len(lengths))
     for t in range(max(lengths)):
         live = sum(1 for n in lengths if n > t)    # lengths are non-increasing: a prefix is live
         batches, states = _shrink(model, batches, states, live)
-        tables = np.concatenate([model.advance(st, prev[s, None])[:, 0] for s, st in zip(batches, states)])
+        tables = np.concatenate(run(lambda s, st: model.advance(st, prev[s, None])[:, 0], batches, states))
         if mixer is not None:
             tables = mixer.tables(tables)
         cdf = np.zeros((live, tables.shape[-1] + 1), dtype=np.int64)
@@ -262,8 +305,7 @@ def decode_group(
             mixer.update(out[:live, t])
         if settings.progress:
             settings.progress(live)
-    decoder.check_end()
-    return [out[i, :n] for i, n in enumerate(lengths)]
+    return out
 
 
 def _shrink(model: Predictor, batches: list[slice], states: list[Any], live: int) -> tuple[list[slice], list[Any]]:

@@ -179,7 +179,8 @@ class Mixer:
     block ``i`` holds the slot of order ``orders[i]``, the last column the match prediction.
     """
 
-    def __init__(self, vocab_size: int, params: MixParams, chunk_tokens: int) -> None:
+    def __init__(self, vocab_size: int, params: MixParams, chunk_tokens: int, token_count: int = 0) -> None:
+        """``token_count`` (the file's, if known) sizes the position buffer once instead of doubling it."""
         p = self.params = params
         self.vocab_size, self.chunk = vocab_size, chunk_tokens
         self._models = 2 + len(p.orders)                                # LM, orders..., match
@@ -187,7 +188,8 @@ class Mixer:
         self._slot_tok = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.int32)
         self._slot_cnt = np.zeros((1 << p.hash_bits, p.slot_width), dtype=np.uint16)
         self._match_pos = np.zeros(1 << p.match_bits, dtype=np.int64)  # next position; 0: none
-        self._buf = np.full(1, -1, dtype=np.int32)      # every token by file position; -1: unknown
+        chunks = -(-token_count // chunk_tokens)
+        self._buf = np.full(chunks * chunk_tokens + 1, -1, dtype=np.int32)   # token by file position; -1: unknown
         self._theta = _prior(p.orders, p.init_gap)
         self._entry_model = np.repeat(np.arange(1, self._models), [p.slot_width] * len(p.orders) + [1])
         self._hist_len = max(p.orders[-1], p.match_min, 1)

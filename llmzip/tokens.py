@@ -205,14 +205,13 @@ class ByteTokenizer:
 
     def encode(self, data: bytes) -> np.ndarray:
         """Token ids (int32, 1-D) of ``data``; ``decode(encode(data)) == data`` always."""
-        data = bytes(data)
-        ids: list[int] = []
-        for block in _blocks(data, self._block_size):
-            ids.extend(self._encode_block(block))
-        out = np.array(ids, dtype=np.int32)
-        if self.decode(out) != data:  # unreachable by construction; guards exactness
-            raise TokenizerError("internal error: encoded tokens do not reproduce the input")
-        return out
+        parts = []
+        for block in _blocks(bytes(data), self._block_size):
+            ids = self._encode_block(block)
+            if b"".join(map(self._table.__getitem__, ids)) != block:   # unreachable; guards exactness
+                raise TokenizerError("internal error: encoded tokens do not reproduce the input")
+            parts.append(np.array(ids, dtype=np.int32))   # block by block: 4 bytes per token at rest
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def decode(self, ids: np.ndarray | Sequence[int]) -> bytes:
         """Concatenated bytes of ``ids``; raises ValueError on an out-of-range id."""

@@ -42,8 +42,10 @@ def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden):
     data = _sample("prose") + _sample("random")[:500]
     blobs = {bs: codec.compress(data, golden, settings=codec.Settings(batch_size=bs)) for bs in (1, 3, None)}
     assert len(set(blobs.values())) == 1
+    assert codec.compress(data, golden, settings=codec.Settings(workers=2)) == blobs[1]
     for bs in (1, 2, 5):
         assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=bs)) == data
+    assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=2, workers=3)) == data
 
 
 def test_toy_predictor_round_trip_without_torch():
@@ -115,3 +117,14 @@ def test_regenerate_golden(golden):  # pragma: no cover - run by hand only, afte
     blob = codec.compress(data, golden, group_chunks=3, mixing=None)
     (DATA / "golden-tiny.llz").write_bytes(blob)
     (DATA / "golden-tiny.llz.sha256").write_text(hashlib.sha256(blob).hexdigest() + "  golden-tiny.llz\n")
+
+
+def test_groups_needing_too_much_decoder_cache_are_refused(golden, monkeypatch):
+    data = _sample("prose") * 3                           # several chunks of the tiny model
+    blob = codec.compress(data, golden, group_chunks=8, mixing=None)
+    monkeypatch.setattr(codec, "KV_LIMIT", 7 * golden.kv_bytes_per_row)
+    with pytest.raises(CorruptArchiveError, match="decoder cache"):
+        codec.decompress(blob, golden)                    # refused before any cache is allocated
+    with pytest.raises(ValueError, match="decoder cache"):
+        codec.compress(data, golden, group_chunks=8, mixing=None)
+    assert codec.decompress(codec.compress(data, golden, group_chunks=7, mixing=None), golden) == data
