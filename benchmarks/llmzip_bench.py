@@ -72,15 +72,15 @@ def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     except LlmzipError as exc:
         raise SystemExit(f"cannot load model {spec['model']!r}: {exc}") from None
     # One-time lazy set-up (lookup tables, first BLAS call) belongs with loading, not coding.
-    warm = codec.Settings(batch_size=spec["batch_size"])
+    warm = codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"])
     _, warmup_s = _timed(lambda: codec.decompress(codec.compress(WARMUP, model, settings=warm), model, warm))
     stats = codec.CodingStats()
     blob, c_s = _timed(codec.compress, data, model,
-                       settings=codec.Settings(batch_size=spec["batch_size"], stats=stats))
+                       settings=codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"], stats=stats))
 
     def decompress() -> bytes:
         try:
-            return codec.decompress(blob, model, codec.Settings(batch_size=spec["batch_size"]))
+            return codec.decompress(blob, model, warm)
         except CorruptArchiveError as exc:  # the codec's own checksum caught a mismatch
             print(f"llmzip round trip failed: {exc}", file=sys.stderr)
             return b""
@@ -116,13 +116,7 @@ def worker_main(spec_json: str) -> int:
     data = Path(spec["file"]).read_bytes()
     if spec["limit"]:
         data = data[: spec["limit"]]
-    if spec["threads"]:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=spec["threads"], user_api="blas"):
-            result = _code(spec, data)
-    else:
-        result = _code(spec, data)
+    result = _code(spec, data)
     entry = _entry(spec, data, result)
     tmp = spec["out"] + ".tmp"
     Path(tmp).write_text(json.dumps(entry), encoding="utf-8")

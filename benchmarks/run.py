@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="llmzip models: 'embedded', a local model directory or a cached hub id (default: embedded)")
     p.add_argument("--quick", action="store_true", help=f"only the first {QUICK_BYTES} bytes of each file")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output directory (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="BLAS threads for llmzip (default: the library's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for llmzip (default: all cores)")
     p.add_argument("--batch-size", type=int, default=None, help="llmzip rows per forward call (default: whole group)")
     p.add_argument("--no-classic", action="store_true", help="llmzip only")
     args = p.parse_args(argv)

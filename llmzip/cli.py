@@ -193,14 +193,6 @@ def _progress(opts: Options, total: int | None, label: str) -> Iterator[Callable
         yield bar.update
 
 
-def _threads(threads: int | None) -> contextlib.AbstractContextManager[Any]:
-    if threads is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
 def transform(data: bytes, label: str, opts: Options, verify: bool) -> bytes:
     """Run the codec on ``data``; with ``verify``, check that a new archive decodes to ``data``."""
     from . import codec
@@ -215,8 +207,8 @@ def transform(data: bytes, label: str, opts: Options, verify: bool) -> bytes:
         header = read_header(data)[0]
         model = _load(opts.model or header.model_id, opts.allow_download)
         total = header.token_count
-    with _threads(opts.threads), _progress(opts, total, label) as tick:
-        settings = codec.Settings(batch_size=opts.batch_size, progress=tick)
+    with _progress(opts, total, label) as tick:
+        settings = codec.Settings(batch_size=opts.batch_size, threads=opts.threads, progress=tick)
         if opts.mode != "compress":
             return codec.decompress(data, model, settings)
         blob = codec.compress(data, model, chunk_tokens=opts.chunk_tokens, settings=settings,
@@ -381,7 +373,7 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
     "suffix": click.option("-S", "--suffix", default=".llz", show_default=True, help="Archive suffix."),
     "verbose": click.option("-v", "--verbose", count=True, help="A line per file on stderr."),
     "quiet": click.option("-q", "--quiet", is_flag=True, help="No warnings, no progress bar."),
-    "threads": click.option("-T", "--threads", type=click.IntRange(min=1), help="BLAS threads [default: all]."),
+    "threads": click.option("-T", "--threads", type=click.IntRange(min=1), help="CPU threads [default: all cores]."),
     "batch_size": click.option("--batch-size", type=click.IntRange(min=1),
                                help="Rows per forward pass (memory/speed only) [default: whole group]."),
     "chunk_tokens": click.option("--chunk-tokens", type=click.IntRange(min=1),

@@ -19,6 +19,7 @@ same order in the encoder and the decoder (see :mod:`llmzip.mix`).
 from __future__ import annotations
 
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -84,8 +85,8 @@ class CodingStats:
 class Settings:
     """Knobs that change speed or memory but never the archive."""
 
-    batch_size: int | None = None   # rows per forward call (None: the group split evenly among workers)
-    workers: int = 1                # threads that run the batches of a step concurrently
+    batch_size: int | None = None   # rows per forward call (None: the group split evenly among threads)
+    threads: int | None = None      # CPU threads (None: every core this process may use)
     progress: Progress | None = None
     stats: CodingStats | None = None
 
@@ -175,22 +176,46 @@ def prefill_block(rows: int, vocab_size: int) -> int:
 
 
 def _batches(rows: int, settings: Settings) -> list[slice]:
-    size = settings.batch_size or -(-rows // max(1, settings.workers))
+    size = settings.batch_size or -(-rows // cpu_threads(settings))
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
-@contextlib.contextmanager
-def _mapper(settings: Settings) -> Iterator[Callable[..., list[Any]]]:
-    """``map`` over the batches of a step: in ``settings.workers`` threads when there are several.
+def cpu_threads(settings: Settings) -> int:
+    """The number of threads a codec call uses: ``settings.threads`` or every usable core."""
+    if settings.threads:
+        return settings.threads
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
-    Rows are independent, so running batches concurrently never changes a table; numpy and
-    BLAS release the GIL, so on a multi-core machine the batches really overlap.
+
+@contextlib.contextmanager
+def _pool(settings: Settings) -> Iterator[ThreadPoolExecutor | None]:
+    """Worker threads for the batches of a step (None: run them in the calling thread).
+
+    Rows are independent, so running batches concurrently never changes a table. numpy and
+    BLAS release the GIL; each GEMM runs single-threaded (one BLAS thread per worker), which
+    measured faster here than threaded GEMMs with serial glue. While a codec call runs, the
+    process-wide BLAS thread count is limited to 1.
     """
-    if settings.workers <= 1:
-        yield lambda fn, *items: list(map(fn, *items))
-        return
-    with ThreadPoolExecutor(settings.workers, thread_name_prefix="llmzip") as pool:
-        yield lambda fn, *items: list(pool.map(fn, *items))
+    from threadpoolctl import threadpool_limits
+
+    threads = cpu_threads(settings)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads <= 1:
+            yield None
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="llmzip") as pool:
+            yield pool
+
+
+def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[slice], states: list[Any],
+             tokens: np.ndarray) -> Callable[[], np.ndarray]:
+    """Start advancing every batch by ``tokens`` (rows, T); the result gives all rows' tables."""
+    if pool is None:
+        tables = np.concatenate([model.advance(st, tokens[s]) for s, st in zip(batches, states)])
+        return lambda: tables
+    futures = [pool.submit(model.advance, st, tokens[s]) for s, st in zip(batches, states)]
+    return lambda: np.concatenate([f.result() for f in futures])
 
 
 def encode_group(
@@ -213,10 +238,13 @@ def encode_group(
     batches = _batches(len(rows), settings)
     states = [model.start(s.stop - s.start) for s in batches]
     span = prefill_block(len(rows), getattr(model, "vocab_size", 1))
-    with _mapper(settings) as run:
-        for t0 in range(0, length, span):
-            block = slice(t0, min(t0 + span, length))
-            tables = np.concatenate(run(lambda s, st: model.advance(st, inputs[s, block]), batches, states))
+    blocks = [slice(t0, min(t0 + span, length)) for t0 in range(0, length, span)]
+    with _pool(settings) as pool:
+        pending = _advance(pool, model, batches, states, inputs[:, blocks[0]])
+        for k, block in enumerate(blocks):
+            tables = pending()
+            if k + 1 < len(blocks):   # the workers compute the next block while this one is coded
+                pending = _advance(pool, model, batches, states, inputs[:, blocks[k + 1]])
             _encode_tables(encoder, mixer, tables, targets[:, block], settings)
     return encoder.finish()
 
@@ -274,15 +302,15 @@ def decode_group(
     decoder = ArithmeticDecoder(segment)
     batches = _batches(len(lengths), settings)
     states = [model.start(s.stop - s.start) for s in batches]
-    with _mapper(settings) as run:
-        out = _decode_steps(model, decoder, lengths, batches, states, run, settings, mixer)
+    with _pool(settings) as pool:
+        out = _decode_steps(model, decoder, lengths, batches, states, pool, settings, mixer)
     decoder.check_end()
     return [out[i, :n] for i, n in enumerate(lengths)]
 
 
 def _decode_steps(
     model: Predictor, decoder: ArithmeticDecoder, lengths: Sequence[int], batches: list[slice],
-    states: list[Any], run: Callable[..., list[Any]], settings: Settings, mixer: Mixer | None,
+    states: list[Any], pool: ThreadPoolExecutor | None, settings: Settings, mixer: Mixer | None,
 ) -> np.ndarray:
     """The decoder's lockstep loop: one token of every live row per step; returns (rows, T) tokens."""
     bos = getattr(model, "bos_id", 0)
@@ -293,7 +321,7 @@ def _decode_steps(
     for t in range(max(lengths)):
         live = sum(1 for n in lengths if n > t)    # lengths are non-increasing: a prefix is live
         batches, states = _shrink(model, batches, states, live)
-        tables = np.concatenate(run(lambda s, st: model.advance(st, prev[s, None])[:, 0], batches, states))
+        tables = _advance(pool, model, batches, states, prev[:live, None])()[:, 0]
         if mixer is not None:
             tables = mixer.tables(tables)
         cdf = np.zeros((live, tables.shape[-1] + 1), dtype=np.int64)

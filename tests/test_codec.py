@@ -42,10 +42,10 @@ def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden):
     data = _sample("prose") + _sample("random")[:500]
     blobs = {bs: codec.compress(data, golden, settings=codec.Settings(batch_size=bs)) for bs in (1, 3, None)}
     assert len(set(blobs.values())) == 1
-    assert codec.compress(data, golden, settings=codec.Settings(workers=2)) == blobs[1]
+    assert codec.compress(data, golden, settings=codec.Settings(threads=2)) == blobs[1]
     for bs in (1, 2, 5):
         assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=bs)) == data
-    assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=2, workers=3)) == data
+    assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=2, threads=3)) == data
 
 
 def test_toy_predictor_round_trip_without_torch():
