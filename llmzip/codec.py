@@ -127,6 +127,8 @@ def compress(
 def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> bytes:
     """Decode an archive made by :func:`compress` with the same model (checked by fingerprint)."""
     header, segments = read_archive(blob)
+    if hasattr(model, "with_engine"):   # archives of an older engine decode with its arithmetic
+        model = model.with_engine(header.engine)
     mixing = check_compatible(header, model)
     mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens) if mixing else None   # grows as decoded
     parts: list[bytes] = []

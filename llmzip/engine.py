@@ -31,9 +31,11 @@ from typing import Mapping
 import numpy as np
 
 from .fixedpoint import check_gemm_bound, exact_matmul, exp_table, gelu_clipped, GELU_KINDS, layer_norm, rshift_round
+from .linear8 import Q_MAX, Linear8, quantize_linear8
 from .quantize import LOGIT_FRAC_BITS
 
-ENGINE_ID = 1            # archive field "engine": exact GPT-2 engine, arithmetic version 1
+ENGINE_ID = 2            # archive field "engine" written by this version (see ENGINES)
+ENGINES = (1, 2)         # 1: 16-bit weights, float64 GEMMs; 2: int8 weights and activations (linear8)
 WEIGHT_BITS = 15         # |w| <= 2**15 - 1 after per-channel power-of-two scaling
 RESID_FRAC = 16          # residual stream fraction bits
 RESID_CLIP = 2**30 - 1   # residual magnitude bound (2**14 in real units)
@@ -111,6 +113,9 @@ class Linear:
         acc += self._bias
         return acc
 
+    def integer_arrays(self) -> list[np.ndarray]:
+        return [self.w.astype(np.int64), self.shift, self.b]
+
 
 def quantize_linear(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac: int) -> Linear:
     """Quantise float weights ``w`` (in, out) to 16-bit integers with a power-of-two scale per column."""
@@ -149,11 +154,11 @@ def quantize_norm(gamma: np.ndarray, beta: np.ndarray) -> Norm:
 @dataclass(frozen=True)
 class Block:
     ln_1: Norm
-    attn: Linear     # c_attn: d -> 3d (q, k, v), outputs ACT_FRAC
-    proj: Linear     # attn c_proj: d -> d, outputs RESID_FRAC
+    attn: Linear | Linear8     # c_attn: d -> 3d (q, k, v), outputs ACT_FRAC
+    proj: Linear | Linear8     # attn c_proj: d -> d, outputs RESID_FRAC
     ln_2: Norm
-    fc: Linear       # mlp c_fc: d -> 4d, outputs ACT_FRAC
-    fc_proj: Linear  # mlp c_proj: 4d -> d, outputs RESID_FRAC
+    fc: Linear | Linear8       # mlp c_fc: d -> 4d, outputs ACT_FRAC
+    fc_proj: Linear | Linear8  # mlp c_proj: 4d -> d, outputs RESID_FRAC
 
 
 class KVCache:
@@ -182,10 +187,12 @@ class KVCache:
 class ExactGPT2:
     """A GPT-2 whose every output is an exact integer function of weights and tokens."""
 
-    engine_id = ENGINE_ID
-
-    def __init__(self, spec: GPT2Spec, state: Mapping[str, np.ndarray]) -> None:
-        """Quantise a Hugging Face ``GPT2LMHeadModel`` state dict (float arrays, Conv1D layout)."""
+    def __init__(self, spec: GPT2Spec, state: Mapping[str, np.ndarray], engine_id: int = ENGINE_ID) -> None:
+        """Quantise a Hugging Face ``GPT2LMHeadModel`` state dict (float arrays, Conv1D layout)
+        with the arithmetic of ``engine_id`` (one of :data:`ENGINES`)."""
+        if engine_id not in ENGINES:
+            raise ValueError(f"unknown engine {engine_id}")
+        self.engine_id = engine_id
         if spec.activation not in GELU_KINDS:
             raise ValueError(f"unsupported activation {spec.activation!r}")
         if spec.n_embd % spec.n_head:
@@ -195,37 +202,40 @@ class ExactGPT2:
         p = "transformer."
         self.wte = to_fixed(state[p + "wte.weight"], RESID_FRAC)
         self.wpe = to_fixed(state[p + "wpe.weight"], RESID_FRAC)
+        self._linear = quantize_linear if engine_id == 1 else quantize_linear8
         self.blocks = [self._block(state, f"{p}h.{i}.") for i in range(spec.n_layer)]
         self.ln_f = quantize_norm(state[p + "ln_f.weight"], state[p + "ln_f.bias"])
         head = state.get("lm_head.weight", state[p + "wte.weight"])
-        self.head = quantize_linear(np.asarray(head).T, None, ACT_FRAC, LOGIT_FRAC_BITS)
+        self.head = self._linear(np.asarray(head).T, None, ACT_FRAC, LOGIT_FRAC_BITS)
         self.att_scale = _inverse_sqrt(self.head_dim)
         self._check_bounds()
         self.fingerprint = self._fingerprint()
 
-    @staticmethod
-    def _block(state: Mapping[str, np.ndarray], p: str) -> Block:
+    def _block(self, state: Mapping[str, np.ndarray], p: str) -> Block:
+        lin = self._linear
         return Block(
             ln_1=quantize_norm(state[p + "ln_1.weight"], state[p + "ln_1.bias"]),
-            attn=quantize_linear(state[p + "attn.c_attn.weight"], state[p + "attn.c_attn.bias"], ACT_FRAC, ACT_FRAC),
-            proj=quantize_linear(state[p + "attn.c_proj.weight"], state[p + "attn.c_proj.bias"], ACT_FRAC, RESID_FRAC),
+            attn=lin(state[p + "attn.c_attn.weight"], state[p + "attn.c_attn.bias"], ACT_FRAC, ACT_FRAC),
+            proj=lin(state[p + "attn.c_proj.weight"], state[p + "attn.c_proj.bias"], ACT_FRAC, RESID_FRAC),
             ln_2=quantize_norm(state[p + "ln_2.weight"], state[p + "ln_2.bias"]),
-            fc=quantize_linear(state[p + "mlp.c_fc.weight"], state[p + "mlp.c_fc.bias"], ACT_FRAC, ACT_FRAC),
-            fc_proj=quantize_linear(state[p + "mlp.c_proj.weight"], state[p + "mlp.c_proj.bias"], ACT_FRAC, RESID_FRAC),
+            fc=lin(state[p + "mlp.c_fc.weight"], state[p + "mlp.c_fc.bias"], ACT_FRAC, ACT_FRAC),
+            fc_proj=lin(state[p + "mlp.c_proj.weight"], state[p + "mlp.c_proj.bias"], ACT_FRAC, RESID_FRAC),
         )
 
     def _check_bounds(self) -> None:
         """Prove at load that every float64 GEMM of this model is exact."""
-        w_max = 2**WEIGHT_BITS - 1
         d = self.spec.n_embd
         inner = max(blk.fc_proj.w.shape[0] for blk in self.blocks)   # n_inner, 4 * d by default
-        check_gemm_bound(max(inner, d), ACT_CLIP, w_max, "linear layers")
+        if self.engine_id == 1:
+            check_gemm_bound(max(inner, d), ACT_CLIP, 2**WEIGHT_BITS - 1, "linear layers")
+        elif max(inner, d) * Q_MAX * Q_MAX >= 2**31:
+            raise ValueError("linear layers: int8 products could overflow int32")
         check_gemm_bound(self.head_dim, ACT_CLIP, ACT_CLIP, "attention scores")
         check_gemm_bound(self.spec.n_ctx, 2**ATT_EXP_BITS, ACT_CLIP, "attention values")
 
     def _fingerprint(self) -> bytes:
         """SHA-256 of the engine version, the spec and every integer the engine computes with."""
-        digest = hashlib.sha256(f"llmzip-exact-gpt2/{ENGINE_ID}".encode())
+        digest = hashlib.sha256(f"llmzip-exact-gpt2/{self.engine_id}".encode())
         digest.update(json.dumps(asdict(self.spec), sort_keys=True).encode())
         for array in self._integer_arrays():
             digest.update(np.ascontiguousarray(array.astype("<i8")).tobytes())
@@ -235,9 +245,10 @@ class ExactGPT2:
         arrays = [self.wte, self.wpe]
         for blk in self.blocks:
             for lin in (blk.attn, blk.proj, blk.fc, blk.fc_proj):
-                arrays += [lin.w.astype(np.int64), lin.shift, lin.b]
+                arrays += lin.integer_arrays()
             arrays += [blk.ln_1.gamma, blk.ln_1.beta, blk.ln_2.gamma, blk.ln_2.beta]
-        return arrays + [self.ln_f.gamma, self.ln_f.beta, self.head.w.astype(np.int64), self.head.shift]
+        head = self.head.integer_arrays()[:-1]   # the head has no bias (version 1 hashed w, shift)
+        return arrays + [self.ln_f.gamma, self.ln_f.beta, *head]
 
     # ------------------------------------------------------------------ inference
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .engine import ExactGPT2, GPT2Spec
-from .errors import ModelLoadError, ModelMismatchError
+from .engine import ENGINES, ExactGPT2, GPT2Spec
+from .errors import ModelLoadError, ModelMismatchError, UnsupportedFormatError
 from .quantize import FREQ_BITS, freqs_from_logits
 from .tokens import ByteTokenizer
 
@@ -46,6 +46,20 @@ class LoadedModel:
     bos_id: int
     fingerprint: bytes
     freq_bits: int = FREQ_BITS
+    build: Callable[[int], ExactGPT2] | None = field(default=None, repr=False, compare=False)
+
+    def with_engine(self, engine_id: int) -> LoadedModel:
+        """The same weights and tokenizer under another engine arithmetic (to decode old archives).
+
+        Raises:
+            UnsupportedFormatError: this build does not know ``engine_id``.
+        """
+        if engine_id == self.engine.engine_id:
+            return self
+        if engine_id not in ENGINES or self.build is None:
+            raise UnsupportedFormatError(f"unknown inference engine {engine_id}")
+        engine = self.build(engine_id)
+        return replace(self, engine=engine, fingerprint=model_fingerprint(engine, self.tokenizer, self.bos_id))
 
     @property
     def vocab_size(self) -> int:
@@ -206,7 +220,8 @@ def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenize
         engine = ExactGPT2(spec, state)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{model_id}: cannot build the exact engine: {exc}") from exc
-    return LoadedModel(model_id, engine, tokenizer, bos, model_fingerprint(engine, tokenizer, bos))
+    return LoadedModel(model_id, engine, tokenizer, bos, model_fingerprint(engine, tokenizer, bos),
+                       build=functools.partial(ExactGPT2, spec, state))
 
 
 def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:

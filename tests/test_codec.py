@@ -67,16 +67,24 @@ def test_ideal_cost_is_close_to_real_size(golden):
     assert payload * 8 <= stats.ideal_bits * 1.001 + 8 * 2 * len(segments)
 
 
-def test_golden_archive_bytes(golden):
-    """Fixed model + fixed input -> exact archive. A change here breaks old archives:
-    bump ENGINE_ID / FORMAT_VERSION and keep decoding the old ones."""
+GOLDEN_FILES = {1: "golden-tiny.llz", 2: "golden-tiny-e2.llz"}   # engine -> archive made with it
+
+
+@pytest.mark.parametrize("engine", sorted(GOLDEN_FILES))
+def test_golden_archive_bytes(golden, engine):
+    """Fixed model + fixed input -> exact archive, for every engine this build can write.
+    A change here breaks old archives: bump ENGINE_ID / FORMAT_VERSION and keep decoding the old ones."""
     data = (DATA / "golden-input.bin").read_bytes()
-    blob = codec.compress(data, golden, group_chunks=3, mixing=None)
-    assert hashlib.sha256(blob).hexdigest() == (DATA / "golden-tiny.llz.sha256").read_text().split()[0]
+    blob = codec.compress(data, golden.with_engine(engine), group_chunks=3, mixing=None)
+    expected = (DATA / f"{GOLDEN_FILES[engine]}.sha256").read_text().split()[0]
+    assert hashlib.sha256(blob).hexdigest() == expected
 
 
-def test_golden_archive_still_decodes(golden):
-    blob = (DATA / "golden-tiny.llz").read_bytes()
+@pytest.mark.parametrize("engine", sorted(GOLDEN_FILES))
+def test_golden_archive_still_decodes(golden, engine):
+    """Archives of every engine decode with the model as loaded (which defaults to the newest)."""
+    blob = (DATA / GOLDEN_FILES[engine]).read_bytes()
+    assert read_archive(blob)[0].engine == engine
     assert codec.decompress(blob, golden) == (DATA / "golden-input.bin").read_bytes()
 
 
@@ -113,10 +121,12 @@ def test_other_model_is_refused(golden, tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
 def test_regenerate_golden(golden):  # pragma: no cover - run by hand only, after a format bump
+    """Writes the archive of the newest engine only: older goldens are history and never change."""
     data = (DATA / "golden-input.bin").read_bytes()   # fixed input, committed once
     blob = codec.compress(data, golden, group_chunks=3, mixing=None)
-    (DATA / "golden-tiny.llz").write_bytes(blob)
-    (DATA / "golden-tiny.llz.sha256").write_text(hashlib.sha256(blob).hexdigest() + "  golden-tiny.llz\n")
+    name = GOLDEN_FILES[golden.engine_id]
+    (DATA / name).write_bytes(blob)
+    (DATA / f"{name}.sha256").write_text(hashlib.sha256(blob).hexdigest() + f"  {name}\n")
 
 
 def test_groups_needing_too_much_decoder_cache_are_refused(golden, monkeypatch):

@@ -32,46 +32,56 @@ def _tables(model, rows: np.ndarray, step: int | None = None) -> np.ndarray:
     return np.concatenate([model.advance(state, rows[:, i : i + step]) for i in range(0, rows.shape[1], step)], 1)
 
 
-def test_exact_logits_are_close_to_the_float_model(golden):
+@pytest.fixture(params=[1, 2], ids=["engine1", "engine2"])
+def model(golden, request):
+    """The golden tiny model under each engine arithmetic this build knows."""
+    return golden.with_engine(request.param)
+
+
+LOGIT_TOLERANCE = {1: 2.5 / 256, 2: 0.2}   # engine 2 rounds weights and activations to 8 bits
+
+
+def test_exact_logits_are_close_to_the_float_model(model):
     torch = pytest.importorskip("torch")
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(str(GOLDEN_DIR)).eval()
-    rows = _rows(golden, 3, 40)
-    exact = golden.engine.logits(golden.engine.forward(rows, golden.engine.new_cache(3))) / 256.0
+    rows = _rows(model, 3, 40)
+    exact = model.engine.logits(model.engine.forward(rows, model.engine.new_cache(3))) / 256.0
     with torch.no_grad():
         ref = hf(torch.tensor(rows)).logits.double().numpy()
-    # Logits carry 8 fraction bits; everything else adds well under one more unit.
-    assert np.abs(exact - ref).max() < 2.5 / 256
+    # Logits carry 8 fraction bits; engine 1 adds well under one more unit.
+    assert np.abs(exact - ref).max() < LOGIT_TOLERANCE[model.engine_id]
 
 
-def test_full_pass_equals_incremental_and_blocked(golden):
-    rows = _rows(golden, 3, golden.max_context)
-    full = _tables(golden, rows)
-    assert np.array_equal(full, _tables(golden, rows, step=1))
-    assert np.array_equal(full, _tables(golden, rows, step=7))
+def test_full_pass_equals_incremental_and_blocked(model):
+    rows = _rows(model, 3, model.max_context)
+    full = _tables(model, rows)
+    assert np.array_equal(full, _tables(model, rows, step=1))
+    assert np.array_equal(full, _tables(model, rows, step=7))
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_tables_do_not_depend_on_batch_composition(golden, batch):
-    rows = _rows(golden, 8, 30, seed=1)
-    alone = _tables(golden, rows[5:6])
-    others = _rows(golden, batch, 30, seed=batch + 10)
+def test_tables_do_not_depend_on_batch_composition(model, batch):
+    rows = _rows(model, 8, 30, seed=1)
+    alone = _tables(model, rows[5:6])
+    others = _rows(model, batch, 30, seed=batch + 10)
     others[batch // 2] = rows[5]                       # same row, different position and company
-    assert np.array_equal(_tables(golden, others)[batch // 2], alone[0])
+    assert np.array_equal(_tables(model, others)[batch // 2], alone[0])
 
 
-def test_tables_are_valid_coding_tables(golden):
-    tables = _tables(golden, _rows(golden, 2, 20))
+def test_tables_are_valid_coding_tables(model):
+    tables = _tables(model, _rows(model, 2, 20))
     assert tables.min() >= 1
-    assert tables.sum(-1).max() <= 2**golden.freq_bits + golden.vocab_size
+    assert tables.sum(-1).max() <= 2**model.freq_bits + model.vocab_size
 
 
-def test_thread_count_does_not_change_tables(golden):
-    """OpenBLAS with 1 and 2 threads, in separate processes, gives the same bits."""
+@pytest.mark.parametrize("engine", [1, 2])
+def test_thread_count_does_not_change_tables(engine):
+    """OpenBLAS (and torch) with 1 and 2 threads, in separate processes, give the same bits."""
     code = (
         "import hashlib, numpy as np; from llmzip.model import load_model; "
-        f"m = load_model({str(GOLDEN_DIR)!r}); rng = np.random.default_rng(3); "
+        f"m = load_model({str(GOLDEN_DIR)!r}).with_engine({engine}); rng = np.random.default_rng(3); "
         "rows = rng.integers(0, m.vocab_size, size=(4, m.max_context)); "
         "t = m.advance(m.start(4), rows); print(hashlib.sha256(t.tobytes()).hexdigest())"
     )
@@ -156,13 +166,35 @@ def test_freqs_from_logits_same_for_float_input_and_any_block_split():
     assert np.array_equal(np.stack(rows).reshape(f.shape), f)
 
 
-def test_fingerprint_is_stable(golden):
+def test_fingerprint_is_stable(model):
     # Pins the weight quantisation and the engine's arithmetic version: if this changes,
     # every archive made with the golden model changes too (bump ENGINE_ID and the format).
-    assert hashlib.sha256(golden.engine.fingerprint).hexdigest()[:16] == GOLDEN_ENGINE_FINGERPRINT
+    fingerprint = hashlib.sha256(model.engine.fingerprint).hexdigest()[:16]
+    assert fingerprint == GOLDEN_ENGINE_FINGERPRINT[model.engine_id]
 
 
-GOLDEN_ENGINE_FINGERPRINT = "3b6ab6a8ac2765ad"
+GOLDEN_ENGINE_FINGERPRINT = {1: "3b6ab6a8ac2765ad", 2: "TBD"}
+
+
+def test_int8_backends_agree(golden, monkeypatch):
+    """torch._int_mm (when present) and the float64 fallback give the same tables."""
+    from llmzip import linear8
+
+    model = golden.with_engine(2)
+    rows = _rows(model, 3, 30, seed=4)
+    fast = _tables(model, rows)
+    monkeypatch.setattr(linear8, "_int_mm_backend", lambda: None)
+    assert np.array_equal(_tables(model, rows), fast)
+
+
+def test_quantize_rows_bounds():
+    from llmzip.linear8 import quantize_rows
+
+    x = np.array([[0, 0, 0], [127, -127, 3], [128, -1, 0], [2**20 - 1, -(2**20), 5], [255, 254, -255]], dtype=np.int64)
+    q, e = quantize_rows(x)
+    assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= 127
+    assert e.tolist() == [0, 0, 1, 14, 1]
+    assert (np.abs(x).max(-1) >> e).max() <= 127
 
 
 @pytest.mark.parametrize("flag", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])

@@ -194,16 +194,22 @@ def test_archive_with_corrupt_params_is_refused(golden):
             codec.decompress(broken, golden)
 
 
-def test_golden_mix_archive_bytes(golden):
+MIX_GOLDEN_FILES = {1: "golden-tiny-mix.llz", 2: "golden-tiny-mix-e2.llz"}   # engine -> archive
+
+
+@pytest.mark.parametrize("engine", sorted(MIX_GOLDEN_FILES))
+def test_golden_mix_archive_bytes(golden, engine):
     """Fixed model + input + params -> exact archive. A change here breaks old mixing archives:
     bump PARAMS_VERSION and keep decoding the old ones."""
     data = (DATA / "golden-input.bin").read_bytes()
-    blob = codec.compress(data, golden, group_chunks=3, mixing=GOLDEN_MIX)
-    assert hashlib.sha256(blob).hexdigest() == (DATA / "golden-tiny-mix.llz.sha256").read_text().split()[0]
+    blob = codec.compress(data, golden.with_engine(engine), group_chunks=3, mixing=GOLDEN_MIX)
+    expected = (DATA / f"{MIX_GOLDEN_FILES[engine]}.sha256").read_text().split()[0]
+    assert hashlib.sha256(blob).hexdigest() == expected
 
 
-def test_golden_mix_archive_still_decodes(golden):
-    blob = (DATA / "golden-tiny-mix.llz").read_bytes()
+@pytest.mark.parametrize("engine", sorted(MIX_GOLDEN_FILES))
+def test_golden_mix_archive_still_decodes(golden, engine):
+    blob = (DATA / MIX_GOLDEN_FILES[engine]).read_bytes()
     assert codec.decompress(blob, golden) == (DATA / "golden-input.bin").read_bytes()
 
 
@@ -211,5 +217,6 @@ def test_golden_mix_archive_still_decodes(golden):
 def test_regenerate_golden_mix(golden):  # pragma: no cover - run by hand only, after a format bump
     data = (DATA / "golden-input.bin").read_bytes()
     blob = codec.compress(data, golden, group_chunks=3, mixing=GOLDEN_MIX)
-    (DATA / "golden-tiny-mix.llz").write_bytes(blob)
-    (DATA / "golden-tiny-mix.llz.sha256").write_text(hashlib.sha256(blob).hexdigest() + "  golden-tiny-mix.llz\n")
+    name = MIX_GOLDEN_FILES[golden.engine_id]      # the newest engine's file only
+    (DATA / name).write_bytes(blob)
+    (DATA / f"{name}.sha256").write_text(hashlib.sha256(blob).hexdigest() + f"  {name}\n")

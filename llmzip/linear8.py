@@ -1,0 +1,126 @@
+"""8-bit integer linear layers for the exact engine, arithmetic version 2.
+
+``y = round(q(x) @ W * M * 2**(e - D)) + b`` where
+
+* ``W`` is int8 (in, out), quantised once per output column with ``|W| <= 127``;
+* ``M`` (per column, 15-bit) and ``D`` (per column shift) dequantise the weights;
+* ``q(x)`` quantises each row of the int64 input to int8: ``x`` is shifted right by ``e``
+  (rounding half up), the smallest shift that brings the row's largest magnitude to at most 127;
+* the int32 product ``q(x) @ W`` is exact (``|sum| <= 127 * 127 * K < 2**31``) whichever
+  backend computes it: ``torch._int_mm`` (int8 GEMM, ~4x a float64 GEMM here) when present and
+  verified at first use, else a float64 GEMM on the same integers (exact: sums < 2**53);
+* every later step is a float64 operation on dyadic rationals with at most 53 significant bits
+  (multiplications by powers of two, by a 15-bit integer, adding 1/2, ``floor``), so exact.
+
+The result is a pure function of the integers, on every machine and backend.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .fixedpoint import bit_length
+
+Q_MAX = 127          # int8 range used on both sides (never -128: the product bound stays symmetric)
+SCALE_BITS = 15      # per-column dequantisation multiplier: 2**14 <= M < 2**15
+
+
+@dataclass(frozen=True)
+class Linear8:
+    """Integer affine map with int8 weights and per-row int8 activations (see module docstring)."""
+
+    w: np.ndarray        # int8 (in, out)
+    mult: np.ndarray     # int64 (out,), M in [2**14, 2**15) (0 for an all-zero column)
+    shift: np.ndarray    # int64 (out,), D
+    b: np.ndarray        # int64 (out,), in the output format
+    _factor: np.ndarray = field(init=False, repr=False, compare=False)   # float64 M * 2**-D
+    _bias: np.ndarray = field(init=False, repr=False, compare=False)     # float64 b + 1/2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_factor", np.ldexp(self.mult.astype(np.float64), -self.shift))
+        object.__setattr__(self, "_bias", self.b.astype(np.float64) + 0.5)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.float_out(x).astype(np.int64)
+
+    def float_out(self, x: np.ndarray) -> np.ndarray:
+        """The layer's integer outputs as float64 (..., out); ``x`` int64 with |x| < 2**62."""
+        flat = x.reshape(-1, x.shape[-1])
+        q, e = quantize_rows(flat)
+        acc = int8_matmul(q, self.w)                    # float64, exact integers
+        acc *= self._factor                             # acc * M * 2**-D: <= 40 significant bits
+        acc *= np.ldexp(1.0, e)[:, None]                # * 2**e: exact
+        acc += self._bias
+        np.floor(acc, out=acc)
+        return acc.reshape(*x.shape[:-1], self.w.shape[1])
+
+    def integer_arrays(self) -> list[np.ndarray]:
+        return [self.w.astype(np.int64), self.mult, self.shift, self.b]
+
+
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 rows ``q`` and shifts ``e`` (rows,) with ``q = clip(round_half_up(x / 2**e), +-127)``.
+
+    ``e`` is the smallest shift with ``max|x| >> e <= 127``; rounding half up may still reach
+    128, which is clipped.
+    """
+    peak = np.abs(x).max(-1)
+    e = np.maximum(bit_length(peak) - 7, 0)         # peak < 2**(e + 7): peak >> e <= 127
+    half = (np.int64(1) << e) >> 1
+    q = (x + half[:, None]) >> e[:, None]
+    np.clip(q, -Q_MAX, Q_MAX, out=q)
+    return q.astype(np.int8), e
+
+
+def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac: int) -> Linear8:
+    """Quantise float weights ``w`` (in, out) to int8 per output column, with a 15-bit dequantiser."""
+    w = np.asarray(w, dtype=np.float64)
+    peak = np.abs(w).max(0)
+    scale = np.where(peak > 0, peak / Q_MAX, 1.0)                   # real value of one int8 step
+    w8 = np.clip(np.round(w / scale), -Q_MAX, Q_MAX).astype(np.int8)
+    mant, expo = np.frexp(scale)                                    # scale = mant * 2**expo
+    mult = np.round(np.ldexp(mant, SCALE_BITS)).astype(np.int64)    # in [2**14, 2**15]
+    expo = expo.astype(np.int64) - SCALE_BITS
+    mult, expo = np.where(mult == 1 << SCALE_BITS, mult >> 1, mult), np.where(mult == 1 << SCALE_BITS, expo + 1, expo)
+    mult = np.where(peak > 0, mult, 0)
+    shift = in_frac - out_frac - expo                               # y = acc * mult * 2**(e - shift)
+    bias = np.zeros(w.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
+    b_int = np.round(np.ldexp(bias, out_frac)).astype(np.int64)
+    return Linear8(np.ascontiguousarray(w8), mult, shift.astype(np.int64), b_int)
+
+
+def int8_matmul(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact ``q @ w`` for int8 operands, as float64 (rows, out)."""
+    mm = _int_mm_backend()
+    if mm is not None and q.shape[0] > 0:
+        return mm(q, w)
+    return np.matmul(q.astype(np.float64), w.astype(np.float64))
+
+
+@functools.lru_cache(maxsize=None)
+def _int_mm_backend():  # type: ignore[no-untyped-def]
+    """``torch._int_mm`` wrapped for numpy, if torch has it and it passes an exactness probe."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not hasattr(torch, "_int_mm"):
+        return None
+
+    def mm(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = torch._int_mm(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(w))
+        return out.numpy().astype(np.float64)
+
+    rng = np.random.default_rng(0)
+    for rows, k, n in ((1, 8, 8), (5, 60, 24), (33, 1024, 40)):   # odd shapes and extreme values
+        q = rng.choice(np.array([-127, 127, -1, 0, 1], dtype=np.int8), size=(rows, k))
+        w = rng.choice(np.array([-127, 127, 5, -3], dtype=np.int8), size=(k, n))
+        try:
+            if not np.array_equal(mm(q, w), q.astype(np.float64) @ w.astype(np.float64)):
+                return None
+        except RuntimeError:
+            return None
+    return mm
