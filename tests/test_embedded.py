@@ -55,3 +55,12 @@ def test_embedded_golden_archive_decodes(embedded):
     data = codec.decompress(blob, embedded)
     assert hashlib.sha256(data).hexdigest() == (DATA / "golden-embedded.sha256").read_text().split()[0]
     assert codec.compress(data, embedded, group_chunks=llmzip.read_info(blob).group_chunks) == blob
+
+
+def test_readme_python_examples_run():
+    """Every ```python block of the README runs as written (with the embedded model)."""
+    text = README.read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert blocks, "the README has no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
