@@ -68,3 +68,12 @@ def test_regenerate_embedded_golden(embedded):  # pragma: no cover - run by hand
     """Writes the newest engine's embedded archive (same input as the others)."""
     data = codec.decompress((DATA / EMBEDDED_GOLDEN[1]).read_bytes(), embedded)
     (DATA / EMBEDDED_GOLDEN[embedded.engine_id]).write_bytes(codec.compress(data, embedded))
+
+
+def test_readme_python_examples_run():
+    """Every ```python block of the README runs as written (with the embedded model)."""
+    text = README.read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert blocks, "the README has no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
