@@ -117,7 +117,7 @@ def test_gelu_clipped_equals_gelu_on_every_input(kind):
 
 
 def test_linear_float_out_equals_integer_rounding(golden):
-    lin = golden.engine.blocks[0].fc
+    lin = golden.with_engine(1).engine.blocks[0].fc
     x = np.random.default_rng(1).integers(-2**20, 2**20, size=(2, 3, lin.w.shape[0]))
     ref = fixedpoint.rshift_round(fixedpoint.exact_matmul(x, lin.w), lin.shift) + lin.b
     assert np.array_equal(lin(x), ref)
@@ -173,7 +173,7 @@ def test_fingerprint_is_stable(model):
     assert fingerprint == GOLDEN_ENGINE_FINGERPRINT[model.engine_id]
 
 
-GOLDEN_ENGINE_FINGERPRINT = {1: "3b6ab6a8ac2765ad", 2: "TBD"}
+GOLDEN_ENGINE_FINGERPRINT = {1: "3b6ab6a8ac2765ad", 2: "111095431cf3221d"}
 
 
 def test_int8_backends_agree(golden, monkeypatch):
@@ -185,6 +185,23 @@ def test_int8_backends_agree(golden, monkeypatch):
     fast = _tables(model, rows)
     monkeypatch.setattr(linear8, "_int_mm_backend", lambda: None)
     assert np.array_equal(_tables(model, rows), fast)
+
+
+def test_linear8_equals_exact_rational_arithmetic(golden):
+    """Engine 2's float64 pipeline gives exactly round_half_up(acc * M * 2**(e - D)) + b."""
+    from fractions import Fraction
+    from math import floor
+
+    from llmzip.linear8 import quantize_rows
+
+    lin = golden.with_engine(2).engine.blocks[0].fc_proj
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2**20, 2**20, size=(6, lin.w.shape[0])) >> rng.integers(0, 20, size=(6, 1))
+    q, e = quantize_rows(x)
+    acc = q.astype(np.int64) @ lin.w.astype(np.int64)
+    ref = [[floor(Fraction(int(acc[r, c]) * int(lin.mult[c])) * Fraction(2) ** (int(e[r]) - int(lin.shift[c]))
+                  + Fraction(1, 2)) + int(lin.b[c]) for c in range(acc.shape[1])] for r in range(len(x))]
+    assert lin(x).tolist() == ref
 
 
 def test_quantize_rows_bounds():
