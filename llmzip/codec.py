@@ -320,10 +320,14 @@ def _decode_steps(
     prev = np.full(len(lengths), bos, dtype=np.int64)
     if mixer is not None:
         mixer.begin_group(len(lengths))
+    learn = None   # the tokens of the previous step, not yet learnt by the mixer
     for t in range(max(lengths)):
         live = sum(1 for n in lengths if n > t)    # lengths are non-increasing: a prefix is live
         batches, states = _shrink(model, batches, states, live)
-        tables = _advance(pool, model, batches, states, prev[:live, None])()[:, 0]
+        pending = _advance(pool, model, batches, states, prev[:live, None])
+        if mixer is not None and learn is not None:
+            mixer.update(learn)                    # overlaps the workers' forward pass
+        tables = pending()[:, 0]
         if mixer is not None:
             tables = mixer.tables(tables)
         cdf = np.zeros((live, tables.shape[-1] + 1), dtype=np.int64)
@@ -331,10 +335,11 @@ def _decode_steps(
         for i in range(live):
             out[i, t] = prev[i] = decoder.decode(cdf[i])
         decoder.check_overread()   # a truncated or forged segment stops here, not at the end
-        if mixer is not None:
-            mixer.update(out[:live, t])
+        learn = out[:live, t]
         if settings.progress:
             settings.progress(live)
+    if mixer is not None and learn is not None:
+        mixer.update(learn)
     return out
 
 
