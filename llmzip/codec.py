@@ -35,6 +35,7 @@ Progress = Callable[[int], None]   # called with the number of tokens just finis
 MAX_GROUP = 64                     # more rows per step amortise reading the weights...
 KV_BUDGET = 640 << 20              # ...but every row of a group holds a KV cache: bound their sum
 KV_LIMIT = 4 * KV_BUDGET           # the most decoder cache an archive may ask for (explicit groups)
+PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
 PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (64 MiB) per call
 
@@ -177,13 +178,16 @@ def prefill_block(rows: int, vocab_size: int) -> int:
     return max(1, min(PREFILL_BLOCK, TABLE_BUDGET // max(1, rows * vocab_size)))
 
 
-def _batches(rows: int, settings: Settings) -> list[slice]:
-    size = settings.batch_size or -(-rows // cpu_threads(settings))
+def _batches(rows: int, settings: Settings, model: Predictor) -> list[slice]:
+    size = settings.batch_size or -(-rows // cpu_threads(settings, model))
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
-def cpu_threads(settings: Settings) -> int:
-    """The number of threads a codec call uses: ``settings.threads`` or every usable core."""
+def cpu_threads(settings: Settings, model: Predictor | None = None) -> int:
+    """Threads a codec call uses: ``settings.threads`` or every usable core, but one for a model
+    too small to keep several threads busy (per-step overhead then outweighs the gain)."""
+    if model is not None and getattr(model, "flops_per_token", PARALLEL_MIN_FLOPS) < PARALLEL_MIN_FLOPS:
+        return 1
     if settings.threads:
         return settings.threads
     affinity = getattr(os, "sched_getaffinity", None)
@@ -191,7 +195,7 @@ def cpu_threads(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def _pool(settings: Settings) -> Iterator[ThreadPoolExecutor | None]:
+def _pool(settings: Settings, model: Predictor) -> Iterator[ThreadPoolExecutor | None]:
     """Worker threads for the batches of a step (None: run them in the calling thread).
 
     Rows are independent, so running batches concurrently never changes a table. numpy and
@@ -201,7 +205,7 @@ def _pool(settings: Settings) -> Iterator[ThreadPoolExecutor | None]:
     """
     from threadpoolctl import threadpool_limits
 
-    threads = cpu_threads(settings)
+    threads = cpu_threads(settings, model)
     with threadpool_limits(limits=1, user_api="blas"):
         if threads <= 1:
             yield None
@@ -237,11 +241,11 @@ def encode_group(
     encoder = ArithmeticEncoder()
     if mixer is not None:
         mixer.begin_group(len(rows))
-    batches = _batches(len(rows), settings)
+    batches = _batches(len(rows), settings, model)
     states = [model.start(s.stop - s.start) for s in batches]
     span = prefill_block(len(rows), getattr(model, "vocab_size", 1))
     blocks = [slice(t0, min(t0 + span, length)) for t0 in range(0, length, span)]
-    with _pool(settings) as pool:
+    with _pool(settings, model) as pool:
         pending = _advance(pool, model, batches, states, inputs[:, blocks[0]])
         for k, block in enumerate(blocks):
             tables = pending()
@@ -302,9 +306,9 @@ def decode_group(
     if list(lengths) != sorted(lengths, reverse=True):
         raise CorruptArchiveError("chunk lengths out of order")
     decoder = ArithmeticDecoder(segment)
-    batches = _batches(len(lengths), settings)
+    batches = _batches(len(lengths), settings, model)
     states = [model.start(s.stop - s.start) for s in batches]
-    with _pool(settings) as pool:
+    with _pool(settings, model) as pool:
         out = _decode_steps(model, decoder, lengths, batches, states, pool, settings, mixer)
     decoder.check_end()
     return [out[i, :n] for i, n in enumerate(lengths)]

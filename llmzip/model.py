@@ -76,6 +76,12 @@ class LoadedModel:
         return s.n_layer * 2 * s.n_ctx * s.n_embd * 8
 
     @property
+    def flops_per_token(self) -> int:
+        """Multiply-adds x 2 of the linear layers and the head for one token (attention excluded)."""
+        s = self.engine.spec
+        return 2 * (s.n_layer * 12 * s.n_embd**2 + s.n_embd * s.vocab_size)
+
+    @property
     def engine_id(self) -> int:
         return self.engine.engine_id
 

@@ -38,7 +38,8 @@ def test_round_trip(golden, name):
     assert codec.decompress(blob, golden) == data
 
 
-def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden):
+def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden, monkeypatch):
+    monkeypatch.setattr(codec, "PARALLEL_MIN_FLOPS", 0)   # worker threads even for the tiny model
     data = _sample("prose") + _sample("random")[:500]
     blobs = {bs: codec.compress(data, golden, settings=codec.Settings(batch_size=bs)) for bs in (1, 3, None)}
     assert len(set(blobs.values())) == 1
@@ -138,3 +139,11 @@ def test_groups_needing_too_much_decoder_cache_are_refused(golden, monkeypatch):
     with pytest.raises(ValueError, match="decoder cache"):
         codec.compress(data, golden, group_chunks=8, mixing=None)
     assert codec.decompress(codec.compress(data, golden, group_chunks=7, mixing=None), golden) == data
+
+
+def test_worker_threads_only_for_models_big_enough(golden, monkeypatch):
+    assert golden.flops_per_token < codec.PARALLEL_MIN_FLOPS
+    assert codec.cpu_threads(codec.Settings(threads=4), golden) == 1
+    monkeypatch.setattr(codec, "PARALLEL_MIN_FLOPS", 0)
+    assert codec.cpu_threads(codec.Settings(threads=4), golden) == 4
+    assert codec.cpu_threads(codec.Settings(threads=None), golden) >= 1
