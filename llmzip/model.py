@@ -47,6 +47,7 @@ class LoadedModel:
     fingerprint: bytes
     freq_bits: int = FREQ_BITS
     build: Callable[[int], ExactGPT2] | None = field(default=None, repr=False, compare=False)
+    variants: dict[int, LoadedModel] = field(default_factory=dict, repr=False, compare=False)
 
     def with_engine(self, engine_id: int) -> LoadedModel:
         """The same weights and tokenizer under another engine arithmetic (to decode old archives).
@@ -58,8 +59,12 @@ class LoadedModel:
             return self
         if engine_id not in ENGINES or self.build is None:
             raise UnsupportedFormatError(f"unknown inference engine {engine_id}")
-        engine = self.build(engine_id)
-        return replace(self, engine=engine, fingerprint=model_fingerprint(engine, self.tokenizer, self.bos_id))
+        self.variants.setdefault(self.engine.engine_id, self)
+        if engine_id not in self.variants:   # quantising the weights again costs ~0.3 s: once per model
+            engine = self.build(engine_id)
+            self.variants[engine_id] = replace(self, engine=engine,
+                                               fingerprint=model_fingerprint(engine, self.tokenizer, self.bos_id))
+        return self.variants[engine_id]
 
     @property
     def vocab_size(self) -> int:
