@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -13,9 +12,9 @@ from llmzip import codec
 from llmzip.container import read_archive
 from llmzip.errors import CorruptArchiveError, LlmzipError, ModelMismatchError
 from llmzip.model import load_model
+from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 from predictors import CountingPredictor
 
-DATA = Path(__file__).parent / "data"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
@@ -75,10 +74,8 @@ GOLDEN_FILES = {1: "golden-tiny.llz", 2: "golden-tiny-e2.llz"}   # engine -> arc
 def test_golden_archive_bytes(golden, engine):
     """Fixed model + fixed input -> exact archive, for every engine this build can write.
     A change here breaks old archives: bump ENGINE_ID / FORMAT_VERSION and keep decoding the old ones."""
-    data = (DATA / "golden-input.bin").read_bytes()
-    blob = codec.compress(data, golden.with_engine(engine), group_chunks=3, mixing=None)
-    expected = (DATA / f"{GOLDEN_FILES[engine]}.sha256").read_text().split()[0]
-    assert hashlib.sha256(blob).hexdigest() == expected
+    blob = codec.compress(golden_input(), golden.with_engine(engine), group_chunks=3, mixing=None)
+    assert digest(blob) == pinned_digest(GOLDEN_FILES[engine])
 
 
 @pytest.mark.parametrize("engine", sorted(GOLDEN_FILES))
@@ -86,7 +83,7 @@ def test_golden_archive_still_decodes(golden, engine):
     """Archives of every engine decode with the model as loaded (which defaults to the newest)."""
     blob = (DATA / GOLDEN_FILES[engine]).read_bytes()
     assert read_archive(blob)[0].engine == engine
-    assert codec.decompress(blob, golden) == (DATA / "golden-input.bin").read_bytes()
+    assert codec.decompress(blob, golden) == golden_input()
 
 
 def test_damaged_payload_is_detected(golden):
@@ -123,11 +120,7 @@ def test_other_model_is_refused(golden, tmp_path):
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
 def test_regenerate_golden(golden):  # pragma: no cover - run by hand only, after a format bump
     """Writes the archive of the newest engine only: older goldens are history and never change."""
-    data = (DATA / "golden-input.bin").read_bytes()   # fixed input, committed once
-    blob = codec.compress(data, golden, group_chunks=3, mixing=None)
-    name = GOLDEN_FILES[golden.engine_id]
-    (DATA / name).write_bytes(blob)
-    (DATA / f"{name}.sha256").write_text(hashlib.sha256(blob).hexdigest() + f"  {name}\n")
+    write_golden(GOLDEN_FILES[golden.engine_id], codec.compress(golden_input(), golden, group_chunks=3, mixing=None))
 
 
 def test_groups_needing_too_much_decoder_cache_are_refused(golden, monkeypatch):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,9 @@ from llmzip import codec
 from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError
 from llmzip.mix import DEFAULT_MIX, Mixer, MixParams
+from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 from predictors import CountingPredictor
 
-DATA = Path(__file__).parent / "data"
 # Spelled out, not DEFAULT_MIX: retuning the default must not move the golden archive. It equals
 # preset 0, so the golden archive also pins what that one-byte preset means.
 GOLDEN_MIX = MixParams(orders=(0, 1, 2, 3, 4, 6), hash_bits=20, slot_width=16, count_limit=30,
@@ -202,22 +200,17 @@ MIX_GOLDEN_FILES = {1: "golden-tiny-mix.llz", 2: "golden-tiny-mix-e2.llz"}   # e
 def test_golden_mix_archive_bytes(golden, engine):
     """Fixed model + input + params -> exact archive. A change here breaks old mixing archives:
     bump PARAMS_VERSION and keep decoding the old ones."""
-    data = (DATA / "golden-input.bin").read_bytes()
-    blob = codec.compress(data, golden.with_engine(engine), group_chunks=3, mixing=GOLDEN_MIX)
-    expected = (DATA / f"{MIX_GOLDEN_FILES[engine]}.sha256").read_text().split()[0]
-    assert hashlib.sha256(blob).hexdigest() == expected
+    blob = codec.compress(golden_input(), golden.with_engine(engine), group_chunks=3, mixing=GOLDEN_MIX)
+    assert digest(blob) == pinned_digest(MIX_GOLDEN_FILES[engine])
 
 
 @pytest.mark.parametrize("engine", sorted(MIX_GOLDEN_FILES))
 def test_golden_mix_archive_still_decodes(golden, engine):
     blob = (DATA / MIX_GOLDEN_FILES[engine]).read_bytes()
-    assert codec.decompress(blob, golden) == (DATA / "golden-input.bin").read_bytes()
+    assert codec.decompress(blob, golden) == golden_input()
 
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
 def test_regenerate_golden_mix(golden):  # pragma: no cover - run by hand only, after a format bump
-    data = (DATA / "golden-input.bin").read_bytes()
-    blob = codec.compress(data, golden, group_chunks=3, mixing=GOLDEN_MIX)
-    name = MIX_GOLDEN_FILES[golden.engine_id]      # the newest engine's file only
-    (DATA / name).write_bytes(blob)
-    (DATA / f"{name}.sha256").write_text(hashlib.sha256(blob).hexdigest() + f"  {name}\n")
+    blob = codec.compress(golden_input(), golden, group_chunks=3, mixing=GOLDEN_MIX)
+    write_golden(MIX_GOLDEN_FILES[golden.engine_id], blob)      # the newest engine's file only
