@@ -84,7 +84,8 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
     mant, expo = np.frexp(scale)                                    # scale = mant * 2**expo
     mult = np.round(np.ldexp(mant, SCALE_BITS)).astype(np.int64)    # in [2**14, 2**15]
     expo = expo.astype(np.int64) - SCALE_BITS
-    mult, expo = np.where(mult == 1 << SCALE_BITS, mult >> 1, mult), np.where(mult == 1 << SCALE_BITS, expo + 1, expo)
+    carry = mult == 1 << SCALE_BITS                                  # rounded up to 2**15: renormalise
+    mult, expo = np.where(carry, mult >> 1, mult), np.where(carry, expo + 1, expo)
     mult = np.where(peak > 0, mult, 0)
     shift = in_frac - out_frac - expo                               # y = acc * mult * 2**(e - shift)
     bias = np.zeros(w.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
@@ -100,6 +101,11 @@ def int8_matmul(q: np.ndarray, w: np.ndarray) -> np.ndarray:
             return mm(q, w)
         except RuntimeError:   # a shape this torch build refuses: the fallback gives the same integers
             pass
+    return _float64_matmul(q, w)
+
+
+def _float64_matmul(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The portable backend: a float64 GEMM on the int8 values (exact: every sum < 2**53)."""
     return np.matmul(q.astype(np.float64), w.astype(np.float64))
 
 
@@ -122,7 +128,7 @@ def _int_mm_backend():  # type: ignore[no-untyped-def]
         q = rng.choice(np.array([-127, 127, -1, 0, 1], dtype=np.int8), size=(rows, k))
         w = rng.choice(np.array([-127, 127, 5, -3], dtype=np.int8), size=(k, n))
         try:
-            if not np.array_equal(mm(q, w), q.astype(np.float64) @ w.astype(np.float64)):
+            if not np.array_equal(mm(q, w), _float64_matmul(q, w)):
                 return None
         except RuntimeError:
             return None
