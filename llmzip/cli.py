@@ -414,6 +414,9 @@ def _run(mode: str, files: tuple[str, ...], quiet: bool, verbose: int, **kw: Any
 @click.version_option(__version__, "-V", "--version", prog_name="llmzip", message="%(prog)s %(version)s")
 def main() -> None:
     """Lossless compression driven by a causal language model."""
+    from .runtime import tune_allocator
+
+    tune_allocator()   # this process is ours: keep large temporaries for reuse (see llmzip.runtime)
 
 
 @main.command(epilog=EPILOG)

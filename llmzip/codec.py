@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -32,7 +33,8 @@ from .errors import CorruptArchiveError, UnsupportedFormatError
 from .mix import DEFAULT_MIX, Mixer, MixParams
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
-MAX_GROUP = 64                     # more rows per step amortise reading the weights...
+DEFAULT_CHUNK = 255                # tokens per chunk (measured: vs 511, +0.5% bits, +45% decode speed)
+MAX_GROUP = 128                    # more rows per step amortise the per-step work...
 KV_BUDGET = 640 << 20              # ...but every row of a group holds a KV cache: bound their sum
 KV_LIMIT = 4 * KV_BUDGET           # the most decoder cache an archive may ask for (explicit groups)
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
@@ -103,7 +105,7 @@ def compress(
     (on by default) sets the context-mixing parameters, stored in the header; ``None`` turns
     mixing off.
     """
-    chunk = chunk_tokens or model.max_context - 1
+    chunk = chunk_tokens or min(DEFAULT_CHUNK, model.max_context - 1)
     group_chunks = group_chunks or default_group(model)
     if group_chunks * getattr(model, "kv_bytes_per_row", 0) > KV_LIMIT:
         raise ValueError(f"group_chunks={group_chunks} would need more than {KV_LIMIT >> 20} MiB of decoder cache")
@@ -206,7 +208,7 @@ def _pool(settings: Settings, model: Predictor) -> Iterator[ThreadPoolExecutor |
     from threadpoolctl import threadpool_limits
 
     threads = cpu_threads(settings, model)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"), _torch_threads(1):
         if threads <= 1:
             yield None
             return
@@ -214,14 +216,49 @@ def _pool(settings: Settings, model: Predictor) -> Iterator[ThreadPoolExecutor |
             yield pool
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Limit torch's own intra-op threads (the int8 GEMMs) while a codec call runs, if torch is
+    loaded: its default pool oversubscribes the cores the workers already use (measured here:
+    13.5 -> 16.6 kB/s compress with two workers)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[slice], states: list[Any],
              tokens: np.ndarray) -> Callable[[], np.ndarray]:
-    """Start advancing every batch by ``tokens`` (rows, T); the result gives all rows' tables."""
-    if pool is None:
-        tables = np.concatenate([model.advance(st, tokens[s]) for s, st in zip(batches, states)])
+    """Start advancing every batch by ``tokens`` (rows, T); the result gives all rows' tables.
+
+    Each worker copies its batch's tables into one shared array, so the coding thread never
+    has to concatenate them (that copy cost the main thread ~10% of a compression run).
+    """
+    if len(batches) == 1:
+        tables = model.advance(states[0], tokens[batches[0]])
         return lambda: tables
-    futures = [pool.submit(model.advance, st, tokens[s]) for s, st in zip(batches, states)]
-    return lambda: np.concatenate([f.result() for f in futures])
+    out = np.empty(tokens.shape + (model.vocab_size,), dtype=np.int64)
+
+    def run(rows: slice, state: Any) -> None:
+        out[rows] = model.advance(state, tokens[rows])
+
+    if pool is None:
+        for s, st in zip(batches, states):
+            run(s, st)
+        return lambda: out
+    futures = [pool.submit(run, s, st) for s, st in zip(batches, states)]
+
+    def result() -> np.ndarray:
+        for f in futures:
+            f.result()
+        return out
+    return result
 
 
 def encode_group(

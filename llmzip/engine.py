@@ -30,12 +30,14 @@ from typing import Mapping
 
 import numpy as np
 
-from .fixedpoint import check_gemm_bound, exact_matmul, exp_table, gelu_clipped, GELU_KINDS, layer_norm, rshift_round
-from .linear8 import Q_MAX, Linear8, quantize_linear8
+from . import attention8
+from .fixedpoint import check_gemm_bound, clip_inplace, exact_matmul, exp_table, gelu_clipped, GELU_KINDS, layer_norm, rshift_round
+from .linear8 import Q_MAX, Linear8, prepare_backend, quantize_linear8
 from .quantize import LOGIT_FRAC_BITS
 
-ENGINE_ID = 2            # archive field "engine" written by this version (see ENGINES)
-ENGINES = (1, 2)         # 1: 16-bit weights, float64 GEMMs; 2: int8 weights and activations (linear8)
+ENGINE_ID = 3            # archive field "engine" written by this version (see ENGINES)
+ENGINES = (1, 2, 3)      # 1: 16-bit weights, float64 GEMMs; 2: int8 weights and activations (linear8);
+                         # 3: as 2, plus int8 attention and KV cache (attention8)
 WEIGHT_BITS = 15         # |w| <= 2**15 - 1 after per-channel power-of-two scaling
 RESID_FRAC = 16          # residual stream fraction bits
 RESID_CLIP = 2**30 - 1   # residual magnitude bound (2**14 in real units)
@@ -144,7 +146,7 @@ class Norm:
 
     def __call__(self, h: np.ndarray, eps: float) -> np.ndarray:
         y = layer_norm(h, self.gamma, self.beta, eps, RESID_FRAC, ACT_FRAC, GAMMA_FRAC)
-        return np.clip(y, -ACT_CLIP, ACT_CLIP)
+        return clip_inplace(y, ACT_CLIP)
 
 
 def quantize_norm(gamma: np.ndarray, beta: np.ndarray) -> Norm:
@@ -203,6 +205,8 @@ class ExactGPT2:
         self.wte = to_fixed(state[p + "wte.weight"], RESID_FRAC)
         self.wpe = to_fixed(state[p + "wpe.weight"], RESID_FRAC)
         self._linear = quantize_linear if engine_id == 1 else quantize_linear8
+        if engine_id >= 2:
+            prepare_backend()   # here, in the loading thread, never first inside a codec worker
         self.blocks = [self._block(state, f"{p}h.{i}.") for i in range(spec.n_layer)]
         self.ln_f = quantize_norm(state[p + "ln_f.weight"], state[p + "ln_f.bias"])
         head = state.get("lm_head.weight", state[p + "wte.weight"])
@@ -230,6 +234,9 @@ class ExactGPT2:
             check_gemm_bound(max(inner, d), ACT_CLIP, 2**WEIGHT_BITS - 1, "linear layers")
         elif max(inner, d) * Q_MAX * Q_MAX >= 2**31:
             raise ValueError("linear layers: int8 products could overflow int32")
+        if self.engine_id >= 3:
+            attention8.check_bounds(self.head_dim)
+            return
         check_gemm_bound(self.head_dim, ACT_CLIP, ACT_CLIP, "attention scores")
         check_gemm_bound(self.spec.n_ctx, 2**ATT_EXP_BITS, ACT_CLIP, "attention values")
 
@@ -252,9 +259,17 @@ class ExactGPT2:
 
     # ------------------------------------------------------------------ inference
 
-    def new_cache(self, rows: int, capacity: int | None = None) -> KVCache:
+    def new_cache(self, rows: int, capacity: int | None = None) -> KVCache | attention8.KVCache8:
         s = self.spec
-        return KVCache(s.n_layer, rows, s.n_head, capacity or s.n_ctx, self.head_dim)
+        kind = attention8.KVCache8 if self.engine_id >= 3 else KVCache
+        return kind(s.n_layer, rows, s.n_head, capacity or s.n_ctx, self.head_dim)
+
+    def kv_bytes_per_row(self) -> int:
+        """KV-cache bytes one row of a full context needs."""
+        s = self.spec
+        if self.engine_id >= 3:   # int8 keys and values, three 8-byte numbers per (head, position)
+            return s.n_layer * s.n_ctx * (2 * s.n_embd + 24 * s.n_head)
+        return s.n_layer * 2 * s.n_ctx * s.n_embd * 8
 
     def forward(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append ``tokens`` (rows, T) to every row of ``cache``; return final hidden states.
@@ -270,9 +285,9 @@ class ExactGPT2:
         h = self.wte[tokens] + self.wpe[start : start + t_new][None]
         for layer, blk in enumerate(self.blocks):
             a = self._attention(blk.attn(blk.ln_1(h, self.spec.eps)), cache, layer, start)
-            h = np.clip(h + blk.proj(a), -RESID_CLIP, RESID_CLIP)
-            u = np.clip(blk.fc(blk.ln_2(h, self.spec.eps)), -ACT_CLIP, ACT_CLIP)
-            h = np.clip(h + blk.fc_proj(gelu_clipped(u, self.spec.activation, ACT_FRAC, ACT_CLIP)), -RESID_CLIP, RESID_CLIP)
+            h = clip_inplace(h + blk.proj(a), RESID_CLIP)
+            u = clip_inplace(blk.fc(blk.ln_2(h, self.spec.eps)), ACT_CLIP)
+            h = clip_inplace(h + blk.fc_proj(gelu_clipped(u, self.spec.activation, ACT_FRAC, ACT_CLIP)), RESID_CLIP)
         cache.length = start + t_new
         return self.ln_f(h, self.spec.eps)
 
@@ -287,8 +302,12 @@ class ExactGPT2:
     def _attention(self, qkv: np.ndarray, cache: KVCache, layer: int, start: int) -> np.ndarray:
         """Causal multi-head attention of the new positions over cache + new; returns (rows, T, d)."""
         rows, t_new, _ = qkv.shape
-        qkv = np.clip(qkv, -ACT_CLIP, ACT_CLIP).reshape(rows, t_new, 3, self.spec.n_head, self.head_dim)
+        qkv = clip_inplace(qkv, ACT_CLIP).reshape(rows, t_new, 3, self.spec.n_head, self.head_dim)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (rows, H, T, hd)
+        if self.engine_id >= 3:
+            attention8.store(cache, layer, k, v, start, 2 * ACT_FRAC + SCALE_BITS - ATT_FRAC)
+            out = attention8.attend(q * self.att_scale, cache, layer, start)
+            return out.transpose(0, 2, 1, 3).reshape(rows, t_new, self.spec.n_embd)
         end = start + t_new
         cache.keys[layer][..., start:end] = k.swapaxes(-1, -2)
         cache.values[layer][:, :, start:end] = v

@@ -33,6 +33,13 @@ def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.matmul(x.astype(np.float64, copy=False), w).astype(np.int64)
 
 
+def clip_inplace(a: np.ndarray, bound: int) -> np.ndarray:
+    """Clip ``a`` to ``[-bound, bound]`` in place and return it (np.clip costs more on small integer arrays)."""
+    np.minimum(a, bound, out=a)
+    np.maximum(a, -bound, out=a)
+    return a
+
+
 def check_gemm_bound(k: int, max_x: int, max_w: int, what: str) -> None:
     """Raise ValueError unless a K-term dot product of such integers stays exact in float64."""
     if k * max_x * max_w >= EXACT_LIMIT:

@@ -71,7 +71,8 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.maximum(bit_length(peak) - 7, 0)         # peak < 2**(e + 7): peak >> e <= 127
     half = (np.int64(1) << e) >> 1
     q = (x + half[:, None]) >> e[:, None]
-    np.clip(q, -Q_MAX, Q_MAX, out=q)
+    np.minimum(q, Q_MAX, out=q)    # rounding can reach +-128 (np.clip costs more)
+    np.maximum(q, -Q_MAX, out=q)
     return q.astype(np.int8), e
 
 
@@ -91,6 +92,12 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
     bias = np.zeros(w.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
     b_int = np.round(np.ldexp(bias, out_frac)).astype(np.int64)
     return Linear8(np.ascontiguousarray(w8), mult, shift.astype(np.int64), b_int)
+
+
+def prepare_backend() -> None:
+    """Choose the int8 GEMM backend now (imports torch and probes it, once per process), so
+    that codec worker threads never race to do it inside a timed forward pass."""
+    _int_mm_backend()
 
 
 def int8_matmul(q: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -77,8 +77,7 @@ class LoadedModel:
     @property
     def kv_bytes_per_row(self) -> int:
         """Decoder KV-cache bytes for one row of a full context."""
-        s = self.engine.spec
-        return s.n_layer * 2 * s.n_ctx * s.n_embd * 8
+        return self.engine.kv_bytes_per_row()
 
     @property
     def flops_per_token(self) -> int:

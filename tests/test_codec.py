@@ -67,7 +67,7 @@ def test_ideal_cost_is_close_to_real_size(golden):
     assert payload * 8 <= stats.ideal_bits * 1.001 + 8 * 2 * len(segments)
 
 
-GOLDEN_FILES = {1: "golden-tiny.llz", 2: "golden-tiny-e2.llz"}   # engine -> archive made with it
+GOLDEN_FILES = {1: "golden-tiny.llz", 2: "golden-tiny-e2.llz", 3: "golden-tiny-e3.llz"}   # engine -> archive made with it
 
 
 @pytest.mark.parametrize("engine", sorted(GOLDEN_FILES))

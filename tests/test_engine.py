@@ -32,13 +32,13 @@ def _tables(model, rows: np.ndarray, step: int | None = None) -> np.ndarray:
     return np.concatenate([model.advance(state, rows[:, i : i + step]) for i in range(0, rows.shape[1], step)], 1)
 
 
-@pytest.fixture(params=[1, 2], ids=["engine1", "engine2"])
+@pytest.fixture(params=[1, 2, 3], ids=["engine1", "engine2", "engine3"])
 def model(golden, request):
     """The golden tiny model under each engine arithmetic this build knows."""
     return golden.with_engine(request.param)
 
 
-LOGIT_TOLERANCE = {1: 2.5 / 256, 2: 0.2}   # engine 2 rounds weights and activations to 8 bits
+LOGIT_TOLERANCE = {1: 2.5 / 256, 2: 0.2, 3: 0.2}   # engines 2 and 3 round weights and activations to 8 bits
 
 
 def test_exact_logits_are_close_to_the_float_model(model):
@@ -76,7 +76,7 @@ def test_tables_are_valid_coding_tables(model):
     assert tables.sum(-1).max() <= 2**model.freq_bits + model.vocab_size
 
 
-@pytest.mark.parametrize("engine", [1, 2])
+@pytest.mark.parametrize("engine", [1, 2, 3])
 def test_thread_count_does_not_change_tables(engine):
     """OpenBLAS (and torch) with 1 and 2 threads, in separate processes, give the same bits."""
     code = (
@@ -173,7 +173,7 @@ def test_fingerprint_is_stable(model):
     assert fingerprint == GOLDEN_ENGINE_FINGERPRINT[model.engine_id]
 
 
-GOLDEN_ENGINE_FINGERPRINT = {1: "3b6ab6a8ac2765ad", 2: "111095431cf3221d"}
+GOLDEN_ENGINE_FINGERPRINT = {1: "3b6ab6a8ac2765ad", 2: "111095431cf3221d", 3: "74ee5357282518ff"}
 
 
 def test_int8_backends_agree(golden, monkeypatch):

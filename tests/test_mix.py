@@ -193,7 +193,7 @@ def test_archive_with_corrupt_params_is_refused(golden):
             codec.decompress(broken, golden)
 
 
-MIX_GOLDEN_FILES = {1: "golden-tiny-mix.llz", 2: "golden-tiny-mix-e2.llz"}   # engine -> archive
+MIX_GOLDEN_FILES = {1: "golden-tiny-mix.llz", 2: "golden-tiny-mix-e2.llz", 3: "golden-tiny-mix-e3.llz"}   # engine -> archive
 
 
 @pytest.mark.parametrize("engine", sorted(MIX_GOLDEN_FILES))

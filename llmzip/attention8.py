@@ -1,0 +1,153 @@
+"""8-bit attention for the exact engine, arithmetic version 3.
+
+Decoding is bound by reading the KV cache: at every step each row reads all its earlier keys
+and values. Version 2 kept them as float64 (8 bytes per number); this version keeps them as
+int8 with a power-of-two exponent per vector (1 byte), and computes both attention products
+as float32 GEMMs on small integers, which are exact in any summation order:
+
+* query (already multiplied by ``round(2**16 / sqrt(head_dim))``), key and value vectors are
+  quantised per (row, head, position) by :func:`llmzip.linear8.quantize_rows`: ``x ~ q * 2**e``
+  with ``|q| <= 127``;
+* scores: ``dot = q_q . q_k`` is an integer with ``|dot| <= head_dim * 127**2 < 2**24``, so a
+  float32 GEMM computes it exactly; ``round(dot * 2**(e_q + e_k - 32))`` (1/256 nat) is exact
+  in float64 (a power-of-two multiple of a 21-bit integer, plus 1/2);
+* weights ``w = round(2**15 * exp(score - max))`` from an exact table;
+* values of a position ``s`` enter with ``w_s >> (E - e_s)``, where ``E`` is the largest value
+  exponent among the positions the query sees (a running maximum, so a full pass and an
+  incremental pass agree). Those weights are split into bytes, ``w = 256 * hi + lo``, and
+  ``hi @ q_v`` and ``lo @ q_v`` are float32 GEMMs over at most :data:`SPAN` positions each,
+  every sum below ``255 * 127 * 512 < 2**24``: exact;
+* the output is ``round(2**E * (256 * HI + LO) / sum(w))`` in int64.
+
+Masked positions get weight exactly 0, so every query's result depends only on its prefix.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .fixedpoint import exp_table
+from .linear8 import Q_MAX, quantize_rows
+
+ATT_FRAC = 8             # attention scores: 1/256 nat
+ATT_EXP_BITS = 15        # attention weights: exp(0) == 2**15 (high byte <= 128)
+SPAN = 512               # positions per value GEMM: 255 * 127 * 512 < 2**24 keeps float32 exact
+ATTEND_BUDGET = 1 << 22  # entries of the largest (rows, heads, T, S) temporary (speed/memory only)
+
+
+def check_bounds(head_dim: int) -> None:
+    """Raise ValueError unless the float32 score GEMM is exact for this head size."""
+    if head_dim * Q_MAX * Q_MAX >= 2**24:
+        raise ValueError(f"attention scores: head_dim {head_dim} too large for exact float32 sums")
+
+
+class KVCache8:
+    """Keys and values of every layer as int8 vectors with one exponent each.
+
+    ``keys[l]``, ``values[l]``: int8 (rows, heads, capacity, head_dim). ``key_scale[l]``:
+    float64 (rows, heads, capacity), ``2**(e_k - score_shift)``. ``value_exp[l]``: int64
+    (rows, heads, capacity), and ``value_max[l]`` its running maximum along positions.
+    """
+
+    def __init__(self, n_layer: int, rows: int, n_head: int, capacity: int, head_dim: int) -> None:
+        shape = (rows, n_head, capacity)
+        self.keys = [np.zeros(shape + (head_dim,), dtype=np.int8) for _ in range(n_layer)]
+        self.values = [np.zeros(shape + (head_dim,), dtype=np.int8) for _ in range(n_layer)]
+        self.key_scale = [np.zeros(shape) for _ in range(n_layer)]
+        self.value_exp = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
+        self.value_max = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
+        self.length = 0
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0]
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Drop every row not listed in ``rows`` (e.g. chunks that have ended)."""
+        for arrays in (self.keys, self.values, self.key_scale, self.value_exp, self.value_max):
+            arrays[:] = [a[rows] for a in arrays]
+
+
+def quantize_vectors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 vectors and exponents for int64 ``x`` (..., n): ``x ~ q * 2**e`` per vector."""
+    q, e = quantize_rows(x.reshape(-1, x.shape[-1]))
+    return q.reshape(x.shape), e.reshape(x.shape[:-1])
+
+
+def store(cache: KVCache8, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
+    """Quantise keys and values (rows, H, T, hd) and append them at positions ``start``..."""
+    end = start + k.shape[2]
+    k8, ek = quantize_vectors(k)
+    v8, ev = quantize_vectors(v)
+    cache.keys[layer][:, :, start:end] = k8
+    cache.values[layer][:, :, start:end] = v8
+    cache.key_scale[layer][:, :, start:end] = np.ldexp(1.0, ek - score_shift)
+    cache.value_exp[layer][:, :, start:end] = ev
+    running = np.maximum.accumulate(ev, axis=-1)
+    if start:
+        np.maximum(running, cache.value_max[layer][:, :, start - 1 : start], out=running)
+    cache.value_max[layer][:, :, start:end] = running
+
+
+def attend(q: np.ndarray, cache: KVCache8, layer: int, start: int) -> np.ndarray:
+    """Causal attention of queries (rows, H, T, hd) at positions ``start``...; int64 (rows, H, T, hd).
+
+    ``q`` must already carry the 1/sqrt(head_dim) factor (see module docstring).
+    """
+    rows, heads, t_new, _ = q.shape
+    end = start + t_new
+    q8, eq = quantize_vectors(q)
+    out = np.empty(q.shape, dtype=np.int64)
+    step = max(1, ATTEND_BUDGET // (heads * t_new * end))
+    for r in range(0, rows, step):
+        part = slice(r, r + step)
+        out[part] = _attend_rows(q8[part], eq[part], cache, layer, part, start, end)
+    return out
+
+
+def _attend_rows(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,
+                 start: int, end: int) -> np.ndarray:
+    keys = cache.keys[layer][part, :, :end]
+    dot = np.matmul(q8.astype(np.float32), keys.swapaxes(-1, -2).astype(np.float32))   # exact
+    scores = dot.astype(np.float64)
+    scores *= np.ldexp(1.0, eq)[..., None]
+    scores *= cache.key_scale[layer][part, :, None, :end]
+    scores += 0.5
+    np.floor(scores, out=scores)
+    t_new = q8.shape[2]
+    if t_new > 1:                                   # a single new token sees every key
+        future = np.arange(end)[None, :] > (start + np.arange(t_new))[:, None]
+        scores[..., future] = -np.inf
+    table = _weight_table()
+    gap = scores.max(-1, keepdims=True) - scores
+    np.minimum(gap, len(table) - 1, out=gap)        # -inf gaps (masked) become the last entry, 0
+    weights = np.take(table, gap.astype(np.intp))   # int32, <= 2**15
+    den = weights.sum(-1, dtype=np.int64)[..., None]
+    top = cache.value_max[layer][part, :, start:end][..., None]                    # E per query
+    shift = top - cache.value_exp[layer][part, :, None, :end]   # < 0 only where the weight is 0
+    np.maximum(shift, 0, out=shift)
+    np.minimum(shift, 31, out=shift)
+    weights >>= shift.astype(np.int32)
+    num = _weighted_values(weights, cache.values[layer][part, :, :end])
+    num <<= top
+    return (2 * num + den) // (2 * den)
+
+
+def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Exact ``weights @ values`` (int32 <= 2**15 by int8) as int64, via byte-split float32 GEMMs."""
+    t_new = weights.shape[-2]
+    total = np.zeros(weights.shape[:-1] + (values.shape[-1],), dtype=np.int64)
+    for s0 in range(0, values.shape[-2], SPAN):
+        w = weights[..., s0 : s0 + SPAN]
+        both = np.concatenate([w >> 8, w & 255], axis=-2).astype(np.float32)
+        prod = np.matmul(both, values[..., s0 : s0 + SPAN, :].astype(np.float32)).astype(np.int64)
+        total += prod[..., :t_new, :] << 8
+        total += prod[..., t_new:, :]
+    return total
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_table() -> np.ndarray:
+    return exp_table(ATT_FRAC, ATT_EXP_BITS, 12.0).astype(np.int32)

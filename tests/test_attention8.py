@@ -1,0 +1,86 @@
+"""Engine 3's int8 attention: exact integer products, prefix-only results, bounded sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmzip import attention8
+from llmzip.attention8 import KVCache8, attend, store
+
+SHIFT = 32   # the engine's 2 * ACT_FRAC + SCALE_BITS - ATT_FRAC
+
+
+def _qkv(rows: int, heads: int, length: int, head_dim: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    scale = rng.integers(6, 20, size=(rows, heads, length, 1))      # vectors of very different sizes
+    return tuple(rng.integers(-(2**19), 2**19, size=(rows, heads, length, head_dim)) >> scale for _ in range(3))
+
+
+def _run(q: np.ndarray, k: np.ndarray, v: np.ndarray, step: int) -> np.ndarray:
+    """Attention over the whole sequence, feeding ``step`` positions per call."""
+    rows, heads, length, head_dim = q.shape
+    cache = KVCache8(1, rows, heads, length, head_dim)
+    parts = []
+    for t0 in range(0, length, step):
+        sl = slice(t0, t0 + step)
+        store(cache, 0, k[:, :, sl], v[:, :, sl], t0, SHIFT)
+        parts.append(attend(q[:, :, sl] * 8192, cache, 0, t0))   # 8192: 2**16 / sqrt(64)
+    return np.concatenate(parts, axis=2)
+
+
+def test_weighted_values_is_exact_beyond_one_span(monkeypatch):
+    """The byte-split float32 GEMMs give exactly the int64 product, also over several spans."""
+    monkeypatch.setattr(attention8, "SPAN", 40)
+    rng = np.random.default_rng(0)
+    weights = rng.integers(0, 2**15 + 1, size=(2, 3, 5, 130)).astype(np.int32)
+    weights[..., :7] = 2**15                                         # the extremes
+    values = rng.choice(np.array([-127, 127, 0, 1, -1], dtype=np.int8), size=(2, 3, 130, 16))
+    ref = weights.astype(np.int64) @ values.astype(np.int64)
+    assert np.array_equal(attention8._weighted_values(weights, values), ref)
+
+
+def test_full_pass_equals_incremental_and_blocked():
+    q, k, v = _qkv(3, 2, 40, 64, seed=1)
+    full = _run(q, k, v, 40)
+    assert np.array_equal(full, _run(q, k, v, 1))
+    assert np.array_equal(full, _run(q, k, v, 7))
+
+
+def test_a_position_depends_only_on_its_prefix():
+    q, k, v = _qkv(2, 2, 30, 64, seed=2)
+    before = _run(q, k, v, 30)
+    k[:, :, 20:] = -k[:, :, 20:] * 3                                  # change the future only
+    v[:, :, 20:] = v[:, :, 20:] * 5
+    after = _run(q, k, v, 30)
+    assert np.array_equal(before[:, :, :20], after[:, :, :20])
+    assert not np.array_equal(before[:, :, 20:], after[:, :, 20:])
+
+
+def test_close_to_float_attention():
+    q, k, v = _qkv(2, 2, 24, 64, seed=3)
+    out = _run(q, k, v, 24) / 2**12
+    qf, kf, vf = (a / 2**12 for a in (q, k, v))
+    scores = qf @ kf.swapaxes(-1, -2) / 8.0
+    scores = np.where(np.tril(np.ones((24, 24), dtype=bool)), scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ vf
+    assert np.abs(out - ref).max() < 0.02 * np.abs(vf).max()
+
+
+def test_keep_drops_rows_of_every_array():
+    q, k, v = _qkv(4, 2, 10, 64, seed=4)
+    cache = KVCache8(1, 4, 2, 10, 64)
+    store(cache, 0, k, v, 0, SHIFT)
+    cache.keep(np.array([2, 0]))
+    assert cache.rows == 2
+    single = KVCache8(1, 1, 2, 10, 64)
+    store(single, 0, k[2:3], v[2:3], 0, SHIFT)
+    for name in ("keys", "values", "key_scale", "value_exp", "value_max"):
+        assert np.array_equal(getattr(cache, name)[0][0], getattr(single, name)[0][0]), name
+
+
+def test_head_size_that_would_overflow_float32_is_refused():
+    attention8.check_bounds(1024)
+    with pytest.raises(ValueError, match="head_dim"):
+        attention8.check_bounds(1041)
