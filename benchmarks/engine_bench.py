@@ -63,7 +63,7 @@ def float_bits(model_dir: str, model, data: bytes) -> float:
 
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokens = model.tokenizer.encode(data)
-    chunk = model.max_context - 1
+    chunk = codec.default_chunk(model)
     bits = 0.0
     with torch.no_grad():
         for i in range(0, len(tokens), chunk):

@@ -33,12 +33,12 @@ def model_label(name: str) -> str:
 
 
 def measure_llmzip(model: str, label: str, path: Path, limit: int | None,
-                   threads: int | None, batch_size: int | None) -> dict[str, Any]:
+                   threads: int | None, batch_size: int | None, chunk_tokens: int | None = None) -> dict[str, Any]:
     """Run one worker; return its results.json entry. Raises RuntimeError if the worker fails."""
     with tempfile.TemporaryDirectory(prefix="llmzip-bench-") as tmp:
         out = Path(tmp) / "entry.json"
         spec = {"model": model, "label": label, "file": str(path), "limit": limit,
-                "threads": threads, "batch_size": batch_size, "out": str(out)}
+                "threads": threads, "batch_size": batch_size, "chunk_tokens": chunk_tokens, "out": str(out)}
         proc = subprocess.run([sys.executable, str(RUN_PY), WORKER_FLAG, json.dumps(spec)],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not out.exists():
@@ -75,7 +75,7 @@ def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     warm = codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"])
     _, warmup_s = _timed(lambda: codec.decompress(codec.compress(WARMUP, model, settings=warm), model, warm))
     stats = codec.CodingStats()
-    blob, c_s = _timed(codec.compress, data, model,
+    blob, c_s = _timed(codec.compress, data, model, chunk_tokens=spec.get("chunk_tokens"),
                        settings=codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"], stats=stats))
 
     def decompress() -> bytes:

@@ -54,11 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output directory (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llmzip (default: all cores)")
     p.add_argument("--batch-size", type=int, default=None, help="llmzip rows per forward call (default: whole group)")
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="llmzip tokens per chunk (default: the codec's, see llmzip.codec.default_chunk)")
     p.add_argument("--no-classic", action="store_true", help="llmzip only")
     args = p.parse_args(argv)
     if not args.corpus.is_dir():
         p.error(f"corpus directory not found: {args.corpus}")
-    for name in ("threads", "batch_size"):
+    for name in ("threads", "batch_size", "chunk_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -107,7 +109,7 @@ def machine_info(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "command": shlex.join([sys.executable, *argv]),
         "quick": args.quick, "quick_bytes": QUICK_BYTES if args.quick else None,
         "repeats": {"classic": CLASSIC_REPEATS, "llmzip": 1},
-        "threads": args.threads, "batch_size": args.batch_size,
+        "threads": args.threads, "batch_size": args.batch_size, "chunk_tokens": args.chunk_tokens,
     }
 
 
@@ -146,7 +148,7 @@ def run_step(args: argparse.Namespace, path: Path, label: str, how: Any) -> dict
 
     if isinstance(how, str):  # an llmzip model name
         limit = QUICK_BYTES if args.quick else None
-        return measure_llmzip(how, label, path, limit, args.threads, args.batch_size)
+        return measure_llmzip(how, label, path, limit, args.threads, args.batch_size, args.chunk_tokens)
     return measure_classic(how, path.name, read_data(path, args.quick), CLASSIC_REPEATS)
 
 

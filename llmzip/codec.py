@@ -105,7 +105,7 @@ def compress(
     (on by default) sets the context-mixing parameters, stored in the header; ``None`` turns
     mixing off.
     """
-    chunk = chunk_tokens or min(DEFAULT_CHUNK, model.max_context - 1)
+    chunk = chunk_tokens or default_chunk(model)
     group_chunks = group_chunks or default_group(model)
     if group_chunks * getattr(model, "kv_bytes_per_row", 0) > KV_LIMIT:
         raise ValueError(f"group_chunks={group_chunks} would need more than {KV_LIMIT >> 20} MiB of decoder cache")
@@ -143,6 +143,11 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     if len(data) != header.original_size or content_checksum(data) != header.checksum:
         raise CorruptArchiveError("checksum mismatch: the decoded data is not the original")
     return data
+
+
+def default_chunk(model: Predictor) -> int:
+    """Tokens per chunk when the caller does not choose: DEFAULT_CHUNK, or less for a short context."""
+    return min(DEFAULT_CHUNK, model.max_context - 1)
 
 
 def default_group(model: Predictor) -> int:
