@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -31,6 +30,7 @@ from .coder import ArithmeticDecoder, ArithmeticEncoder
 from .container import Header, content_checksum, read_archive, write_archive
 from .errors import CorruptArchiveError, UnsupportedFormatError
 from .mix import DEFAULT_MIX, Mixer, MixParams
+from .runtime import torch_threads
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 DEFAULT_CHUNK = 255                # tokens per chunk (measured: vs 511, +0.5% bits, +45% decode speed)
@@ -213,29 +213,12 @@ def _pool(settings: Settings, model: Predictor) -> Iterator[ThreadPoolExecutor |
     from threadpoolctl import threadpool_limits
 
     threads = cpu_threads(settings, model)
-    with threadpool_limits(limits=1, user_api="blas"), _torch_threads(1):
+    with threadpool_limits(limits=1, user_api="blas"), torch_threads(1):
         if threads <= 1:
             yield None
             return
         with ThreadPoolExecutor(threads, thread_name_prefix="llmzip") as pool:
             yield pool
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Limit torch's own intra-op threads (the int8 GEMMs) while a codec call runs, if torch is
-    loaded: its default pool oversubscribes the cores the workers already use (measured here:
-    13.5 -> 16.6 kB/s compress with two workers)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[slice], states: list[Any],

@@ -5,14 +5,17 @@ bits whatever the thread count, batch size or composition, BLAS library, and whe
 sequence is evaluated in one forward pass or token by token with a KV cache. That is what
 lets an archive written on one machine decode on another.
 
-How (see :mod:`llmzip.fixedpoint` for the primitives):
+How (see :mod:`llmzip.fixedpoint` for the primitives; ``engine_id`` picks the arithmetic):
 
-* weights are quantised once, at load, to 16-bit integers with a power-of-two scale per
-  output channel, so rescaling after a GEMM is a rounding right shift;
+* engine 1 quantises weights once, at load, to 16-bit integers with a power-of-two scale per
+  output channel, so rescaling after a GEMM is a rounding right shift; engines 2 and 3 use
+  int8 weights and int8 rows (:mod:`llmzip.linear8`); engine 3 also keeps the KV cache in
+  int8 and computes attention with exact float32 GEMMs (:mod:`llmzip.attention8`);
 * activations are int64 fixed point: the residual stream keeps ``RESID_FRAC`` fraction
   bits, GEMM inputs ``ACT_FRAC`` bits clipped to ``ACT_CLIP``, attention logits and output
   logits ``LOGIT_FRAC`` bits;
-* GEMMs run in float64 on integer values whose partial sums provably stay below 2**53;
+* GEMMs run on integer values whose partial sums provably stay exact (below 2**53 in
+  float64, 2**31 in int32, 2**24 in float32);
 * softmax and GELU read exact lookup tables; LayerNorm uses integer sums;
 * masked attention positions get weight exactly 0, so a full causal pass and an
   incremental pass add exactly the same integers.

@@ -319,10 +319,13 @@ class Mixer:
         _, first = np.unique(slots, return_index=True)
         first.sort()
         self._count(slots[first], chks[first], toks[first])
-        if len(first) < len(slots):                         # repeated slots: the rest, one by one
+        if len(first) < len(slots):                         # repeated slots: the rest, in row order
             rest = np.delete(np.arange(len(slots)), first)
+            runs: dict[int, list[tuple[int, int]]] = {}
             for s, c, t in zip(slots[rest].tolist(), chks[rest].tolist(), toks[rest].tolist()):
-                self._count_one(s, c, t)
+                runs.setdefault(s, []).append((c, t))
+            for s, items in runs.items():                   # slots are independent of each other
+                self._count_run(s, items)
 
     def _count(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
         """Add x to distinct slots: bump its count, else replace the least counted token."""
@@ -337,17 +340,22 @@ class Mixer:
         cnt[cnt.max(1) > self.params.count_limit] >>= 1
         self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = chk, tok, cnt
 
-    def _count_one(self, slot: int, chk: int, x: int) -> None:
-        """:meth:`_count` for a single slot, in plain Python (same rule, same result)."""
+    def _count_run(self, slot: int, items: list[tuple[int, int]]) -> None:
+        """:meth:`_count` for one slot and a run of (check, token) updates applied in order, in
+        plain Python (same rule, same result as one call per update; the slot is read and
+        written once, which matters for order 0: every row of a step shares its slot)."""
+        limit = self.params.count_limit
         tok, cnt = self._slot_tok[slot].tolist(), self._slot_cnt[slot].tolist()
-        if self._slot_chk[slot] != chk:
-            cnt = [0] * len(cnt)
-        hits = [i for i, (t, n) in enumerate(zip(tok, cnt)) if t == x and n > 0]
-        k = hits[0] if hits else cnt.index(min(cnt))
-        tok[k], cnt[k] = x, (cnt[k] + 1 if hits else 1)
-        if max(cnt) > self.params.count_limit:
-            cnt = [n >> 1 for n in cnt]
-        self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = chk, tok, cnt
+        current = int(self._slot_chk[slot])
+        for chk, x in items:
+            if current != chk:
+                cnt, current = [0] * len(cnt), chk
+            hits = [i for i, (t, n) in enumerate(zip(tok, cnt)) if t == x and n > 0]
+            k = hits[0] if hits else cnt.index(min(cnt))
+            tok[k], cnt[k] = x, (cnt[k] + 1 if hits else 1)
+            if max(cnt) > limit:
+                cnt = [n >> 1 for n in cnt]
+        self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = current, tok, cnt
 
     def _learn_match(self, x: np.ndarray, pos: np.ndarray) -> None:
         """Follow or drop each row's match, look up a new one, then record this context."""

@@ -214,3 +214,18 @@ def test_golden_mix_archive_still_decodes(golden, engine):
 def test_regenerate_golden_mix(golden):  # pragma: no cover - run by hand only, after a format bump
     blob = codec.compress(golden_input(), golden, group_chunks=3, mixing=GOLDEN_MIX)
     write_golden(MIX_GOLDEN_FILES[golden.engine_id], blob)      # the newest engine's file only
+
+
+def test_a_run_of_updates_equals_one_update_at_a_time():
+    """Repeated slots of a step are learnt as runs; the result must equal single updates."""
+    rng = np.random.default_rng(7)
+    params = MixParams(orders=(0, 1), hash_bits=10, slot_width=4, count_limit=5)
+    run, single = Mixer(50, params, 8), Mixer(50, params, 8)
+    for _ in range(30):
+        slot = int(rng.integers(0, 4))
+        items = [(int(rng.choice([3, 5])), int(rng.integers(0, 6))) for _ in range(int(rng.integers(1, 12)))]
+        run._count_run(slot, items)
+        for chk, x in items:                                       # the vectorised rule, one by one
+            single._count(np.array([slot]), np.array([chk]), np.array([x]))
+    for name in ("_slot_chk", "_slot_tok", "_slot_cnt"):
+        assert np.array_equal(getattr(run, name), getattr(single, name)), name
