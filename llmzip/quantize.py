@@ -55,7 +55,7 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndar
 def _freqs_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
     """:func:`freqs_from_logits` for a (rows, V) block small enough to stay in cache; float64 out."""
     table = _exp_table_f64()
-    x = np.clip(logits, -(1 << 30), 1 << 30).astype(np.float64)   # exact: integers below 2**31
+    x = np.clip(logits, -(1 << 30), 1 << 30).astype(np.float64, copy=False)   # exact: integers < 2**31
     np.subtract(x.max(-1, keepdims=True), x, out=x)                 # gap to the row's maximum
     np.minimum(x, len(table) - 1, out=x)
     e = np.take(table, x.astype(np.intp))
