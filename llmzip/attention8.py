@@ -60,6 +60,12 @@ class KVCache8:
         self.value_max = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
         self.length = 0
 
+    @staticmethod
+    def bytes_per_row(n_layer: int, n_head: int, capacity: int, head_dim: int) -> int:
+        """Bytes one row of this cache holds: int8 keys and values, three 8-byte numbers per
+        (head, position)."""
+        return n_layer * n_head * capacity * (2 * head_dim + 24)
+
     @property
     def rows(self) -> int:
         return self.keys[0].shape[0]

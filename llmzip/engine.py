@@ -270,8 +270,8 @@ class ExactGPT2:
     def kv_bytes_per_row(self) -> int:
         """KV-cache bytes one row of a full context needs."""
         s = self.spec
-        if self.engine_id >= 3:   # int8 keys and values, three 8-byte numbers per (head, position)
-            return s.n_layer * s.n_ctx * (2 * s.n_embd + 24 * s.n_head)
+        if self.engine_id >= 3:
+            return attention8.KVCache8.bytes_per_row(s.n_layer, s.n_head, s.n_ctx, self.head_dim)
         return s.n_layer * 2 * s.n_ctx * s.n_embd * 8
 
     def forward(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:

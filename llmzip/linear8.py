@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fixedpoint import bit_length
+from .fixedpoint import bit_length, clip_inplace
 
 Q_MAX = 127          # int8 range used on both sides (never -128: the product bound stays symmetric)
 SCALE_BITS = 15      # per-column dequantisation multiplier: 2**14 <= M < 2**15
@@ -71,8 +71,7 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.maximum(bit_length(peak) - 7, 0)         # peak < 2**(e + 7): peak >> e <= 127
     half = (np.int64(1) << e) >> 1
     q = (x + half[:, None]) >> e[:, None]
-    np.minimum(q, Q_MAX, out=q)    # rounding can reach +-128 (np.clip costs more)
-    np.maximum(q, -Q_MAX, out=q)
+    clip_inplace(q, Q_MAX)                          # rounding can reach +-128
     return q.astype(np.int8), e
 
 

@@ -84,3 +84,10 @@ def test_head_size_that_would_overflow_float32_is_refused():
     attention8.check_bounds(1024)
     with pytest.raises(ValueError, match="head_dim"):
         attention8.check_bounds(1041)
+
+
+def test_bytes_per_row_counts_every_array_of_the_cache():
+    cache = KVCache8(3, 2, 4, 16, 8)
+    held = sum(a.nbytes for arrays in (cache.keys, cache.values, cache.key_scale, cache.value_exp,
+                                       cache.value_max) for a in arrays)
+    assert KVCache8.bytes_per_row(3, 4, 16, 8) * 2 == held
