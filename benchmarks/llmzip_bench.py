@@ -112,9 +112,10 @@ def _entry(spec: dict[str, Any], data: bytes, r: dict[str, Any]) -> dict[str, An
 
 def worker_main(spec_json: str) -> int:
     """Child process entry point (``run.py --_llmzip-worker SPEC``)."""
-    from llmzip.runtime import tune_allocator
+    from llmzip.runtime import single_openmp_thread, tune_allocator
 
-    tune_allocator()   # as the llmzip CLI does: the benchmark measures what its users get
+    tune_allocator()          # as the llmzip CLI does: the benchmark measures what its users get
+    single_openmp_thread()
     spec = json.loads(spec_json)
     data = Path(spec["file"]).read_bytes()
     if spec["limit"]:

@@ -29,13 +29,14 @@ Invariants:
 from __future__ import annotations
 
 import functools
-import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import CorruptArchiveError
 from .fixedpoint import exp_table
+from .mixparams import DEFAULT_MIX, PRESETS, MixParams
+
+__all__ = ["Mixer", "MixParams", "DEFAULT_MIX", "PRESETS"]
 
 MASS_BITS = 28                   # a mixed table spreads 2**28 of mass, plus a floor of 1 per entry
 PROB_BITS = 16                   # gates and responsibilities: 2**16 is probability 1
@@ -45,7 +46,6 @@ THETA_TOP = 8 << THETA_FRAC
 GATE_FRAC = 8                    # gates read exp() at 1/256 nat resolution
 CLASSES = 16                     # confidence classes per model
 MATCH_VERIFY = 32                # a new match is verified (and measured) over at most this many tokens
-PARAMS_VERSION = 1
 _U64 = np.uint64
 _MUL = _U64(0x9E3779B97F4A7C15)  # hashing: multiply-xorshift over uint64 (wraps mod 2**64)
 _MUL2 = _U64(0xBF58476D1CE4E5B9)
@@ -56,81 +56,6 @@ _PRIOR = {"order 0": -48, "seen once": -24, "deterministic": 8, "mixed": -24,
           "short match": -16, "match": 8, "long match": 40}
 # Confidence class of a match from its verified length (cap 63).
 _LENGTH_CLASS = np.array(list(range(12)) + [12] * 4 + [13] * 8 + [14] * 8 + [15] * 32)
-
-
-@dataclass(frozen=True)
-class MixParams:
-    """Everything that shapes the mixed tables; stored in ``Header.mix_params``.
-
-    Invariants (checked on construction, ValueError otherwise): ``orders`` is 1..8 strictly
-    increasing context lengths in [0, 16] (order 0: a cache of the file's commonest tokens);
-    ``hash_bits`` and ``match_bits`` in [10, 24]; ``slot_width`` in [1, 16]; ``count_limit``
-    in [2, 1023]; ``match_min`` in [0, 32] (0 disables the match model); ``lr`` and
-    ``init_gap`` in [0, 255] (units of 1/16 nat). Changing the meaning of any field, or the
-    mixer's arithmetic, breaks old archives: bump PARAMS_VERSION and keep decoding the old one.
-    """
-
-    orders: tuple[int, ...] = (0, 1, 2, 3, 4, 6)
-    hash_bits: int = 20        # n-gram table: 2**hash_bits slots shared by all orders
-    slot_width: int = 16       # tokens remembered per context
-    count_limit: int = 30      # a slot's counts are halved when one exceeds this
-    match_min: int = 5         # tokens hashed to find a match (0: no match model)
-    match_bits: int = 20       # match table: 2**match_bits positions
-    lr: int = 8                # weight step per unit of responsibility, in 1/16 nat
-    init_gap: int = 0          # sparse models start this far below the LM, in 1/16 nat
-
-    def __post_init__(self) -> None:
-        orders = self.orders
-        if not (isinstance(orders, tuple) and 1 <= len(orders) <= 8
-                and all(type(o) is int and 0 <= o <= 16 for o in orders)
-                and all(a < b for a, b in zip(orders, orders[1:]))):
-            raise ValueError(f"orders must be 1..8 increasing ints in [0, 16], got {orders!r}")
-        for name, low, high in (("hash_bits", 10, 24), ("match_bits", 10, 24), ("slot_width", 1, 16),
-                                ("count_limit", 2, 1023), ("match_min", 0, 32), ("lr", 0, 255),
-                                ("init_gap", 0, 255)):
-            value = getattr(self, name)
-            if type(value) is not int or not low <= value <= high:
-                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-
-    def to_bytes(self) -> bytes:
-        """Serialize: version u8, then either ``0x80 + preset`` (a :data:`PRESETS` key) or
-        n u8 | n orders u8 | hash_bits, slot_width, match_min, match_bits, lr, init_gap u8 |
-        count_limit u16 (little-endian)."""
-        for key, preset in PRESETS.items():
-            if preset == self:
-                return bytes([PARAMS_VERSION, 0x80 + key])
-        return (bytes([PARAMS_VERSION, len(self.orders), *self.orders, self.hash_bits, self.slot_width,
-                       self.match_min, self.match_bits, self.lr, self.init_gap])
-                + struct.pack("<H", self.count_limit))
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> MixParams:
-        """Parse :meth:`to_bytes` output; CorruptArchiveError on any malformed or out-of-range value."""
-        raw = bytes(raw)
-        if len(raw) < 2 or raw[0] != PARAMS_VERSION:
-            raise CorruptArchiveError("mixing parameters: unknown version or truncated")
-        n = raw[1]
-        if n >= 0x80:
-            if len(raw) != 2 or n - 0x80 not in PRESETS:
-                raise CorruptArchiveError(f"mixing parameters: unknown preset {n - 0x80}")
-            return PRESETS[n - 0x80]
-        if len(raw) != 2 + n + 8:
-            raise CorruptArchiveError(f"mixing parameters: expected {10 + n} bytes, got {len(raw)}")
-        fields = raw[2 + n:]
-        try:
-            return cls(orders=tuple(raw[2:2 + n]), hash_bits=fields[0], slot_width=fields[1],
-                       match_min=fields[2], match_bits=fields[3], lr=fields[4], init_gap=fields[5],
-                       count_limit=struct.unpack("<H", fields[6:8])[0])
-        except ValueError as exc:
-            raise CorruptArchiveError(f"mixing parameters: {exc}") from None
-
-
-# Parameter sets an archive can name in one byte. Never change an entry: add a new key.
-PRESETS = {
-    0: MixParams(orders=(0, 1, 2, 3, 4, 6), hash_bits=20, slot_width=16, count_limit=30, match_min=5,
-                 match_bits=20, lr=8, init_gap=0),
-}
-DEFAULT_MIX = PRESETS[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,6 +82,24 @@ def _prior(orders: tuple[int, ...], gap: int) -> np.ndarray:
                          np.where(cls < 12, _PRIOR["match"], _PRIOR["long match"])))
     theta = np.stack([np.zeros(CLASSES, dtype=np.int64)] + [r - gap for r in rows])
     return theta.astype(np.int64) << (THETA_FRAC - 4)
+
+
+class _Part(NamedTuple):
+    """What learning needs of the rows mixed by one :meth:`Mixer.tables` call (R rows)."""
+
+    tok: np.ndarray          # (R, S) candidate tokens
+    share: np.ndarray        # (R, S) their mass in the table
+    cls: np.ndarray          # (R, M) confidence classes (-1: no prediction)
+    mass: np.ndarray         # (R, M) gates
+    slot: np.ndarray         # (R, O) n-gram slots of the contexts
+    chk: np.ndarray          # (R, O) and their check values
+    table: np.ndarray | None  # the mixed tables (tables()), or
+    freq: np.ndarray | None   # the coded tokens' entries (coding_terms(), or joined by update())
+
+
+def _counted(tok: list[int], cnt: list[int]) -> dict[int, int]:
+    """Token -> index of its entry with a nonzero count (the first such entry)."""
+    return {t: i for i, (t, n) in reversed(list(enumerate(zip(tok, cnt)))) if n}
 
 
 def _finish_hash(h: np.ndarray) -> np.ndarray:
@@ -194,12 +137,13 @@ class Mixer:
         self._entry_model = np.repeat(np.arange(1, self._models), [p.slot_width] * len(p.orders) + [1])
         self._hist_len = max(p.orders[-1], p.match_min, 1)
         self._base, self._rows = 0, 0
+        self._parts: list[_Part] = []   # the row ranges mixed so far at this step
         self.begin_group(0)
 
     def begin_group(self, rows: int) -> None:
         """Start a group of ``rows`` chunks, each at BOS; they follow the previous group's."""
         self._base += self._rows * self.chunk
-        self._rows, self._t = rows, 0
+        self._rows, self._t, self._parts = rows, 0, []
         need = self._base + rows * self.chunk + 1         # + 1: a match may point one past the end
         if need > len(self._buf):
             grown = np.full(max(need, 2 * len(self._buf)), -1, dtype=np.int32)
@@ -211,36 +155,68 @@ class Mixer:
 
     # ------------------------------------------------------------------ prediction
 
-    def tables(self, lm: np.ndarray) -> np.ndarray:
-        """Mixed int64 tables (R, V) for the first R rows of the group at the current step.
+    def tables(self, lm: np.ndarray, first: int = 0) -> np.ndarray:
+        """Mixed int64 tables (R, V) for rows ``first``... ``first + R - 1`` of the group at the
+        current step. A step may be mixed in several calls over consecutive row ranges (from
+        row 0, in order) before its :meth:`update`: the tables are the same either way.
 
         Args:
-            lm: int64 (R, V) LM tables, entries >= 1, totals <= 2**30.
+            lm: (R, V) integer LM tables, entries >= 1, totals <= 2**30.
+            first: the group row of ``lm[0]``.
 
         Returns:
             int64 (R, V), entries >= 1, totals <= 2**28 + 2 * V.
         """
-        rows = lm.shape[0]
-        tok, cnt, cls = self._sparse(rows)                  # (R, S), (R, S), (R, M)
-        mass = self._gates(cls)                             # (R, M), sums to <= 2**28
-        scale = (mass[:, 0] << MASS_BITS) // lm.sum(1)      # lm * scale <= mass * 2**28 <= 2**56
-        out = lm * scale[:, None]
-        out >>= MASS_BITS
+        out, tok, share = self._mix(lm, first)
         out += 1                                            # LM part: floor(lm * mass / total) + 1
-        em = self._entry_model
-        share = cnt * mass[:, em] // np.maximum(self._totals[:, em], 1)
-        np.add.at(out, (np.repeat(np.arange(rows), tok.shape[1]), tok.ravel()), share.ravel())
-        self._last = (out, tok, share, cls, mass)
+        np.add.at(out, (np.repeat(np.arange(len(out)), tok.shape[1]), tok.ravel()), share.ravel())
+        self._parts[-1] = self._parts[-1]._replace(table=out)   # learning reads the coded entries
         return out
 
-    def _sparse(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates of the sparse models: tokens and counts (R, S), classes (R, M).
-
-        Absent candidates have count 0 (and token 0); class -1 marks a model without a
-        prediction. Also leaves each model's total count in ``self._totals`` (R, M).
+    def coding_terms(self, lm: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What an encoder needs of ``tables(lm)`` to code tokens ``x`` (R,), without building
+        the tables: ``(cum, freq, total)``, each (R,) int64, equal to ``cdf[x]``, ``table[x]``
+        and the row sums of :meth:`tables` (tested). Learning then proceeds as after ``tables``.
         """
-        slot, chk = self._context_hashes(rows)              # (R, O)
-        self._ctx = (slot, chk)
+        dense, tok, share = self._mix(lm, 0)                # tables(lm) == dense + 1 + scattered shares
+        rows, vocab = dense.shape
+        starts = np.arange(rows) * vocab
+        seg = np.add.reduceat(dense.ravel(), np.stack([starts, starts + x], 1).ravel()).reshape(rows, 2)
+        below = np.where(x > 0, seg[:, 0], 0)               # reduceat gives dense[start] for an empty prefix
+        freq = dense[np.arange(rows), x] + 1 + np.where(tok == x[:, None], share, 0).sum(1)
+        cum = below + x + np.where(tok < x[:, None], share, 0).sum(1)
+        total = below + seg[:, 1] + vocab + share.sum(1)
+        self._parts[-1] = self._parts[-1]._replace(freq=freq)
+        return cum, freq, total
+
+    def _mix(self, lm: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mixture's parts for rows ``first``...: ``floor(lm * mass_LM / total)`` (R, V)
+        int64, and the sparse candidates' tokens and shares (R, S). Records what learning
+        needs as the step's next :class:`_Part`."""
+        expected = sum(len(p.tok) for p in self._parts)
+        if first != expected:
+            raise ValueError(f"rows must be mixed in order: expected row {expected}, got {first}")
+        stop = first + lm.shape[0]
+        slot, chk = self._context_hashes(first, stop)       # (R, O)
+        tok, cnt, cls, totals = self._sparse(slot, chk, first, stop)
+        mass = self._gates(cls)                             # (R, M), sums to <= 2**28
+        dense = lm.astype(np.int64)                         # (a copy: lm may be int32)
+        scale = (mass[:, 0] << MASS_BITS) // dense.sum(1)   # lm * scale <= mass * 2**28 <= 2**56
+        dense *= scale[:, None]
+        dense >>= MASS_BITS
+        em = self._entry_model
+        share = cnt * mass[:, em] // np.maximum(totals[:, em], 1)
+        self._parts.append(_Part(tok, share, cls, mass, slot, chk, None, None))
+        return dense, tok, share
+
+    def _sparse(self, slot: np.ndarray, chk: np.ndarray, first: int,
+                stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of the sparse models for rows ``first:stop``: tokens and counts (R, S),
+        classes (R, M), and each model's total count (R, M).
+
+        Absent candidates have count 0 (and token 0); class -1 marks a model without a prediction.
+        """
+        rows = stop - first
         tok = self._slot_tok[slot].astype(np.int64)         # (R, O, K)
         cnt = self._slot_cnt[slot].astype(np.int64) * (self._slot_chk[slot] == chk)[..., None]
         total = cnt.sum(-1)
@@ -248,23 +224,24 @@ class Mixer:
         cls = np.full((rows, self._models), -1, dtype=np.int64)
         cls[:, 0] = 0
         cls[:, 1:-1] = np.where(total > 0, _COUNT_CLASS[np.minimum(total, 63)] * 2 + det, -1)
-        ptr = self._mptr[:rows]
+        ptr = self._mptr[first:stop]
         mtok = np.where(ptr >= 0, self._buf[np.maximum(ptr, 0)], -1).astype(np.int64)
         known = mtok >= 0
-        cls[:, -1] = np.where(known, _LENGTH_CLASS[np.minimum(self._mlen[:rows], 63)], -1)
-        self._totals = np.concatenate([np.zeros((rows, 1), np.int64), total, known[:, None]], axis=1)
+        cls[:, -1] = np.where(known, _LENGTH_CLASS[np.minimum(self._mlen[first:stop], 63)], -1)
+        totals = np.concatenate([np.zeros((rows, 1), np.int64), total, known[:, None]], axis=1)
         toks = np.concatenate([tok.reshape(rows, -1), np.maximum(mtok, 0)[:, None]], axis=1)
         cnts = np.concatenate([cnt.reshape(rows, -1), known[:, None]], axis=1)
-        return toks, cnts, cls
+        return toks, cnts, cls, totals
 
-    def _context_hashes(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Slot index and check value (R, O) of each order's context; check 0 while t < order."""
+    def _context_hashes(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slot index and check value (R, O) of each order's context for rows ``first:stop``;
+        check 0 while t < order."""
         p = self.params
-        h = np.zeros(rows, dtype=_U64)
+        h = np.zeros(stop - first, dtype=_U64)
         slots, chks = [], []
         for j in range(p.orders[-1] + 1):
             if j:
-                h = (h ^ self._hist[:rows, j - 1].astype(_U64)) * _MUL + _U64(j)
+                h = (h ^ self._hist[first:stop, j - 1].astype(_U64)) * _MUL + _U64(j)
             if j in p.orders:
                 f = _finish_hash(h)
                 slots.append((f & _U64((1 << p.hash_bits) - 1)).astype(np.int64))
@@ -280,11 +257,13 @@ class Mixer:
     # ------------------------------------------------------------------ learning
 
     def update(self, tokens: np.ndarray) -> None:
-        """Learn from the tokens (R,) just coded with the last :meth:`tables` (same R rows)."""
+        """Learn from the tokens (R,) of rows 0...R-1 just coded with this step's :meth:`tables`
+        or :meth:`coding_terms` (which must have covered exactly those rows)."""
         x = np.asarray(tokens, dtype=np.int64)
         rows = len(x)
-        self._learn_weights(x)
-        self._learn_ngrams(x)
+        step = self._step_parts(x)
+        self._learn_weights(x, step)
+        self._learn_ngrams(x, step.slot, step.chk)
         pos = self._base + np.arange(rows) * self.chunk + self._t
         self._buf[pos] = x
         self._hist[:rows, 1:] = self._hist[:rows, :-1]
@@ -293,26 +272,40 @@ class Mixer:
         if self.params.match_min:
             self._learn_match(x, pos)
 
-    def _learn_weights(self, x: np.ndarray) -> None:
+    def _step_parts(self, x: np.ndarray) -> _Part:
+        """This step's mixed row ranges joined into one :class:`_Part` (freq: the coded entries)."""
+        parts, self._parts = self._parts, []
+        if sum(len(p.tok) for p in parts) != len(x):
+            raise ValueError("update() needs the tokens of exactly the rows mixed at this step")
+        coded, first = [], 0
+        for p in parts:
+            n = len(p.tok)
+            coded.append(p.freq if p.table is None else p.table[np.arange(n), x[first:first + n]])
+            first += n
+        if len(parts) == 1:
+            return parts[0]._replace(freq=coded[0])
+        joined = [np.concatenate(arrays) for arrays in zip(*(p[:6] for p in parts))]
+        return _Part(*joined, None, np.concatenate(coded))
+
+    def _learn_weights(self, x: np.ndarray, step: _Part) -> None:
         """One gradient step on -log P(x): ``theta_m += lr * (responsibility_m - mass_m)``.
 
         The responsibility of a sparse model is its part of the coded token's table entry; the
         LM's weight stays 0 (softmax gates are shift-invariant, so it is the reference).
         """
-        out, tok, share, cls, mass = self._last
+        tok, share, cls, mass = step.tok, step.share, step.cls, step.mass
         rows, orders, width = len(x), len(self.params.orders), self.params.slot_width
         hit = np.where(tok == x[:, None], share, 0)
         part = np.concatenate([hit[:, :-1].reshape(rows, orders, width).sum(-1), hit[:, -1:]], axis=1)
-        resp = (part << PROB_BITS) // out[np.arange(rows), x][:, None]
+        resp = (part << PROB_BITS) // step.freq[:, None]
         grad = ((resp - (mass[:, 1:] >> (MASS_BITS - PROB_BITS))) * self.params.lr) >> 4
         active = cls[:, 1:] >= 0
         models = np.broadcast_to(np.arange(1, self._models), active.shape)
         np.add.at(self._theta, (models[active], cls[:, 1:][active]), grad[active])
         np.clip(self._theta, -THETA_LIMIT, THETA_TOP, out=self._theta)
 
-    def _learn_ngrams(self, x: np.ndarray) -> None:
+    def _learn_ngrams(self, x: np.ndarray, slot: np.ndarray, chk: np.ndarray) -> None:
         """Count x after each order's context; a slot met by several rows updates in row order."""
-        slot, chk = self._ctx
         live = chk > 0
         slots, chks = slot[live], chk[live]
         toks = np.broadcast_to(x[:, None], slot.shape)[live]
@@ -343,18 +336,29 @@ class Mixer:
     def _count_run(self, slot: int, items: list[tuple[int, int]]) -> None:
         """:meth:`_count` for one slot and a run of (check, token) updates applied in order, in
         plain Python (same rule, same result as one call per update; the slot is read and
-        written once, which matters for order 0: every row of a step shares its slot)."""
+        written once, which matters for order 0: every row of a step shares its slot).
+
+        ``where`` maps each counted token to its entry: a token has at most one entry with a
+        count (a new entry is only made when it has none), which is the one :meth:`_count` finds.
+        """
         limit = self.params.count_limit
         tok, cnt = self._slot_tok[slot].tolist(), self._slot_cnt[slot].tolist()
         current = int(self._slot_chk[slot])
+        where = _counted(tok, cnt)
         for chk, x in items:
             if current != chk:
-                cnt, current = [0] * len(cnt), chk
-            hits = [i for i, (t, n) in enumerate(zip(tok, cnt)) if t == x and n > 0]
-            k = hits[0] if hits else cnt.index(min(cnt))
-            tok[k], cnt[k] = x, (cnt[k] + 1 if hits else 1)
-            if max(cnt) > limit:
-                cnt = [n >> 1 for n in cnt]
+                cnt, current, where = [0] * len(cnt), chk, {}
+            k = where.get(x)
+            if k is None:                                   # replace the first least counted entry
+                k = cnt.index(min(cnt))
+                if cnt[k]:
+                    del where[tok[k]]
+                tok[k], cnt[k], where[x] = x, 1, k          # 1 <= limit: no halving
+            else:
+                cnt[k] += 1
+                if cnt[k] > limit:                          # only the bumped entry can exceed it
+                    cnt = [n >> 1 for n in cnt]
+                    where = _counted(tok, cnt)
         self._slot_chk[slot], self._slot_tok[slot], self._slot_cnt[slot] = current, tok, cnt
 
     def _learn_match(self, x: np.ndarray, pos: np.ndarray) -> None:

@@ -2,7 +2,9 @@
 
 A model is named by a string:
 
-* ``embedded`` (or the embedded model's own id): the model shipped inside this package;
+* ``embedded``: the default model shipped inside this package (``EMBEDDED_NAME``);
+* the id of any model shipped inside this package (``llmzip-gpt2-small-v1``, ...): archives record
+  it, so older embedded models stay loadable by the archives made with them;
 * a local directory in Hugging Face layout (``config.json``, ``*.safetensors``, ``tokenizer.json``);
 * a Hugging Face hub id (``gpt2``, ``user/name``), loaded with ``AutoModelForCausalLM`` and
   ``AutoTokenizer`` from the local cache, or downloaded only when ``allow_download`` is set.
@@ -30,8 +32,8 @@ from .quantize import FREQ_BITS, freqs_from_logits
 from .tokens import ByteTokenizer
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-EMBEDDED_NAME = "llmzip-gpt2-small-v1"
-EMBEDDED_ALIASES = ("embedded", EMBEDDED_NAME)
+EMBEDDED_NAME = "llmzip-gpt2-small-v2"   # the default model; older shipped models stay for their archives
+SHIPPED_PREFIX = "llmzip-"                 # ids reserved for models shipped in this package
 SUPPORTED_TYPES = ("gpt2",)
 HEAD_ROWS = 128   # positions per output-head block (speed only)
 
@@ -46,6 +48,7 @@ class LoadedModel:
     bos_id: int
     fingerprint: bytes
     freq_bits: int = FREQ_BITS
+    table_dtype: type = np.int32   # advance() tables: entries <= 2**freq_bits + 1 (see codec.Predictor)
     build: Callable[[int], ExactGPT2] | None = field(default=None, repr=False, compare=False)
     variants: dict[int, LoadedModel] = field(default_factory=dict, repr=False, compare=False)
 
@@ -92,14 +95,18 @@ class LoadedModel:
     def start(self, rows: int) -> Any:
         return self.engine.new_cache(rows)
 
-    def advance(self, state: Any, tokens: np.ndarray) -> np.ndarray:
-        """Append tokens (rows, T); return int64 tables (rows, T, V) for the token after each."""
+    def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32
+        (entries <= 2**freq_bits + 1: half the memory traffic of int64) unless ``out`` is given."""
         hidden = self.engine.forward(tokens, state)
         flat = hidden.reshape(-1, hidden.shape[-1])
-        out = np.empty((len(flat), self.vocab_size), dtype=np.int64)
+        if out is None:
+            out = np.empty((*hidden.shape[:-1], self.vocab_size), dtype=self.table_dtype)
+        dest = out.view()
+        dest.shape = (len(flat), self.vocab_size)   # raises rather than copy if out is not contiguous
         for i in range(0, len(flat), HEAD_ROWS):   # head + quantiser in cache-sized blocks
-            out[i : i + HEAD_ROWS] = freqs_from_logits(self.engine.float_logits(flat[i : i + HEAD_ROWS]), self.freq_bits)
-        return out.reshape(*hidden.shape[:-1], self.vocab_size)
+            freqs_from_logits(self.engine.float_logits(flat[i : i + HEAD_ROWS]), self.freq_bits, dest[i : i + HEAD_ROWS])
+        return out
 
     def keep(self, state: Any, rows: np.ndarray) -> None:
         state.keep(rows)
@@ -123,19 +130,28 @@ def model_fingerprint(engine: ExactGPT2, tokenizer: ByteTokenizer, bos_id: int) 
 
 def load_model(name: str | None = None, *, allow_download: bool = False) -> LoadedModel:
     """Load a model by name (see module docstring); ``None`` means the embedded model."""
-    name = name or "embedded"
-    if name in EMBEDDED_ALIASES:
-        path = MODELS_DIR / EMBEDDED_NAME
-        if not path.is_dir():
-            raise ModelLoadError(f"the embedded model is missing from this installation ({path})")
-        return _cached_dir(str(path), EMBEDDED_NAME)
+    name = EMBEDDED_NAME if name in (None, "", "embedded") else name
+    if name in shipped_models():
+        return _cached_dir(str(MODELS_DIR / name), name)
     path = Path(name).expanduser()
     if path.is_dir():
         # Archives record only the directory's name: the same input and model give the same
         # archive wherever the model lives. Decompression finds it again through --model
         # (and the fingerprint proves it is the right one).
         return _cached_dir(str(path.resolve()), path.resolve().name[:255] or "model")
+    if name.startswith(SHIPPED_PREFIX):
+        raise ModelLoadError(
+            f"model {name!r} is not shipped with this version of llmzip (it ships: "
+            f"{', '.join(shipped_models()) or 'none'}); to decode an archive made with it, use an llmzip "
+            "that ships it, or pass --model with the model's directory")
     return _load_hub(name, allow_download)
+
+
+def shipped_models() -> list[str]:
+    """Ids of the models shipped in this package, oldest first."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file())
 
 
 @functools.lru_cache(maxsize=4)

@@ -26,7 +26,7 @@ EXP_LIMIT = 20.0        # exp(-20) < 2**-28: beyond that every token sits at the
 QUANT_ROWS = 32         # rows per pass: keeps the (rows, V) temporaries in cache (speed only)
 
 
-def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndarray:
+def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.ndarray | None = None) -> np.ndarray:
     """Integer frequencies from fixed-point logits (``LOGIT_FRAC_BITS`` fraction bits).
 
     ``f = 1 + floor(e * (2**freq_bits / sum(e)))`` with ``e = exp(logit - max)`` read from
@@ -40,16 +40,19 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndar
         logits: integer-valued array ``(..., V)``, int64 or float64 (|x| < 2**53); values are
             clipped to +-2**30 first.
         freq_bits: log2 of the probability resolution (<= 28 keeps totals below 2**30).
+        out: where to write the tables (an integer array of the logits' shape, e.g. int32:
+            entries are at most ``2**freq_bits + 1``); a new int64 array if None.
 
     Returns:
-        int64 array of the same shape, each row a valid coding table.
+        ``out``: an integer array of the same shape, each row a valid coding table.
     """
     logits = np.asarray(logits)
     flat = logits.reshape(-1, logits.shape[-1])
-    out = np.empty(flat.shape, dtype=np.int64)
+    result = np.empty(logits.shape, dtype=np.int64) if out is None else out
+    dest = result.reshape(flat.shape)   # a view: out must be contiguous
     for i in range(0, len(flat), QUANT_ROWS):
-        out[i : i + QUANT_ROWS] = _freqs_block(flat[i : i + QUANT_ROWS], freq_bits)
-    return out.reshape(logits.shape)
+        dest[i : i + QUANT_ROWS] = _freqs_block(flat[i : i + QUANT_ROWS], freq_bits)
+    return result
 
 
 def _freqs_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:

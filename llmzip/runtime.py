@@ -1,5 +1,5 @@
-"""Process-wide tuning: thread limits a codec call applies while it runs, and an allocator
-setting that only the CLI (the process owner) applies.
+"""Process-wide tuning: thread limits a codec call applies while it runs, and settings that
+only a process owner (the CLI, the benchmark's worker) applies.
 
 glibc returns large temporaries (above 128 KiB by default, growing adaptively) to the
 kernel with munmap, and every later temporary of that size page-faults its memory back in.
@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 from typing import Iterator
 
@@ -39,6 +40,21 @@ def tune_allocator() -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, 512 << 20)
     ok &= mallopt(_M_TOP_PAD, 64 << 20)
     return bool(ok)
+
+
+def single_openmp_thread() -> bool:
+    """One OpenMP thread per calling thread: the codec's workers are the parallelism.
+
+    Must run before torch is imported (libgomp reads ``OMP_NUM_THREADS`` once, at load); a value
+    the user set is kept. Without it each worker's int8 GEMMs fork a two-thread OpenMP team
+    even though ``torch.set_num_threads(1)`` is in effect (oneDNN's s8 GEMM does not follow
+    it), and on a busy 2-core machine every fork waits for a core: measured here, decoding
+    100 kB of prose spent 3.0 s per worker in int8 GEMMs with the default and 0.9 s with one
+    thread (with a training job running beside it). Returns whether the limit is in effect.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return os.environ.get("OMP_NUM_THREADS") == "1"
 
 
 @contextlib.contextmanager

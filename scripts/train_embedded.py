@@ -7,7 +7,10 @@ and length). Every stage writes into ``--work`` and is skipped when its output e
 so a killed run resumes where it stopped::
 
     python scripts/train_embedded.py --data ../shared/train --work /tmp/llmzip-train \\
-        --minutes 110 --export llmzip/models/llmzip-gpt2-small
+        --minutes 115 --export /tmp/llmzip-gpt2-small
+
+The defaults are the shape of the shipped default model (3 layers, 192 wide, 4096-token
+vocabulary, 256-token context); its model card in ``llmzip/models/`` gives the exact command.
 
 Stages: (1) tokenizer (``tokenizers`` byte-level BPE, bytes kept exactly as they are:
 no normaliser, CRLF and all); (2) tokenised train/validation streams (every 40th
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import copy
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -41,13 +46,13 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "train")
     p.add_argument("--work", type=Path, required=True, help="directory for tokenizer, streams, checkpoints, log")
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--width", type=int, default=192)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ctx", type=int, default=512)
-    p.add_argument("--batch", type=int, default=16, help="sequences per step")
-    p.add_argument("--steps", type=int, default=6000, help="planned steps (sets the LR schedule)")
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32, help="sequences per step")
+    p.add_argument("--steps", type=int, default=8000, help="planned steps (sets the LR schedule)")
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=1234)
@@ -57,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--export", type=Path, help="write the final model here in HF layout")
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint without training")
+    p.add_argument("--export-dtype", choices=("float16", "float32"), default="float16",
+                   help="weight precision of the export (float16 halves the package; the engine "
+                        "quantises the linear layers to int8 either way)")
     return p.parse_args()
 
 
@@ -267,15 +275,20 @@ def train(args: argparse.Namespace, tok_path: Path) -> torch.nn.Module:
     return model
 
 
-def export(model: torch.nn.Module, tok_path: Path, out: Path) -> None:
+def export(model: torch.nn.Module, work: Path, out: Path, dtype: str) -> None:
+    """Write ``model`` in HF layout at ``dtype``, with the tokenizer and the training log."""
     from transformers import PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    copy.deepcopy(model).to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
+    shutil.copyfile(work / "log.jsonl", out / "train_log.jsonl")
+    tok_path = work / "tokenizer.json"
     (out / "generation_config.json").unlink(missing_ok=True)   # not used by llmzip
     fast = PreTrainedTokenizerFast(tokenizer_file=str(tok_path), bos_token=BOS, eos_token=BOS, unk_token=None)
     fast.model_max_length = model.config.n_positions
     fast.save_pretrained(out)
+    for f in out.iterdir():   # safetensors writes 0600: package data must be readable by everyone
+        f.chmod(0o644)
     print(f"exported to {out}", flush=True)
 
 
@@ -299,7 +312,7 @@ def main() -> None:
         print(f"streams built in {time.time() - t:.0f}s", flush=True)
     model = train(args, tok_path)
     if args.export:
-        export(model, tok_path, args.export)
+        export(model, args.work, args.export, args.export_dtype)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ class CountingPredictor:
     def start(self, rows: int) -> np.ndarray:
         return np.zeros((rows, self.vocab_size), dtype=np.int64)
 
-    def advance(self, counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        out = np.empty(tokens.shape + (self.vocab_size,), dtype=np.int64)
+    def advance(self, counts: np.ndarray, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty(tokens.shape + (self.vocab_size,), dtype=np.int64)
         for t in range(tokens.shape[1]):
             counts[np.arange(len(tokens)), tokens[:, t]] += 1
             out[:, t] = 1 + self.weight * counts

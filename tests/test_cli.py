@@ -378,7 +378,7 @@ def test_refuse_terminal():
 
 
 def test_terminal_refusals(llz, archive, monkeypatch):
-    monkeypatch.setattr(cli, "is_terminal", lambda stream: True)
+    monkeypatch.setattr(cli.files, "is_terminal", lambda stream: True)
     out = llz("compress", input=PROSE)
     assert (out.exit_code, out.stdout_bytes, err(out)) == (
         1, b"", "llmzip: -: compressed data not written to a terminal; use -f to force\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmzip import codec
+from llmzip import codec, lockstep
 from llmzip.container import read_archive
 from llmzip.errors import CorruptArchiveError, LlmzipError, ModelMismatchError
 from llmzip.model import load_model
@@ -38,7 +38,7 @@ def test_round_trip(golden, name):
 
 
 def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden, monkeypatch):
-    monkeypatch.setattr(codec, "PARALLEL_MIN_FLOPS", 0)   # worker threads even for the tiny model
+    monkeypatch.setattr(lockstep, "PARALLEL_MIN_FLOPS", 0)   # worker threads even for the tiny model
     data = _sample("prose") + _sample("random")[:500]
     blobs = {bs: codec.compress(data, golden, settings=codec.Settings(batch_size=bs)) for bs in (1, 3, None)}
     assert len(set(blobs.values())) == 1
@@ -52,8 +52,8 @@ def test_toy_predictor_round_trip_without_torch():
     """The codec only needs the Predictor protocol (equal-length chunks here)."""
     model = CountingPredictor(vocab_size=260, max_context=40, bos_id=256, weight=64)
     rows = [np.array([1, 2, 3, 1, 2, 3, 1, 2], dtype=np.int64), np.array([9, 9, 9, 9, 9, 9, 9, 9])]
-    segment = codec.encode_group(model, rows, codec.Settings())
-    decoded = codec.decode_group(model, segment, [8, 8], codec.Settings())
+    segment = lockstep.encode_group(model, rows, codec.Settings())
+    decoded = lockstep.decode_group(model, segment, [8, 8], codec.Settings())
     assert [r.tolist() for r in decoded] == [r.tolist() for r in rows]
 
 
@@ -135,8 +135,8 @@ def test_groups_needing_too_much_decoder_cache_are_refused(golden, monkeypatch):
 
 
 def test_worker_threads_only_for_models_big_enough(golden, monkeypatch):
-    assert golden.flops_per_token < codec.PARALLEL_MIN_FLOPS
-    assert codec.cpu_threads(codec.Settings(threads=4), golden) == 1
-    monkeypatch.setattr(codec, "PARALLEL_MIN_FLOPS", 0)
-    assert codec.cpu_threads(codec.Settings(threads=4), golden) == 4
-    assert codec.cpu_threads(codec.Settings(threads=None), golden) >= 1
+    assert golden.flops_per_token < lockstep.PARALLEL_MIN_FLOPS
+    assert lockstep.cpu_threads(codec.Settings(threads=4), golden) == 1
+    monkeypatch.setattr(lockstep, "PARALLEL_MIN_FLOPS", 0)
+    assert lockstep.cpu_threads(codec.Settings(threads=4), golden) == 4
+    assert lockstep.cpu_threads(codec.Settings(threads=None), golden) >= 1

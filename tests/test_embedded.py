@@ -11,7 +11,8 @@ import pytest
 
 import llmzip
 from llmzip import codec
-from llmzip.model import EMBEDDED_NAME, MODELS_DIR, load_model
+from llmzip.errors import ModelLoadError
+from llmzip.model import EMBEDDED_NAME, MODELS_DIR, load_model, shipped_models
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -31,9 +32,23 @@ def _prose() -> bytes:
 
 def test_embedded_model_is_packaged():
     files = {p.name for p in (MODELS_DIR / EMBEDDED_NAME).iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
-    size = sum(p.stat().st_size for p in (MODELS_DIR / EMBEDDED_NAME).iterdir())
-    assert size <= 30 * 2**20
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
+    assert EMBEDDED_NAME in shipped_models()
+    size = sum(p.stat().st_size for p in MODELS_DIR.glob("*/*") if p.is_file())
+    assert size <= 30 * 2**20, "all shipped models together stay within 30 MiB"
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in MODELS_DIR.glob("*/*")), "package data readable by all"
+
+
+def test_older_shipped_model_stays_loadable():
+    assert "llmzip-gpt2-small-v1" in shipped_models()
+    old = load_model("llmzip-gpt2-small-v1")
+    assert old.model_id == "llmzip-gpt2-small-v1"
+    assert old.fingerprint != load_model("embedded").fingerprint
+
+
+def test_unknown_shipped_id_is_refused_with_a_clear_message():
+    with pytest.raises(ModelLoadError, match="not shipped with this version of llmzip.*llmzip-gpt2-small-v1"):
+        load_model("llmzip-gpt2-small-v0")
 
 
 def test_round_trip_and_beats_gzip_on_prose(embedded):
@@ -49,27 +64,34 @@ def test_default_api_uses_the_embedded_model():
     assert llmzip.decompress(blob) == b"Hello, hello, hello world!\n"
 
 
-EMBEDDED_GOLDEN = {1: "golden-embedded.llz", 2: "golden-embedded-e2.llz", 3: "golden-embedded-e3.llz"}   # engine -> archive
+V1 = "llmzip-gpt2-small-v1"
+EMBEDDED_GOLDEN = {   # (model, engine) -> archive of the same input
+    (V1, 1): "golden-embedded.llz", (V1, 2): "golden-embedded-e2.llz", (V1, 3): "golden-embedded-e3.llz",
+    ("llmzip-gpt2-small-v2", 3): "golden-embedded-v2-e3.llz",
+}
 
 
-@pytest.mark.parametrize("engine", sorted(EMBEDDED_GOLDEN))
-def test_embedded_golden_archive_decodes(embedded, engine):
-    """Pins the shipped weights + engine: a retrained or re-quantised model must not silently
-    change what old archives decode to (it changes the fingerprint, and this test fails)."""
-    blob = (DATA / EMBEDDED_GOLDEN[engine]).read_bytes()
-    data = codec.decompress(blob, embedded)
-    assert hashlib.sha256(data).hexdigest() == (DATA / "golden-embedded.sha256").read_text().split()[0]
+@pytest.mark.parametrize("model_id, engine", sorted(EMBEDDED_GOLDEN))
+def test_embedded_golden_archive_decodes(model_id, engine):
+    """Pins every shipped model's weights + engine: a retrained or re-quantised model must not
+    silently change what old archives decode to (it changes the fingerprint, and this test fails).
+    The model is found from the archive's own header, as ``llmzip decompress`` does."""
+    blob = (DATA / EMBEDDED_GOLDEN[model_id, engine]).read_bytes()
     info = llmzip.read_info(blob)
-    again = codec.compress(data, embedded.with_engine(engine), chunk_tokens=info.chunk_tokens,
+    assert (info.model_id, info.engine) == (model_id, engine)
+    model = load_model(info.model_id)
+    data = codec.decompress(blob, model)
+    assert hashlib.sha256(data).hexdigest() == (DATA / "golden-embedded.sha256").read_text().split()[0]
+    again = codec.compress(data, model.with_engine(engine), chunk_tokens=info.chunk_tokens,
                            group_chunks=info.group_chunks)
     assert again == blob
 
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
 def test_regenerate_embedded_golden(embedded):  # pragma: no cover - run by hand only
-    """Writes the newest engine's embedded archive (same input as the others)."""
-    data = codec.decompress((DATA / EMBEDDED_GOLDEN[1]).read_bytes(), embedded)
-    (DATA / EMBEDDED_GOLDEN[embedded.engine_id]).write_bytes(codec.compress(data, embedded))
+    """Writes the default model's newest-engine archive (same input as the others)."""
+    data = codec.decompress((DATA / EMBEDDED_GOLDEN[V1, 1]).read_bytes(), load_model(V1))
+    (DATA / EMBEDDED_GOLDEN[EMBEDDED_NAME, embedded.engine_id]).write_bytes(codec.compress(data, embedded))
 
 
 def test_readme_python_examples_run():

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmzip import codec
+from llmzip import codec, lockstep
 from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError
 from llmzip.mix import DEFAULT_MIX, Mixer, MixParams
@@ -46,7 +46,7 @@ def test_round_trip(golden, name):
 
 
 def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden, monkeypatch):
-    monkeypatch.setattr(codec, "PARALLEL_MIN_FLOPS", 0)   # worker threads even for the tiny model
+    monkeypatch.setattr(lockstep, "PARALLEL_MIN_FLOPS", 0)   # worker threads even for the tiny model
     data = PARAGRAPH * 6 + _sample("random")[:400]
     blobs = {bs: codec.compress(data, golden, group_chunks=2, mixing=SMALL,
                                 settings=codec.Settings(batch_size=bs)) for bs in (1, 3, None)}
@@ -84,8 +84,8 @@ def test_toy_predictor_round_trip_across_groups():
               [np.array([1, 2, 3, 1, 2, 3, 1, 2]), np.array([9, 9, 9, 9, 9, 9, 9, 9])]]
     enc, dec = Mixer(model.vocab_size, SMALL, 8), Mixer(model.vocab_size, SMALL, 8)
     for rows in groups:
-        segment = codec.encode_group(model, rows, codec.Settings(), enc)
-        decoded = codec.decode_group(model, segment, [8, 8], codec.Settings(), dec)
+        segment = lockstep.encode_group(model, rows, codec.Settings(), enc)
+        decoded = lockstep.decode_group(model, segment, [8, 8], codec.Settings(), dec)
         assert [r.tolist() for r in decoded] == [r.tolist() for r in rows]
 
 
@@ -119,6 +119,32 @@ def test_tables_are_valid_coding_tables(seed, vocab, rows, steps, alphabet, grou
             assert out.min() >= 1
             assert out.sum(1).max() <= 2**28 + 2 * vocab
             mixer.update(rng.integers(0, min(alphabet, vocab), live))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), vocab=st.integers(2, 300), rows=st.integers(1, 5),
+       steps=st.integers(1, 12), alphabet=st.integers(1, 300))
+def test_coding_terms_equal_the_tables(seed, vocab, rows, steps, alphabet):
+    """The encoder's shortcut (cum, freq, total of the coded token, no table built) gives exactly
+    what the decoder's full tables give, and leaves the mixer in the same state; int32 LM tables
+    (what the model returns) mix like int64 ones."""
+    rng = np.random.default_rng(seed)
+    full, short = Mixer(vocab, SMALL, steps), Mixer(vocab, SMALL, steps)
+    for mixer in (full, short):
+        mixer.begin_group(rows)
+    for _ in range(steps):
+        lm = _lm_tables(rng, int(rng.integers(0, 4)), rows, vocab)
+        x = rng.integers(0, min(alphabet, vocab), rows)
+        table = full.tables(lm)
+        cdf = np.cumsum(table, axis=1)
+        cum, freq, total = short.coding_terms(lm.astype(np.int32), x)
+        ar = np.arange(rows)
+        assert np.array_equal(freq, table[ar, x])
+        assert np.array_equal(cum, cdf[ar, x] - table[ar, x])
+        assert np.array_equal(total, cdf[:, -1])
+        full.update(x)
+        short.update(x)
+    assert np.array_equal(full._theta, short._theta)
 
 
 def test_tables_are_reproducible():
@@ -221,7 +247,7 @@ def test_a_run_of_updates_equals_one_update_at_a_time():
     rng = np.random.default_rng(7)
     params = MixParams(orders=(0, 1), hash_bits=10, slot_width=4, count_limit=5)
     run, single = Mixer(50, params, 8), Mixer(50, params, 8)
-    for _ in range(30):
+    for _ in range(300):
         slot = int(rng.integers(0, 4))
         items = [(int(rng.choice([3, 5])), int(rng.integers(0, 6))) for _ in range(int(rng.integers(1, 12)))]
         run._count_run(slot, items)

@@ -45,3 +45,25 @@ def test_int8_backend_is_chosen_when_the_model_loads():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)),
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def _run_python(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(clean, PYTHONPATH=str(REPO), **env),
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_cli_process_runs_one_openmp_thread_per_worker(tmp_path):
+    """The CLI limits OpenMP before torch loads, so libgomp (and oneDNN's GEMMs) see it."""
+    code = ("import os; from llmzip import cli\n"
+            f"try:\n    cli.main(['list', {str(tmp_path / 'missing.llz')!r}])\nexcept SystemExit:\n    pass\n"
+            "import torch; print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")
+    assert _run_python(code).split() == ["1", "1"]
+
+
+def test_single_openmp_thread_keeps_a_user_setting_and_never_claims_too_late():
+    code = "from llmzip.runtime import single_openmp_thread as s; print(s())"
+    assert _run_python(code) == "True"
+    assert _run_python(code, OMP_NUM_THREADS="2") == "False"
+    assert _run_python("import torch; " + code) == "False"   # torch (libgomp) already loaded

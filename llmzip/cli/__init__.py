@@ -1,183 +1,39 @@
 """The ``llmzip`` command line: gzip-like ``compress``, ``decompress``, ``test`` and ``list``.
 
-This is the only module that touches paths, terminals, stdin/stdout and exit statuses. The
-library raises typed errors (:mod:`llmzip.errors`); :func:`classify` turns any exception into
-an exit status and the one line printed on stderr (``llmzip: FILE: reason``).
+This package is the only part of llmzip that touches paths, terminals, stdin/stdout and exit
+statuses: :mod:`.files` (where results go, what may be overwritten, atomic writes),
+:mod:`.status` (typed errors -> exit status and message, in one table) and the commands here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
-import stat
 import sys
-import tempfile
 import time
-import traceback
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import click
 
-from . import __version__
-from .errors import (CorruptArchiveError, LlmzipError, ModelLoadError, ModelMismatchError,
-                     NotAnArchiveError, UnsupportedFormatError)
+from .. import __version__
+from .files import (Options, check_output, is_terminal, plan_output, read_input, refuse_terminal,
+                    show_progress, write_all, write_output)
+from .status import (EXIT_ERROR, EXIT_OK, EXIT_WARNING, STDIO, Refused, SkipWarning, classify,
+                     run_each, worse)
 
-EXIT_OK, EXIT_ERROR, EXIT_WARNING = 0, 1, 2
-_SEVERITY = {EXIT_OK: 0, EXIT_WARNING: 1, EXIT_ERROR: 2}   # an error is worse than a warning
-STDIO = "-"
+__all__ = ["main", "classify", "worse", "Options", "Refused", "SkipWarning", "is_terminal",
+           "refuse_terminal", "write_all", "EXIT_OK", "EXIT_ERROR", "EXIT_WARNING", "STDIO"]
+
 EPILOG = """\b
 Exit status: 0 success; 1 error (also usage errors and Ctrl-C);
 2 warning (a file was skipped). With several files the worst one wins."""
 
 
-class SkipWarning(Exception):
-    """A file was left alone on purpose (gzip's warnings): exit status 2."""
-
-
-class Refused(Exception):
-    """The CLI will not act on a file (existing output, terminal, bad name): exit status 1."""
-
-
-def _os_reason(exc: OSError, name: str) -> str:
-    reason = exc.strerror or str(exc)
-    return f"{exc.filename}: {reason}" if exc.filename and exc.filename != name else reason
-
-
-def _fixed(text: str) -> Callable[[Any, str], str]:
-    return lambda exc, name: text
-
-
-def _text(exc: BaseException, name: str) -> str:
-    return str(exc)
-
-
-# Exception class -> (exit status, reason(exc, FILE)). The first matching row wins: subclasses first.
-ERROR_TABLE: list[tuple[type[BaseException], int, Callable[[Any, str], str]]] = [
-    (SkipWarning, EXIT_WARNING, _text),
-    (Refused, EXIT_ERROR, _text),
-    (NotAnArchiveError, EXIT_ERROR, _fixed("not an llmzip archive")),
-    (CorruptArchiveError, EXIT_ERROR, lambda e, n: f"corrupt archive: {e}"),
-    (UnsupportedFormatError, EXIT_ERROR, _text),
-    (ModelMismatchError, EXIT_ERROR, _text),
-    (ModelLoadError, EXIT_ERROR, _text),        # TokenizerError included
-    (LlmzipError, EXIT_ERROR, _text),
-    (OSError, EXIT_ERROR, _os_reason),          # strerror; names the path if it is not FILE
-    (KeyboardInterrupt, EXIT_ERROR, _fixed("interrupted")),
-    (MemoryError, EXIT_ERROR, _fixed("out of memory")),
-    (Exception, EXIT_ERROR, lambda e, n: f"internal error: {type(e).__name__}: {e}"),
-]
-
-
-def classify(exc: BaseException, name: str = "") -> tuple[int, str]:
-    """Map an exception met while handling FILE ``name`` to ``(exit status, reason)``."""
-    for kind, code, reason in ERROR_TABLE:
-        if isinstance(exc, kind):
-            return code, reason(exc, name)
-    return EXIT_ERROR, f"internal error: {type(exc).__name__}"
-
-
-def worse(a: int, b: int) -> int:
-    """The worse of two exit statuses (1 error > 2 warning > 0 success)."""
-    return a if _SEVERITY[a] >= _SEVERITY[b] else b
-
-
-@dataclass(frozen=True)
-class Options:
-    """What one invocation of compress/decompress/test was asked to do."""
-
-    mode: str                        # "compress", "decompress", "test" or "list"
-    stdout: bool = False
-    output: str | None = None
-    force: bool = False
-    keep: bool = True
-    suffix: str = ".llz"
-    verbosity: int = 0               # -1 quiet, 0 normal, >= 1 verbose
-    threads: int | None = None
-    batch_size: int | None = None
-    chunk_tokens: int | None = None
-    mix: bool = True                 # context mixing (compress)
-    model: str | None = None
-    allow_download: bool = False
-    debug: bool = False
-    progress: bool | None = None     # None: only when stderr is a terminal
-
-
-def is_terminal(stream: Any) -> bool:
-    """True if ``stream`` is attached to a terminal (False for anything without isatty)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-def refuse_terminal(stream: Any, force: bool) -> bool:
-    """True if archive data must not go to or come from ``stream``: a terminal, without -f."""
-    return not force and is_terminal(stream)
-
-
-def show_progress(opts: Options) -> bool:
-    """--progress/--no-progress if given, else: stderr is a terminal and not -q."""
-    if opts.progress is not None:
-        return opts.progress
-    return opts.verbosity >= 0 and is_terminal(sys.stderr)
-
-
-def plan_output(name: str, opts: Options) -> str | None:
-    """Where the result of ``name`` goes: a path, ``-`` (stdout), or None (``test``)."""
-    if opts.mode == "test":
-        return None
-    if opts.stdout or opts.output == STDIO or (name == STDIO and not opts.output):
-        return STDIO
-    if opts.output:
-        return opts.output
-    if opts.mode == "compress":
-        if name.endswith(opts.suffix) and not opts.force:
-            raise SkipWarning(f"already has {opts.suffix} suffix -- unchanged")
-        return name + opts.suffix
-    if not name.endswith(opts.suffix) or os.path.basename(name) == opts.suffix:
-        raise Refused(f"unknown suffix (not {opts.suffix}); use -o or -c")
-    return name[: -len(opts.suffix)]
-
-
-def read_input(name: str, opts: Options) -> bytes:
-    """All bytes of the input file, or of stdin for ``-`` (archives never from a terminal)."""
-    if name != STDIO:
-        with open(name, "rb") as f:
-            return f.read()
-    if opts.mode != "compress" and refuse_terminal(sys.stdin, opts.force):
-        raise Refused("compressed data not read from a terminal; use -f to force")
-    return sys.stdin.buffer.read()
-
-
-def check_output(dest: str, name: str, opts: Options) -> None:
-    """Refuse a destination that is a terminal, the input itself, or exists (without -f)."""
-    if dest == STDIO:
-        if opts.mode == "compress" and refuse_terminal(sys.stdout, opts.force):
-            raise Refused("compressed data not written to a terminal; use -f to force")
-        return
-    if not os.path.lexists(dest):
-        return
-    try:
-        st = os.stat(dest)
-    except FileNotFoundError:   # a dangling symlink: treat like an existing file
-        st = os.lstat(dest)
-    if name != STDIO and os.path.samestat(st, os.stat(name)):
-        raise Refused(f"output {dest} is the input file")
-    if stat.S_ISDIR(st.st_mode):
-        raise Refused(f"output {dest} is a directory")
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-        return                  # /dev/null, a pipe: written directly
-    if not opts.force:
-        raise Refused(f"output {dest} already exists; use -f to overwrite")
-
-
 @functools.lru_cache(maxsize=4)
 def _load(name: str | None, allow_download: bool) -> Any:
-    from .model import load_model
+    from ..model import load_model
 
     return load_model(name, allow_download=allow_download)
 
@@ -195,8 +51,8 @@ def _progress(opts: Options, total: int | None, label: str) -> Iterator[Callable
 
 def transform(data: bytes, label: str, opts: Options, verify: bool) -> bytes:
     """Run the codec on ``data``; with ``verify``, check that a new archive decodes to ``data``."""
-    from . import codec
-    from .container import read_header
+    from .. import codec
+    from ..container import read_header
 
     if opts.mode == "compress":
         model = _load(opts.model, opts.allow_download)
@@ -216,66 +72,6 @@ def transform(data: bytes, label: str, opts: Options, verify: bool) -> bytes:
         if verify and codec.decompress(blob, model, settings) != data:
             raise Refused("verification failed: the archive does not decode to the input (input kept)")
         return blob
-
-
-def _copy_metadata(fd: int, like: str | None) -> None:
-    """Give the new file the input's mode and times (or the default mode when reading stdin)."""
-    if like is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        return
-    st = os.stat(like)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _write_atomic(dest: str, data: bytes, like: str | None) -> None:
-    """Write a temp file next to ``dest``, fsync it, rename it over ``dest``; never leave a partial file."""
-    directory = os.path.dirname(os.path.abspath(dest))
-    try:
-        tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(dest)}.",
-                                          suffix=".tmp", delete=False)
-    except OSError as exc:
-        exc.filename = dest         # name the output asked for, not the temp file
-        raise
-    try:
-        with tmp:
-            write_all(tmp, data)
-            _copy_metadata(tmp.fileno(), like)
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
-    with contextlib.suppress(OSError):      # make the rename itself durable
-        fd = os.open(directory, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-
-
-def write_all(stream: Any, data: bytes) -> None:
-    """Write all of ``data`` and flush: a buffered write may report a short count instead of
-    raising (seen on Python 3.11 with EPIPE after a partial pipe write), so loop until done."""
-    view = memoryview(data)
-    while view:
-        written = stream.write(view)
-        if not written:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        view = view[written:]
-    stream.flush()
-
-
-def write_output(dest: str, data: bytes, like: str | None) -> None:
-    """Write ``data`` to stdout, straight to a device or pipe, or atomically to a regular file."""
-    if dest == STDIO:
-        write_all(sys.stdout.buffer, data)
-    elif os.path.exists(dest) and not stat.S_ISREG(os.stat(dest).st_mode):
-        with open(dest, "wb") as f:   # no temp-file trick for devices; errors still surface
-            write_all(f, data)
-    else:
-        _write_atomic(dest, data, like)
 
 
 def _rate(archive: int, original: int) -> str:
@@ -300,31 +96,6 @@ def process(name: str, opts: Options) -> None:
         tail = " OK" if opts.mode == "test" else ""
         click.echo(f"{name}: {len(data)} -> {len(result)} bytes ({_rate(archive, original)}) "
                    f"in {time.monotonic() - started:.1f} s{tail}", err=True)
-
-
-def report_error(name: str, exc: BaseException, verbosity: int, debug: bool) -> int:
-    """Print the one-line message for ``exc`` (and a traceback with --debug); return its status."""
-    code, reason = classify(exc, name)
-    if debug:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    if code != EXIT_WARNING or verbosity >= 0:
-        click.echo(f"llmzip: {name}: {reason}", err=True)
-    return code
-
-
-def run_each(files: Sequence[str], job: Callable[[str], None], verbosity: int, debug: bool) -> int:
-    """Run ``job`` on every file (stdin if none); one failure does not stop the others."""
-    status = EXIT_OK
-    for name in files or (STDIO,):
-        try:
-            job(name)
-        except (BrokenPipeError, SystemExit, GeneratorExit):
-            raise
-        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is reported, then stops the run
-            status = worse(status, report_error(name, exc, verbosity, debug))
-            if isinstance(exc, KeyboardInterrupt):
-                break
-    return status
 
 
 def _silence_stdout() -> None:
@@ -377,7 +148,7 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
     "batch_size": click.option("--batch-size", type=click.IntRange(min=1),
                                help="Rows per forward pass (memory/speed only) [default: whole group]."),
     "chunk_tokens": click.option("--chunk-tokens", type=click.IntRange(min=1),
-                                 help="Tokens per chunk [default: the model's context - 1]."),
+                                 help="Tokens per chunk [default: 255, at most the model's context - 1]."),
     "mix": click.option("--mix/--no-mix", default=True,
                         help="Context mixing with in-file n-gram and match models.  [default: mix]"),
     "model": click.option("--model", envvar="LLMZIP_MODEL", metavar="NAME",
@@ -414,9 +185,10 @@ def _run(mode: str, files: tuple[str, ...], quiet: bool, verbose: int, **kw: Any
 @click.version_option(__version__, "-V", "--version", prog_name="llmzip", message="%(prog)s %(version)s")
 def main() -> None:
     """Lossless compression driven by a causal language model."""
-    from .runtime import tune_allocator
+    from ..runtime import single_openmp_thread, tune_allocator
 
-    tune_allocator()   # this process is ours: keep large temporaries for reuse (see llmzip.runtime)
+    tune_allocator()          # this process is ours: keep large temporaries for reuse (see llmzip.runtime)
+    single_openmp_thread()    # ...and our worker threads are its parallelism
 
 
 @main.command(epilog=EPILOG)
@@ -442,7 +214,7 @@ def test(files: tuple[str, ...], **kw: Any) -> int:
 
 def archive_info(name: str, force: bool) -> dict[str, Any]:
     """The fields ``list`` shows for one archive (the payload length is checked too)."""
-    from .container import read_archive
+    from ..container import read_archive
 
     blob = read_input(name, Options(mode="list", force=force))
     header, segments = read_archive(blob)
@@ -481,6 +253,3 @@ def list_(files: tuple[str, ...], force: bool, as_json: bool, debug: bool) -> in
         click.echo("\n".join([_LIST_HEAD, *map(_list_line, infos)]))
     return status
 
-
-if __name__ == "__main__":
-    main()

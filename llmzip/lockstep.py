@@ -1,0 +1,302 @@
+"""One group of chunks, arithmetic-coded in lockstep: the codec's inner loop.
+
+Step ``t`` codes token ``t`` of every row (chunk) of the group, in row order. The encoder
+knows every token, so the predictor evaluates whole blocks of steps at once (teacher forcing);
+the decoder advances one step at a time with an incremental state (KV cache). Rows are split
+into batches that worker threads advance concurrently; neither the batch layout nor the
+thread count changes a table (see :class:`Predictor`), so neither changes the archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .coder import ArithmeticDecoder, ArithmeticEncoder
+from .errors import CorruptArchiveError
+from .mix import Mixer
+from .runtime import torch_threads
+
+Progress = Callable[[int], None]   # called with the number of tokens just finished
+PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
+PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
+TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (32 MiB of int32) per call
+
+
+class Predictor(Protocol):
+    """Integer next-token tables for rows that advance in lockstep.
+
+    Invariant: the table returned for a row at a position is a pure function of that row's
+    tokens up to that position. It does not depend on the other rows, on how the tokens
+    were split across ``advance`` calls, or on the machine.
+    """
+
+    vocab_size: int
+    max_context: int
+
+    def start(self, rows: int) -> Any:
+        """A fresh state for ``rows`` empty rows."""
+
+    def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Append ``tokens`` (rows, T); return integer tables (rows, T, V), each entry >= 1,
+        written into ``out`` (a C-contiguous integer array of that shape) when it is given.
+
+        A predictor whose tables fit a narrower type than int64 says so with a ``table_dtype``
+        attribute (the codec's shared table buffer then uses it)."""
+
+    def keep(self, state: Any, rows: np.ndarray) -> None:
+        """Keep only the listed rows of ``state``, in that order."""
+
+
+@dataclass
+class CodingStats:
+    """Filled in by :func:`compress` when passed in :class:`Settings`: what an ideal coder would pay."""
+
+    tokens: int = 0
+    ideal_bits: float = 0.0   # sum of -log2(freq / total) over the coded tokens
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs that change speed or memory but never the archive."""
+
+    batch_size: int | None = None   # rows per forward call (None: the group split evenly among threads)
+    threads: int | None = None      # CPU threads (None: every core this process may use)
+    progress: Progress | None = None
+    stats: CodingStats | None = None
+
+
+def prefill_block(rows: int, vocab_size: int) -> int:
+    """Tokens per row per encoder forward call: the tables it returns stay within TABLE_BUDGET."""
+    return max(1, min(PREFILL_BLOCK, TABLE_BUDGET // max(1, rows * vocab_size)))
+
+
+def _batches(rows: int, settings: Settings, model: Predictor) -> list[slice]:
+    size = settings.batch_size or -(-rows // cpu_threads(settings, model))
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+def cpu_threads(settings: Settings, model: Predictor | None = None) -> int:
+    """Threads a codec call uses: ``settings.threads`` or every usable core, but one for a model
+    too small to keep several threads busy (per-step overhead then outweighs the gain)."""
+    if model is not None and getattr(model, "flops_per_token", PARALLEL_MIN_FLOPS) < PARALLEL_MIN_FLOPS:
+        return 1
+    if settings.threads:
+        return settings.threads
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _pool(settings: Settings, model: Predictor) -> Iterator[ThreadPoolExecutor | None]:
+    """Worker threads for the batches of a step (None: run them in the calling thread).
+
+    Rows are independent, so running batches concurrently never changes a table. numpy and
+    BLAS release the GIL; each GEMM runs single-threaded (one BLAS thread per worker), which
+    measured faster here than threaded GEMMs with serial glue. While a codec call runs, the
+    process-wide BLAS thread count is limited to 1.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threads = cpu_threads(settings, model)
+    with threadpool_limits(limits=1, user_api="blas"), torch_threads(1):
+        if threads <= 1:
+            yield None
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="llmzip") as pool:
+            yield pool
+
+
+def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[slice], states: list[Any],
+             tokens: np.ndarray) -> Callable[[], np.ndarray]:
+    """Start advancing every batch by ``tokens`` (rows, T); the result gives all rows' tables.
+
+    Each worker writes its batch's tables into one shared array, so the coding thread never
+    has to concatenate them (that copy cost the main thread ~10% of a compression run).
+    """
+    if len(batches) == 1:
+        tables = model.advance(states[0], tokens[batches[0]])
+        return lambda: tables
+    out = np.empty(tokens.shape + (model.vocab_size,), dtype=getattr(model, "table_dtype", np.int64))
+
+    def run(rows: slice, state: Any) -> None:
+        model.advance(state, tokens[rows], out=out[rows])
+
+    if pool is None:
+        for s, st in zip(batches, states):
+            run(s, st)
+        return lambda: out
+    futures = [pool.submit(run, s, st) for s, st in zip(batches, states)]
+
+    def result() -> np.ndarray:
+        for f in futures:
+            f.result()
+        return out
+    return result
+
+
+def encode_group(
+    model: Predictor, rows: Sequence[np.ndarray], settings: Settings, mixer: Mixer | None = None
+) -> bytes:
+    """Arithmetic-code one group of chunks in lockstep; returns its segment.
+
+    Rows must be in non-increasing length order (only the last chunk of a file is short).
+    """
+    bos = getattr(model, "bos_id", 0)
+    length = max(len(r) for r in rows)
+    inputs = np.full((len(rows), length), bos, dtype=np.int64)
+    targets = np.full((len(rows), length), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        inputs[i, 1 : len(row)] = row[:-1]
+        targets[i, : len(row)] = row
+    encoder = ArithmeticEncoder()
+    if mixer is not None:
+        mixer.begin_group(len(rows))
+    batches = _batches(len(rows), settings, model)
+    states = [model.start(s.stop - s.start) for s in batches]
+    span = prefill_block(len(rows), getattr(model, "vocab_size", 1))
+    blocks = [slice(t0, min(t0 + span, length)) for t0 in range(0, length, span)]
+    with _pool(settings, model) as pool:
+        pending = _advance(pool, model, batches, states, inputs[:, blocks[0]])
+        for k, block in enumerate(blocks):
+            tables = pending()
+            if k + 1 < len(blocks):   # the workers compute the next block while this one is coded
+                pending = _advance(pool, model, batches, states, inputs[:, blocks[k + 1]])
+            _encode_tables(encoder, mixer, tables, targets[:, block], settings)
+    return encoder.finish()
+
+
+def _encode_tables(
+    encoder: ArithmeticEncoder, mixer: Mixer | None, tables: np.ndarray, targets: np.ndarray, settings: Settings
+) -> None:
+    if mixer is None:
+        _encode_block(encoder, tables, targets, settings.stats)
+    else:
+        _encode_mixed(encoder, mixer, tables, targets, settings.stats)
+    if settings.progress:
+        settings.progress(int((targets >= 0).sum()))
+
+
+def _encode_block(
+    encoder: ArithmeticEncoder, tables: np.ndarray, targets: np.ndarray, stats: CodingStats | None
+) -> None:
+    """Code targets (rows, T) (-1 = past the end of a row) with tables (rows, T, V), step-major."""
+    live = targets >= 0
+    safe = np.where(live, targets, 0)
+    cdf = np.cumsum(tables, axis=-1)
+    freq = np.take_along_axis(tables, safe[..., None], -1)[..., 0]
+    cum = np.take_along_axis(cdf, safe[..., None], -1)[..., 0] - freq
+    # Transpose so that the loop walks time outermost and chunks innermost.
+    _encode_terms(encoder, cum.T, freq.T, cdf[..., -1].T, live.T, stats)
+
+
+def _encode_terms(encoder: ArithmeticEncoder, cum: np.ndarray, freq: np.ndarray, total: np.ndarray,
+                  live: np.ndarray, stats: CodingStats | None) -> None:
+    """Code the symbols ``[cum, cum + freq)`` of ``total`` where ``live``, in C order."""
+    if stats is not None:
+        stats.tokens += int(live.sum())
+        stats.ideal_bits += float(np.log2(total[live] / freq[live]).sum())
+    for c, f, tot, ok in zip(cum.ravel().tolist(), freq.ravel().tolist(),
+                             total.ravel().tolist(), live.ravel().tolist()):
+        if ok:
+            encoder.encode(c, f, tot)
+
+
+def _encode_mixed(
+    encoder: ArithmeticEncoder, mixer: Mixer, tables: np.ndarray, targets: np.ndarray, stats: CodingStats | None
+) -> None:
+    """Like :func:`_encode_block`, one step at a time: mix the live rows' tables, code, learn."""
+    for t in range(targets.shape[1]):
+        live = int((targets[:, t] >= 0).sum())      # rows end only at the tail of the group
+        if not live:
+            break
+        x = targets[:live, t]
+        cum, freq, total = mixer.coding_terms(tables[:live, t], x)
+        _encode_terms(encoder, cum, freq, total, np.ones(live, dtype=bool), stats)
+        mixer.update(x)
+
+
+def decode_group(
+    model: Predictor, segment: bytes, lengths: Sequence[int], settings: Settings, mixer: Mixer | None = None
+) -> list[np.ndarray]:
+    """Decode one segment holding chunks of the given lengths (non-increasing); returns their tokens."""
+    if list(lengths) != sorted(lengths, reverse=True):
+        raise CorruptArchiveError("chunk lengths out of order")
+    decoder = ArithmeticDecoder(segment)
+    batches = _batches(len(lengths), settings, model)
+    states = [model.start(s.stop - s.start) for s in batches]
+    with _pool(settings, model) as pool:
+        out = _decode_steps(model, decoder, lengths, batches, states, pool, settings, mixer)
+    decoder.check_end()
+    return [out[i, :n] for i, n in enumerate(lengths)]
+
+
+def _decode_steps(
+    model: Predictor, decoder: ArithmeticDecoder, lengths: Sequence[int], batches: list[slice],
+    states: list[Any], pool: ThreadPoolExecutor | None, settings: Settings, mixer: Mixer | None,
+) -> np.ndarray:
+    """The decoder's lockstep loop: one token of every live row per step; returns (rows, T) tokens.
+
+    Batches are pipelined: as soon as a batch's tokens of step ``t`` are decoded, its forward
+    pass for step ``t + 1`` starts, while this thread mixes and decodes the next batch of step
+    ``t``. Rows are still decoded in row order and the mixer still sees whole steps (it mixes a
+    step in row ranges before learning it), so the archive is the same as with one batch.
+    """
+    steps = max(lengths)
+    live = [sum(1 for n in lengths if n > t) for t in range(steps)]   # a prefix of the rows
+    out = np.zeros((len(lengths), steps), dtype=np.int64)
+    prev = np.full(len(lengths), getattr(model, "bos_id", 0), dtype=np.int64)
+    sizes = [s.stop - s.start for s in batches]       # rows each batch's state holds
+
+    def launch(b: int, t: int) -> Callable[[], np.ndarray] | None:
+        """Start batch ``b``'s forward pass for step ``t`` (None if none of its rows is live)."""
+        n = min(max(live[t] - batches[b].start, 0), sizes[b]) if t < steps else 0
+        if n == 0:
+            return None
+        if n < sizes[b]:                                # rows end only at the tail of the group
+            model.keep(states[b], np.arange(n))
+            sizes[b] = n
+        return _advance_batch(pool, model, states[b], prev[batches[b].start : batches[b].start + n, None].copy())
+
+    if mixer is not None:
+        mixer.begin_group(len(lengths))
+    pending = [launch(b, 0) for b in range(len(batches))]
+    for t in range(steps):
+        if mixer is not None and t:
+            mixer.update(out[: live[t - 1], t - 1])    # overlaps the workers' forward passes
+        for b, result in enumerate(pending):
+            if result is not None:
+                _decode_rows(decoder, mixer, result()[:, 0], batches[b].start, t, out, prev)
+                pending[b] = launch(b, t + 1)
+        if settings.progress:
+            settings.progress(live[t])
+    if mixer is not None:
+        mixer.update(out[: live[-1], -1])
+    return out
+
+
+def _advance_batch(pool: ThreadPoolExecutor | None, model: Predictor, state: Any,
+                   tokens: np.ndarray) -> Callable[[], np.ndarray]:
+    """Start advancing one batch by ``tokens`` (rows, T); the result gives its tables."""
+    if pool is None:
+        tables = model.advance(state, tokens)
+        return lambda: tables
+    return pool.submit(model.advance, state, tokens).result
+
+
+def _decode_rows(decoder: ArithmeticDecoder, mixer: Mixer | None, tables: np.ndarray, first: int,
+                 t: int, out: np.ndarray, prev: np.ndarray) -> None:
+    """Decode step ``t`` of rows ``first``... from their LM tables (R, V)."""
+    if mixer is not None:
+        tables = mixer.tables(tables, first)
+    cdf = np.zeros((len(tables), tables.shape[-1] + 1), dtype=np.int64)
+    np.cumsum(tables, axis=-1, out=cdf[:, 1:])
+    for i in range(len(tables)):
+        out[first + i, t] = prev[first + i] = decoder.decode(cdf[i])
+    decoder.check_overread()   # a truncated or forged segment stops here, not at the end
+
