@@ -267,8 +267,10 @@ def _decode_steps(
         mixer.begin_group(len(lengths))
     pending = [launch(b, 0) for b in range(len(batches))]
     for t in range(steps):
-        if mixer is not None and t:
-            mixer.update(out[: live[t - 1], t - 1])    # overlaps the workers' forward passes
+        if mixer is not None:                          # overlaps the workers' forward passes
+            if t:
+                mixer.update(out[: live[t - 1], t - 1])
+            mixer.prepare(live[t])
         for b, result in enumerate(pending):
             if result is not None:
                 _decode_rows(decoder, mixer, result()[:, 0], batches[b].start, t, out, prev)

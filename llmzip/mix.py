@@ -84,8 +84,8 @@ def _prior(orders: tuple[int, ...], gap: int) -> np.ndarray:
     return theta.astype(np.int64) << (THETA_FRAC - 4)
 
 
-class _Part(NamedTuple):
-    """What learning needs of the rows mixed by one :meth:`Mixer.tables` call (R rows)."""
+class _Step(NamedTuple):
+    """The sparse side of one step's mixture (R rows), from :meth:`Mixer.prepare`."""
 
     tok: np.ndarray          # (R, S) candidate tokens
     share: np.ndarray        # (R, S) their mass in the table
@@ -93,8 +93,6 @@ class _Part(NamedTuple):
     mass: np.ndarray         # (R, M) gates
     slot: np.ndarray         # (R, O) n-gram slots of the contexts
     chk: np.ndarray          # (R, O) and their check values
-    table: np.ndarray | None  # the mixed tables (tables()), or
-    freq: np.ndarray | None   # the coded tokens' entries (coding_terms(), or joined by update())
 
 
 def _counted(tok: list[int], cnt: list[int]) -> dict[int, int]:
@@ -137,13 +135,16 @@ class Mixer:
         self._entry_model = np.repeat(np.arange(1, self._models), [p.slot_width] * len(p.orders) + [1])
         self._hist_len = max(p.orders[-1], p.match_min, 1)
         self._base, self._rows = 0, 0
-        self._parts: list[_Part] = []   # the row ranges mixed so far at this step
+        self._step: _Step | None = None     # this step's sparse predictions (prepare())
+        self._mixed = 0                     # rows mixed so far at this step
+        self._coded: list[tuple[np.ndarray | None, np.ndarray | None]] = []   # (tables, or entries)
         self.begin_group(0)
 
     def begin_group(self, rows: int) -> None:
         """Start a group of ``rows`` chunks, each at BOS; they follow the previous group's."""
         self._base += self._rows * self.chunk
-        self._rows, self._t, self._parts = rows, 0, []
+        self._rows, self._t = rows, 0
+        self._step, self._mixed, self._coded = None, 0, []
         need = self._base + rows * self.chunk + 1         # + 1: a match may point one past the end
         if need > len(self._buf):
             grown = np.full(max(need, 2 * len(self._buf)), -1, dtype=np.int32)
@@ -158,7 +159,8 @@ class Mixer:
     def tables(self, lm: np.ndarray, first: int = 0) -> np.ndarray:
         """Mixed int64 tables (R, V) for rows ``first``... ``first + R - 1`` of the group at the
         current step. A step may be mixed in several calls over consecutive row ranges (from
-        row 0, in order) before its :meth:`update`: the tables are the same either way.
+        row 0, in order; :meth:`prepare` first) before its :meth:`update`: the tables are the
+        same either way.
 
         Args:
             lm: (R, V) integer LM tables, entries >= 1, totals <= 2**30.
@@ -170,7 +172,7 @@ class Mixer:
         out, tok, share = self._mix(lm, first)
         out += 1                                            # LM part: floor(lm * mass / total) + 1
         np.add.at(out, (np.repeat(np.arange(len(out)), tok.shape[1]), tok.ravel()), share.ravel())
-        self._parts[-1] = self._parts[-1]._replace(table=out)   # learning reads the coded entries
+        self._coded.append((out, None))                     # learning reads the coded entries
         return out
 
     def coding_terms(self, lm: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -186,37 +188,45 @@ class Mixer:
         freq = dense[np.arange(rows), x] + 1 + np.where(tok == x[:, None], share, 0).sum(1)
         cum = below + x + np.where(tok < x[:, None], share, 0).sum(1)
         total = below + seg[:, 1] + vocab + share.sum(1)
-        self._parts[-1] = self._parts[-1]._replace(freq=freq)
+        self._coded.append((None, freq))
         return cum, freq, total
+
+    def prepare(self, rows: int) -> None:
+        """Compute this step's sparse predictions and gates for its first ``rows`` rows (the rows
+        the step will mix). Optional: mixing row 0 does it otherwise; a decoder calls it while
+        it waits for the LM tables, and a step mixed in several row ranges must call it first."""
+        slot, chk = self._context_hashes(rows)              # (R, O)
+        tok, cnt, cls, totals = self._sparse(slot, chk, rows)
+        mass = self._gates(cls)                             # (R, M), sums to <= 2**28
+        em = self._entry_model
+        share = cnt * mass[:, em] // np.maximum(totals[:, em], 1)
+        self._step = _Step(tok, share, cls, mass, slot, chk)
 
     def _mix(self, lm: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The mixture's parts for rows ``first``...: ``floor(lm * mass_LM / total)`` (R, V)
-        int64, and the sparse candidates' tokens and shares (R, S). Records what learning
-        needs as the step's next :class:`_Part`."""
-        expected = sum(len(p.tok) for p in self._parts)
-        if first != expected:
-            raise ValueError(f"rows must be mixed in order: expected row {expected}, got {first}")
+        int64, and the sparse candidates' tokens and shares (R, S)."""
         stop = first + lm.shape[0]
-        slot, chk = self._context_hashes(first, stop)       # (R, O)
-        tok, cnt, cls, totals = self._sparse(slot, chk, first, stop)
-        mass = self._gates(cls)                             # (R, M), sums to <= 2**28
+        if first != self._mixed:
+            raise ValueError(f"rows must be mixed in order: expected row {self._mixed}, got {first}")
+        if first == 0 and self._step is None:
+            self.prepare(stop)
+        if self._step is None or stop > len(self._step.tok):
+            raise ValueError("prepare() the step for all the rows it mixes")
+        mass = self._step.mass[first:stop]
         dense = lm.astype(np.int64)                         # (a copy: lm may be int32)
         scale = (mass[:, 0] << MASS_BITS) // dense.sum(1)   # lm * scale <= mass * 2**28 <= 2**56
         dense *= scale[:, None]
         dense >>= MASS_BITS
-        em = self._entry_model
-        share = cnt * mass[:, em] // np.maximum(totals[:, em], 1)
-        self._parts.append(_Part(tok, share, cls, mass, slot, chk, None, None))
-        return dense, tok, share
+        self._mixed = stop
+        return dense, self._step.tok[first:stop], self._step.share[first:stop]
 
-    def _sparse(self, slot: np.ndarray, chk: np.ndarray, first: int,
-                stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates of the sparse models for rows ``first:stop``: tokens and counts (R, S),
+    def _sparse(self, slot: np.ndarray, chk: np.ndarray,
+                rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of the sparse models for the first R rows: tokens and counts (R, S),
         classes (R, M), and each model's total count (R, M).
 
         Absent candidates have count 0 (and token 0); class -1 marks a model without a prediction.
         """
-        rows = stop - first
         tok = self._slot_tok[slot].astype(np.int64)         # (R, O, K)
         cnt = self._slot_cnt[slot].astype(np.int64) * (self._slot_chk[slot] == chk)[..., None]
         total = cnt.sum(-1)
@@ -224,24 +234,23 @@ class Mixer:
         cls = np.full((rows, self._models), -1, dtype=np.int64)
         cls[:, 0] = 0
         cls[:, 1:-1] = np.where(total > 0, _COUNT_CLASS[np.minimum(total, 63)] * 2 + det, -1)
-        ptr = self._mptr[first:stop]
+        ptr = self._mptr[:rows]
         mtok = np.where(ptr >= 0, self._buf[np.maximum(ptr, 0)], -1).astype(np.int64)
         known = mtok >= 0
-        cls[:, -1] = np.where(known, _LENGTH_CLASS[np.minimum(self._mlen[first:stop], 63)], -1)
+        cls[:, -1] = np.where(known, _LENGTH_CLASS[np.minimum(self._mlen[:rows], 63)], -1)
         totals = np.concatenate([np.zeros((rows, 1), np.int64), total, known[:, None]], axis=1)
         toks = np.concatenate([tok.reshape(rows, -1), np.maximum(mtok, 0)[:, None]], axis=1)
         cnts = np.concatenate([cnt.reshape(rows, -1), known[:, None]], axis=1)
         return toks, cnts, cls, totals
 
-    def _context_hashes(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Slot index and check value (R, O) of each order's context for rows ``first:stop``;
-        check 0 while t < order."""
+    def _context_hashes(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slot index and check value (R, O) of each order's context; check 0 while t < order."""
         p = self.params
-        h = np.zeros(stop - first, dtype=_U64)
+        h = np.zeros(rows, dtype=_U64)
         slots, chks = [], []
         for j in range(p.orders[-1] + 1):
             if j:
-                h = (h ^ self._hist[first:stop, j - 1].astype(_U64)) * _MUL + _U64(j)
+                h = (h ^ self._hist[:rows, j - 1].astype(_U64)) * _MUL + _U64(j)
             if j in p.orders:
                 f = _finish_hash(h)
                 slots.append((f & _U64((1 << p.hash_bits) - 1)).astype(np.int64))
@@ -261,8 +270,9 @@ class Mixer:
         or :meth:`coding_terms` (which must have covered exactly those rows)."""
         x = np.asarray(tokens, dtype=np.int64)
         rows = len(x)
-        step = self._step_parts(x)
-        self._learn_weights(x, step)
+        step, freq = self._step, self._coded_entries(x)
+        self._step, self._mixed, self._coded = None, 0, []
+        self._learn_weights(x, step, freq)
         self._learn_ngrams(x, step.slot, step.chk)
         pos = self._base + np.arange(rows) * self.chunk + self._t
         self._buf[pos] = x
@@ -272,22 +282,18 @@ class Mixer:
         if self.params.match_min:
             self._learn_match(x, pos)
 
-    def _step_parts(self, x: np.ndarray) -> _Part:
-        """This step's mixed row ranges joined into one :class:`_Part` (freq: the coded entries)."""
-        parts, self._parts = self._parts, []
-        if sum(len(p.tok) for p in parts) != len(x):
+    def _coded_entries(self, x: np.ndarray) -> np.ndarray:
+        """The table entries (R,) of the tokens coded at this step, from the mixed row ranges."""
+        if self._step is None or self._mixed != len(x) or len(self._step.tok) != len(x):
             raise ValueError("update() needs the tokens of exactly the rows mixed at this step")
         coded, first = [], 0
-        for p in parts:
-            n = len(p.tok)
-            coded.append(p.freq if p.table is None else p.table[np.arange(n), x[first:first + n]])
+        for table, freq in self._coded:
+            n = len(freq if table is None else table)
+            coded.append(freq if table is None else table[np.arange(n), x[first:first + n]])
             first += n
-        if len(parts) == 1:
-            return parts[0]._replace(freq=coded[0])
-        joined = [np.concatenate(arrays) for arrays in zip(*(p[:6] for p in parts))]
-        return _Part(*joined, None, np.concatenate(coded))
+        return coded[0] if len(coded) == 1 else np.concatenate(coded)
 
-    def _learn_weights(self, x: np.ndarray, step: _Part) -> None:
+    def _learn_weights(self, x: np.ndarray, step: _Step, freq: np.ndarray) -> None:
         """One gradient step on -log P(x): ``theta_m += lr * (responsibility_m - mass_m)``.
 
         The responsibility of a sparse model is its part of the coded token's table entry; the
@@ -297,7 +303,7 @@ class Mixer:
         rows, orders, width = len(x), len(self.params.orders), self.params.slot_width
         hit = np.where(tok == x[:, None], share, 0)
         part = np.concatenate([hit[:, :-1].reshape(rows, orders, width).sum(-1), hit[:, -1:]], axis=1)
-        resp = (part << PROB_BITS) // step.freq[:, None]
+        resp = (part << PROB_BITS) // freq[:, None]
         grad = ((resp - (mass[:, 1:] >> (MASS_BITS - PROB_BITS))) * self.params.lr) >> 4
         active = cls[:, 1:] >= 0
         models = np.broadcast_to(np.arange(1, self._models), active.shape)
