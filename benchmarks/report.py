@@ -84,7 +84,7 @@ def header_lines(machine: dict[str, Any]) -> list[str]:
 
 NOTES = """Notes: bits per byte = 8 × compressed size / original size (lower is better).
 Throughputs are kB (1000 bytes) of *original* data per second of wall clock: best of {repeats}
-runs for the classic compressors, a single run for llmzip (in a child process; model load and
+runs for the classic compressors, best of {llmzip_runs} for llmzip (in a child process; model load and
 a short warm-up round trip are excluded and reported apart). *all files* sums sizes and times
 over the files. The llmzip "ideal" is the cross-entropy of the model's quantised integer
 tables (what a perfect arithmetic coder would pay); the overhead is the real archive (header
@@ -102,7 +102,8 @@ def write_markdown(out: Path, entries: list[Entry], machine: dict[str, Any]) -> 
     detail = llmzip_table(entries)
     if detail:
         lines += ["", "## llmzip details", ""] + detail
-    lines += ["", NOTES.format(repeats=machine["repeats"]["classic"]), ""]
+    lines += ["", NOTES.format(repeats=machine["repeats"]["classic"],
+                                   llmzip_runs=machine["repeats"].get("llmzip", 1)), ""]
     path = out / "results.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-tokens", type=int, default=None,
                    help="llmzip tokens per chunk (default: the codec's, see llmzip.codec.default_chunk)")
     p.add_argument("--no-classic", action="store_true", help="llmzip only")
+    p.add_argument("--llmzip-runs", type=int, default=1, metavar="N",
+                   help="time llmzip's compress and decompress N times each and keep the best (default: 1)")
     args = p.parse_args(argv)
     if not args.corpus.is_dir():
         p.error(f"corpus directory not found: {args.corpus}")
@@ -108,7 +110,7 @@ def machine_info(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *argv]),
         "quick": args.quick, "quick_bytes": QUICK_BYTES if args.quick else None,
-        "repeats": {"classic": CLASSIC_REPEATS, "llmzip": 1},
+        "repeats": {"classic": CLASSIC_REPEATS, "llmzip": args.llmzip_runs},
         "threads": args.threads, "batch_size": args.batch_size, "chunk_tokens": args.chunk_tokens,
     }
 
@@ -148,7 +150,8 @@ def run_step(args: argparse.Namespace, path: Path, label: str, how: Any) -> dict
 
     if isinstance(how, str):  # an llmzip model name
         limit = QUICK_BYTES if args.quick else None
-        return measure_llmzip(how, label, path, limit, args.threads, args.batch_size, args.chunk_tokens)
+        return measure_llmzip(how, label, path, limit, args.threads, args.batch_size, args.chunk_tokens,
+                              args.llmzip_runs)
     return measure_classic(how, path.name, read_data(path, args.quick), CLASSIC_REPEATS)
 
 

@@ -32,7 +32,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     (corpus / "README.md").write_text("describes the corpus; not benchmarked\n")
     proc = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--corpus", str(corpus), "--models", str(tiny_model_dir),
-         "--quick", "--out", str(out), "--threads", "1"],
+         "--quick", "--out", str(out), "--threads", "1", "--llmzip-runs", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -69,7 +69,9 @@ def test_reports_written(bench_run: tuple[Path, Path]) -> None:
     out, _ = bench_run
     machine = json.loads((out / "results.json").read_text())["machine"]
     assert machine["quick"] is True and machine["cores"] >= 1 and machine["python"]
+    assert machine["repeats"]["llmzip"] == 2
     md = (out / "results.md").read_text()
+    assert "best of 2 for llmzip" in md
     assert "| prose.txt |" in md and "| code.py |" in md and "README" not in md
     assert "**" in md  # the best of each row is bold
     for png in ("bpb_by_file.png", "bpb_vs_speed.png"):
