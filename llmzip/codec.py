@@ -37,6 +37,7 @@ DEFAULT_CHUNK = 255                # tokens per chunk (corpus benchmark vs 511: 
 MAX_GROUP = 128                    # more rows per step amortise the per-step work...
 KV_BUDGET = 640 << 20              # ...but every row of a group holds a KV cache: bound their sum
 KV_LIMIT = 4 * KV_BUDGET           # the most decoder cache an archive may ask for (explicit groups)
+MIXER_PREALLOC = 1 << 24           # decoder: mixer buffer sized up front for at most this many tokens (64 MiB)
 
 
 class Model(Predictor, Protocol):
@@ -91,7 +92,11 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     if hasattr(model, "with_engine"):   # archives of an older engine decode with its arithmetic
         model = model.with_engine(header.engine)
     mixing = check_compatible(header, model)
-    mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens) if mixing else None   # grows as decoded
+    # The mixer's token buffer is sized from the header's token count (it grows by doubling
+    # otherwise: up to 3x the final size at its last growth), but at most MIXER_PREALLOC tokens
+    # up front, so a forged count cannot make us allocate much before decoding fails.
+    prealloc = min(header.token_count, MIXER_PREALLOC)
+    mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens, prealloc) if mixing else None
     parts: list[bytes] = []
     for j, segment in enumerate(segments):
         rows = [header.chunk_length(i) for i in header.segment_chunks(j)]

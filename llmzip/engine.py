@@ -47,7 +47,7 @@ RESID_CLIP = 2**30 - 1   # residual magnitude bound (2**14 in real units)
 ACT_FRAC = 12            # fraction bits of every GEMM input
 ACT_CLIP = 2**20 - 1     # GEMM input magnitude bound (256 in real units)
 GAMMA_FRAC = 14          # LayerNorm gain fraction bits
-ATT_FRAC = 8             # attention logits: 1/256 nat
+ATT_FRAC = attention8.ATT_FRAC   # attention logits: 1/256 nat (one constant for every engine)
 ATT_EXP_BITS = 16        # attention weights: exp(0) == 2**16
 SCALE_BITS = 16          # 1/sqrt(head_dim) as an integer over 2**16
 MASKED = -(2**62)        # attention score of a masked key: exp() of it reads as exactly 0

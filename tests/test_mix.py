@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import llmzip
 from llmzip import codec, lockstep
 from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError
@@ -255,3 +256,24 @@ def test_a_run_of_updates_equals_one_update_at_a_time():
             single._count(np.array([slot]), np.array([chk]), np.array([x]))
     for name in ("_slot_chk", "_slot_tok", "_slot_cnt"):
         assert np.array_equal(getattr(run, name), getattr(single, name)), name
+
+
+def test_decoder_sizes_the_mixer_from_the_header_within_a_bound(golden, monkeypatch):
+    """One buffer of the right size (no doubling), but never more than MIXER_PREALLOC tokens
+    up front whatever the header claims."""
+    seen: list[int] = []
+
+    class Spy(Mixer):
+        def __init__(self, vocab_size, params, chunk_tokens, token_count=0):
+            seen.append(token_count)
+            super().__init__(vocab_size, params, chunk_tokens, token_count)
+
+    monkeypatch.setattr(codec, "Mixer", Spy)
+    data = b"sized once " * 40
+    blob = codec.compress(data, golden)
+    assert codec.decompress(blob, golden) == data
+    count = llmzip.read_info(blob).token_count
+    assert seen == [count, count]
+    monkeypatch.setattr(codec, "MIXER_PREALLOC", 7)
+    assert codec.decompress(blob, golden) == data
+    assert seen[-1] == 7

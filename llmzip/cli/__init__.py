@@ -152,7 +152,7 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
     "mix": click.option("--mix/--no-mix", default=True,
                         help="Context mixing with in-file n-gram and match models.  [default: mix]"),
     "model": click.option("--model", envvar="LLMZIP_MODEL", metavar="NAME",
-                          help="Model: 'embedded', a directory or a hub id [default: embedded; "
+                          help="Model: 'embedded', a shipped model's id, a directory or a hub id [default: embedded; "
                                "decompress: the archive's model]. Env: LLMZIP_MODEL."),
     "allow_download": click.option("--allow-download", is_flag=True, help="Let a hub model be downloaded."),
     "debug": click.option("--debug", is_flag=True, help="Print tracebacks."),
