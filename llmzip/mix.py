@@ -114,10 +114,8 @@ class Mixer:
     order; then for every step ``t``: ``tables(lm)`` with the LM tables of the live rows (a
     prefix of the group's rows, all at step ``t``), code with the result, ``update(tokens)``
     with the tokens coded at that step. Rows are chunks of ``chunk_tokens`` tokens laid out in
-    file order, so a match may run from one chunk into the next. Variants that give the same
-    tables: ``prepare(rows)`` then ``tables(lm_part, first)`` over consecutive row ranges (the
-    decoder's pipelined batches), or ``coding_terms(lm, tokens)`` (the encoder: only what coding
-    the known tokens needs).
+    file order, so a match may run from one chunk into the next. Same tables, other shapes:
+    ``prepare(rows)``, then ``tables(lm, first)`` per row range; ``coding_terms(lm, tokens)``.
 
     Sparse candidates of a row are laid out in ``S = len(orders) * slot_width + 1`` columns:
     block ``i`` holds the slot of order ``orders[i]``, the last column the match prediction.
