@@ -120,22 +120,13 @@ def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[sl
     has to concatenate them (that copy cost the main thread ~10% of a compression run).
     """
     if len(batches) == 1:
-        tables = model.advance(states[0], tokens[batches[0]])
-        return lambda: tables
+        return _advance_batch(None, model, states[0], tokens[batches[0]])
     out = np.empty(tokens.shape + (model.vocab_size,), dtype=getattr(model, "table_dtype", np.int64))
-
-    def run(rows: slice, state: Any) -> None:
-        model.advance(state, tokens[rows], out=out[rows])
-
-    if pool is None:
-        for s, st in zip(batches, states):
-            run(s, st)
-        return lambda: out
-    futures = [pool.submit(run, s, st) for s, st in zip(batches, states)]
+    results = [_advance_batch(pool, model, st, tokens[s], out[s]) for s, st in zip(batches, states)]
 
     def result() -> np.ndarray:
-        for f in futures:
-            f.result()
+        for r in results:
+            r()
         return out
     return result
 
@@ -282,13 +273,15 @@ def _decode_steps(
     return out
 
 
-def _advance_batch(pool: ThreadPoolExecutor | None, model: Predictor, state: Any,
-                   tokens: np.ndarray) -> Callable[[], np.ndarray]:
-    """Start advancing one batch by ``tokens`` (rows, T); the result gives its tables."""
+def _advance_batch(pool: ThreadPoolExecutor | None, model: Predictor, state: Any, tokens: np.ndarray,
+                   out: np.ndarray | None = None) -> Callable[[], np.ndarray]:
+    """Start advancing one batch by ``tokens`` (rows, T), in a worker if there is a pool, else
+    now; the result gives its tables (written into ``out`` if given)."""
+    kw = {} if out is None else {"out": out}
     if pool is None:
-        tables = model.advance(state, tokens)
+        tables = model.advance(state, tokens, **kw)
         return lambda: tables
-    return pool.submit(model.advance, state, tokens).result
+    return pool.submit(model.advance, state, tokens, **kw).result
 
 
 def _decode_rows(decoder: ArithmeticDecoder, mixer: Mixer | None, tables: np.ndarray, first: int,

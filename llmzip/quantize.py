@@ -49,7 +49,8 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
     logits = np.asarray(logits)
     flat = logits.reshape(-1, logits.shape[-1])
     result = np.empty(logits.shape, dtype=np.int64) if out is None else out
-    dest = result.reshape(flat.shape)   # a view: out must be contiguous
+    dest = result.view()
+    dest.shape = flat.shape   # raises rather than copy (and lose the writes) if out is not contiguous
     for i in range(0, len(flat), QUANT_ROWS):
         dest[i : i + QUANT_ROWS] = _freqs_block(flat[i : i + QUANT_ROWS], freq_bits)
     return result
