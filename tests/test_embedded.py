@@ -65,33 +65,44 @@ def test_default_api_uses_the_embedded_model():
 
 
 V1 = "llmzip-gpt2-small-v1"
-EMBEDDED_GOLDEN = {   # (model, engine) -> archive of the same input
-    (V1, 1): "golden-embedded.llz", (V1, 2): "golden-embedded-e2.llz", (V1, 3): "golden-embedded-e3.llz",
-    ("llmzip-gpt2-small-v2", 3): "golden-embedded-v2-e3.llz",
-}
+# Archives of the same input, one per (model, engine, mixing parameters) that a release made
+# by default; each names its model, engine and parameters in its own header.
+EMBEDDED_GOLDEN = ["golden-embedded.llz", "golden-embedded-e2.llz", "golden-embedded-e3.llz",
+                   "golden-embedded-v2-e3.llz", "golden-embedded-v2-e3-p1.llz"]
 
 
-@pytest.mark.parametrize("model_id, engine", sorted(EMBEDDED_GOLDEN))
-def test_embedded_golden_archive_decodes(model_id, engine):
-    """Pins every shipped model's weights + engine: a retrained or re-quantised model must not
-    silently change what old archives decode to (it changes the fingerprint, and this test fails).
-    The model is found from the archive's own header, as ``llmzip decompress`` does."""
-    blob = (DATA / EMBEDDED_GOLDEN[model_id, engine]).read_bytes()
+def _identity(blob: bytes) -> tuple[str, int, bytes]:
     info = llmzip.read_info(blob)
-    assert (info.model_id, info.engine) == (model_id, engine)
+    return info.model_id, info.engine, info.mix_params
+
+
+@pytest.mark.parametrize("name", EMBEDDED_GOLDEN)
+def test_embedded_golden_archive_decodes(name):
+    """Pins every shipped model's weights + engine + mixing preset: a retrained or re-quantised
+    model, or a preset whose meaning changed, must not silently change what old archives decode
+    to. The model is found from the archive's own header, as ``llmzip decompress`` does."""
+    blob = (DATA / name).read_bytes()
+    info = llmzip.read_info(blob)
     model = load_model(info.model_id)
     data = codec.decompress(blob, model)
     assert hashlib.sha256(data).hexdigest() == (DATA / "golden-embedded.sha256").read_text().split()[0]
-    again = codec.compress(data, model.with_engine(engine), chunk_tokens=info.chunk_tokens,
-                           group_chunks=info.group_chunks)
+    again = codec.compress(data, model.with_engine(info.engine), chunk_tokens=info.chunk_tokens,
+                           group_chunks=info.group_chunks, mixing=codec.MixParams.from_bytes(info.mix_params))
     assert again == blob
+
+
+def test_goldens_cover_every_shipped_model_and_the_default(embedded):
+    pinned = {_identity((DATA / name).read_bytes()) for name in EMBEDDED_GOLDEN}
+    assert {m for m, _, _ in pinned} == set(shipped_models())
+    assert (EMBEDDED_NAME, embedded.engine_id, codec.DEFAULT_MIX.to_bytes()) in pinned, (
+        "the default model, engine and mixing have no golden archive: set LLMZIP_REGEN_GOLDEN=NAME")
 
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
 def test_regenerate_embedded_golden(embedded):  # pragma: no cover - run by hand only
-    """Writes the default model's newest-engine archive (same input as the others)."""
-    data = codec.decompress((DATA / EMBEDDED_GOLDEN[V1, 1]).read_bytes(), load_model(V1))
-    (DATA / EMBEDDED_GOLDEN[EMBEDDED_NAME, embedded.engine_id]).write_bytes(codec.compress(data, embedded))
+    """Writes the default archive (same input as the others) to tests/data/$LLMZIP_REGEN_GOLDEN."""
+    data = codec.decompress((DATA / EMBEDDED_GOLDEN[0]).read_bytes(), load_model(V1))
+    (DATA / os.environ["LLMZIP_REGEN_GOLDEN"]).write_bytes(codec.compress(data, embedded))
 
 
 def test_readme_python_examples_run():

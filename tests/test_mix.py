@@ -14,7 +14,7 @@ import llmzip
 from llmzip import codec, lockstep
 from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError
-from llmzip.mix import DEFAULT_MIX, Mixer, MixParams
+from llmzip.mix import DEFAULT_MIX, PRESETS, Mixer, MixParams
 from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 from predictors import CountingPredictor
 
@@ -175,14 +175,15 @@ def test_params_round_trip(orders, **fields):
 
 
 def test_presets_take_two_bytes():
-    assert DEFAULT_MIX.to_bytes() == b"\x01\x80"
-    assert MixParams.from_bytes(b"\x01\x80") == DEFAULT_MIX == GOLDEN_MIX
+    assert MixParams.from_bytes(b"\x01\x80") == PRESETS[0] == GOLDEN_MIX
+    assert DEFAULT_MIX.to_bytes() == b"\x01\x81" and MixParams() == DEFAULT_MIX
+    assert PRESETS[1] == dataclasses.replace(GOLDEN_MIX, lr=3)    # never edit a preset: add one
     assert len(dataclasses.replace(DEFAULT_MIX, lr=9).to_bytes()) == 2 + 6 + 8
 
 
 def _raw(**change) -> bytes:
     f = {"version": 1, "orders": [0, 1, 2], "hash_bits": 20, "slot_width": 8, "match_min": 5,
-         "match_bits": 20, "lr": 8, "init_gap": 0, "count_limit": 30, **change}
+         "match_bits": 20, "lr": 3, "init_gap": 0, "count_limit": 30, **change}
     return (bytes([f["version"], len(f["orders"]), *f["orders"], f["hash_bits"], f["slot_width"],
                    f["match_min"], f["match_bits"], f["lr"], f["init_gap"]])
             + int(f["count_limit"]).to_bytes(2, "little"))
@@ -197,7 +198,7 @@ def test_raw_helper_matches_to_bytes():
     _raw(orders=[]), _raw(orders=list(range(9))), _raw(orders=[2, 1]), _raw(orders=[1, 1]),
     _raw(orders=[17]), _raw(hash_bits=9), _raw(hash_bits=25), _raw(slot_width=0), _raw(slot_width=17),
     _raw(match_min=33), _raw(match_bits=9), _raw(match_bits=25), _raw(count_limit=1),
-    _raw(count_limit=1024), _raw(count_limit=65535), b"\x01\x81", b"\x01\xff", b"\x01\x80\x00",
+    _raw(count_limit=1024), _raw(count_limit=65535), b"\x01\x82", b"\x01\xff", b"\x01\x80\x00",
 ])
 def test_corrupt_params_are_refused(raw):
     with pytest.raises(CorruptArchiveError):
