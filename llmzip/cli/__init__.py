@@ -138,7 +138,10 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
     "stdout": click.option("-c", "--stdout", is_flag=True, help="Write to standard output."),
     "output": click.option("-o", "--output", metavar="PATH", help="Output path (a single input only)."),
     "force": click.option("-f", "--force", is_flag=True,
-                          help="Overwrite outputs; allow terminals; compress files that have the suffix."),
+                          help="Overwrite outputs; write to a terminal; compress files that have the suffix."),
+    "force_decode": click.option("-f", "--force", is_flag=True,
+                                 help="Overwrite outputs; read an archive from a terminal."),
+    "force_read": click.option("-f", "--force", is_flag=True, help="Read an archive from a terminal."),
     "keep": click.option("--keep/--rm", "-k", "keep", default=True, show_default=True,
                          help="Keep the input, or remove it once the output is complete and verified."),
     "suffix": click.option("-S", "--suffix", default=".llz", show_default=True, help="Archive suffix."),
@@ -199,14 +202,14 @@ def compress(files: tuple[str, ...], **kw: Any) -> int:
 
 
 @main.command(epilog=EPILOG)
-@_with("files", "stdout", "output", "force", "keep", "suffix", *_CODEC_OPTIONS)
+@_with("files", "stdout", "output", "force_decode", "keep", "suffix", *_CODEC_OPTIONS)
 def decompress(files: tuple[str, ...], **kw: Any) -> int:
     """Decompress each FILE.llz to FILE (no FILE, or -: stdin to stdout)."""
     return _run("decompress", files, **kw)
 
 
 @main.command(epilog=EPILOG)
-@_with("files", "force", *_CODEC_OPTIONS)
+@_with("files", "force_read", *_CODEC_OPTIONS)
 def test(files: tuple[str, ...], **kw: Any) -> int:
     """Decode each archive and verify its checksum; write nothing."""
     return _run("test", files, **kw)
@@ -241,7 +244,7 @@ def _list_line(i: dict[str, Any]) -> str:
 
 
 @main.command("list", epilog=EPILOG)
-@_with("files", "force", "json", "debug")
+@_with("files", "force_read", "json", "debug")
 def list_(files: tuple[str, ...], force: bool, as_json: bool, debug: bool) -> int:
     """Show each archive's header: sizes, ratio (archive/original), bits per byte, tokens,
     chunking (tokens per chunk x chunks per group), model fingerprint and model id."""
