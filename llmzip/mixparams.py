@@ -5,6 +5,7 @@ See :mod:`llmzip.mix` for what they control.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 
@@ -51,12 +52,21 @@ class MixParams:
         """Serialize: version u8, then either ``0x80 + preset`` (a :data:`PRESETS` key) or
         n u8 | n orders u8 | hash_bits, slot_width, match_min, match_bits, lr, init_gap u8 |
         count_limit u16 (little-endian)."""
-        for key, preset in PRESETS.items():
-            if preset == self:
-                return bytes([PARAMS_VERSION, 0x80 + key])
+        if self.preset is not None:
+            return bytes([PARAMS_VERSION, 0x80 + self.preset])
         return (bytes([PARAMS_VERSION, len(self.orders), *self.orders, self.hash_bits, self.slot_width,
                        self.match_min, self.match_bits, self.lr, self.init_gap])
                 + struct.pack("<H", self.count_limit))
+
+    @property
+    def preset(self) -> int | None:
+        """The :data:`PRESETS` key of these parameters, or None."""
+        return next((key for key, preset in PRESETS.items() if preset == self), None)
+
+    def describe(self) -> dict[str, object]:
+        """The parameters as plain JSON-ready values, with their preset (``llmzip list --json``)."""
+        return {"preset": self.preset, **{k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in dataclasses.asdict(self).items()}}
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> MixParams:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmzip import __version__, cli
-from llmzip.container import read_archive
+from llmzip.container import content_checksum, read_archive
 from llmzip.errors import (CorruptArchiveError, ModelLoadError, ModelMismatchError, NotAnArchiveError,
                            TokenizerError, UnsupportedFormatError)
 from llmzip.model import load_model
@@ -243,10 +243,20 @@ def test_list_json(llz, archive, tiny_model_dir):
     assert info == {
         "file": str(archive), "model_id": tiny_model_dir.resolve().name,
         "fingerprint": load_model(str(tiny_model_dir)).fingerprint.hex(), "format_version": 1,
-        "original_size": len(PROSE), "archive_size": size, "ratio": round(size / len(PROSE), 4),
+        "engine": 3, "original_size": len(PROSE), "archive_size": size, "ratio": round(size / len(PROSE), 4),
         "bits_per_byte": round(8 * size / len(PROSE), 4), "token_count": header.token_count,
         "chunk_tokens": 63, "group_chunks": header.group_chunks, "segments": header.segment_count,
+        "checksum": content_checksum(PROSE).hex(),
+        "mixing": {"preset": 1, "orders": [0, 1, 2, 3, 4, 6], "hash_bits": 20, "slot_width": 16,
+                   "count_limit": 30, "match_min": 5, "match_bits": 20, "lr": 3, "init_gap": 0},
     }
+
+
+def test_list_names_the_mixing(llz, prose_file, tmp_path):
+    out = tmp_path / "plain.llz"
+    assert llz("compress", "--no-mix", "-o", str(out), str(prose_file)).exit_code == 0
+    assert json.loads(llz("list", "--json", str(out)).stdout)[0]["mixing"] is None
+    assert llz("list", str(out)).stdout.splitlines()[1].split()[7] == "off"
 
 
 def test_list_text(llz, archive, tiny_model_dir, tmp_path):
@@ -255,13 +265,13 @@ def test_list_text(llz, archive, tiny_model_dir, tmp_path):
     result = llz("list", str(archive), str(junk))
     assert (result.exit_code, err(result)) == (1, f"llmzip: {junk}: not an llmzip archive\n")
     head, line = result.stdout.splitlines()
-    assert head.split() == ["archive", "original", "ratio", "bits/B", "tokens", "chunking",
-                            "fingerprint", "model", "file"]
+    assert head.split() == ["archive", "original", "ratio", "bits/B", "tokens", "chunking", "engine",
+                            "mixing", "fingerprint", "model", "file"]
     header = read_archive(archive.read_bytes())[0]
     size = archive.stat().st_size
     assert line.split() == [
         str(size), str(len(PROSE)), f"{size / len(PROSE):.3f}", f"{8 * size / len(PROSE):.2f}",
-        str(header.token_count), f"63x{header.group_chunks}", header.fingerprint.hex()[:16],
+        str(header.token_count), f"63x{header.group_chunks}", "3", "p1", header.fingerprint.hex()[:16],
         tiny_model_dir.resolve().name, str(archive)]
 
 

@@ -174,6 +174,12 @@ def test_params_round_trip(orders, **fields):
     assert MixParams.from_bytes(params.to_bytes()) == params
 
 
+def test_describe_names_the_preset():
+    assert PRESETS[0].describe()["preset"] == 0 and DEFAULT_MIX.describe()["lr"] == 3
+    custom = dataclasses.replace(DEFAULT_MIX, lr=9).describe()
+    assert custom["preset"] is None and custom["orders"] == [0, 1, 2, 3, 4, 6]
+
+
 def test_presets_take_two_bytes():
     assert MixParams.from_bytes(b"\x01\x80") == PRESETS[0] == GOLDEN_MIX
     assert DEFAULT_MIX.to_bytes() == b"\x01\x81" and MixParams() == DEFAULT_MIX

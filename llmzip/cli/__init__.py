@@ -218,36 +218,46 @@ def test(files: tuple[str, ...], **kw: Any) -> int:
 def archive_info(name: str, force: bool) -> dict[str, Any]:
     """The fields ``list`` shows for one archive (the payload length is checked too)."""
     from ..container import read_archive
+    from ..mixparams import MixParams
 
     blob = read_input(name, Options(mode="list", force=force))
     header, segments = read_archive(blob)
     original = header.original_size
     return {
         "file": name, "model_id": header.model_id, "fingerprint": header.fingerprint.hex(),
-        "format_version": header.format_version, "original_size": original, "archive_size": len(blob),
-        "ratio": round(len(blob) / original, 4) if original else None,
+        "format_version": header.format_version, "engine": header.engine, "original_size": original,
+        "archive_size": len(blob), "ratio": round(len(blob) / original, 4) if original else None,
         "bits_per_byte": round(8 * len(blob) / original, 4) if original else None,
         "token_count": header.token_count, "chunk_tokens": header.chunk_tokens,
-        "group_chunks": header.group_chunks, "segments": len(segments),
+        "group_chunks": header.group_chunks, "segments": len(segments), "checksum": header.checksum.hex(),
+        "mixing": MixParams.from_bytes(header.mix_params).describe() if header.mixing else None,
     }
 
 
-_LIST_HEAD = (f"{'archive':>10} {'original':>10} {'ratio':>6} {'bits/B':>6} {'tokens':>9} {'chunking':>9}  "
-              f"{'fingerprint':<16}  model  file")
+_LIST_HEAD = (f"{'archive':>10} {'original':>10} {'ratio':>6} {'bits/B':>6} {'tokens':>9} {'chunking':>9} "
+              f"{'engine':>6} {'mixing':>6}  {'fingerprint':<16}  model  file")
+
+
+def _mixing(i: dict[str, Any]) -> str:
+    """'off', 'p<preset>' or 'custom'."""
+    mixing = i["mixing"]
+    return "off" if mixing is None else "custom" if mixing["preset"] is None else f"p{mixing['preset']}"
 
 
 def _list_line(i: dict[str, Any]) -> str:
     ratio, bpb = (f"{i['ratio']:.3f}", f"{i['bits_per_byte']:.2f}") if i["original_size"] else ("-", "-")
     chunking = f"{i['chunk_tokens']}x{i['group_chunks']}"
     return (f"{i['archive_size']:>10} {i['original_size']:>10} {ratio:>6} {bpb:>6} {i['token_count']:>9} "
-            f"{chunking:>9}  {i['fingerprint'][:16]:<16}  {i['model_id']}  {i['file']}")
+            f"{chunking:>9} {i['engine']:>6} {_mixing(i):>6}  {i['fingerprint'][:16]:<16}  {i['model_id']}  "
+            f"{i['file']}")
 
 
 @main.command("list", epilog=EPILOG)
 @_with("files", "force_read", "json", "debug")
 def list_(files: tuple[str, ...], force: bool, as_json: bool, debug: bool) -> int:
     """Show each archive's header: sizes, ratio (archive/original), bits per byte, tokens,
-    chunking (tokens per chunk x chunks per group), model fingerprint and model id."""
+    chunking (tokens per chunk x chunks per group), engine, mixing (off, pN: preset N, or
+    custom; --json lists every parameter), model fingerprint and model id."""
     infos: list[dict[str, Any]] = []
     status = run_each(files, lambda name: infos.append(archive_info(name, force)), 0, debug)
     if as_json:
