@@ -79,6 +79,7 @@ def compress(
         mixing=mixing is not None, mix_params=mixing.to_bytes() if mixing else b"",
     )
     mixer = Mixer(model.vocab_size, mixing, chunk, len(tokens)) if mixing else None
+    _prepare(model, len(tokens))
     segments = [
         encode_group(model, rows, settings, mixer)
         for rows in _groups(tokens, chunk, group_chunks)
@@ -97,6 +98,7 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     # up front, so a forged count cannot make us allocate much before decoding fails.
     prealloc = min(header.token_count, MIXER_PREALLOC)
     mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens, prealloc) if mixing else None
+    _prepare(model, header.token_count)
     parts: list[bytes] = []
     for j, segment in enumerate(segments):
         rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
@@ -106,6 +108,14 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     if len(data) != header.original_size or content_checksum(data) != header.checksum:
         raise CorruptArchiveError("checksum mismatch: the decoded data is not the original")
     return data
+
+
+def _prepare(model: Predictor, tokens: int) -> None:
+    """Let a model that has a ``prepare(tokens)`` hook get ready for a call of that size (e.g.
+    choose a GEMM backend) before any worker thread starts."""
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None:
+        prepare(tokens)
 
 
 def default_chunk(model: Predictor) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import attention8
 from .fixedpoint import check_gemm_bound, clip_inplace, exact_matmul, exp_table, gelu_clipped, GELU_KINDS, layer_norm, rshift_round
-from .linear8 import Q_MAX, Linear8, prepare_backend, quantize_linear8
+from .linear8 import Q_MAX, Linear8, quantize_linear8
 from .quantize import LOGIT_FRAC_BITS
 
 ENGINE_ID = 3            # archive field "engine" written by this version (see ENGINES)
@@ -208,8 +208,6 @@ class ExactGPT2:
         self.wte = to_fixed(state[p + "wte.weight"], RESID_FRAC)
         self.wpe = to_fixed(state[p + "wpe.weight"], RESID_FRAC)
         self._linear = quantize_linear if engine_id == 1 else quantize_linear8
-        if engine_id >= 2:
-            prepare_backend()   # here, in the loading thread, never first inside a codec worker
         self.blocks = [self._block(state, f"{p}h.{i}.") for i in range(spec.n_layer)]
         self.ln_f = quantize_norm(state[p + "ln_f.weight"], state[p + "ln_f.bias"])
         head = state.get("lm_head.weight", state[p + "wte.weight"])

@@ -7,8 +7,9 @@
 * ``q(x)`` quantises each row of the int64 input to int8: ``x`` is shifted right by ``e``
   (rounding half up), the smallest shift that brings the row's largest magnitude to at most 127;
 * the int32 product ``q(x) @ W`` is exact (``|sum| <= 127 * 127 * K < 2**31``) whichever
-  backend computes it: ``torch._int_mm`` (int8 GEMM, ~4x a float64 GEMM here) when present and
-  verified at first use, else a float64 GEMM on the same integers (exact: sums < 2**53);
+  backend computes it: ``torch._int_mm`` (int8 GEMM) when present, verified at first use and
+  worth importing torch for (see :func:`select_backend`), else a float64 GEMM on the same
+  integers (exact: sums < 2**53);
 * every later step is a float64 operation on dyadic rationals with at most 53 significant bits
   (multiplications by powers of two, by a 15-bit integer, adding 1/2, ``floor``), so exact.
 
@@ -18,6 +19,7 @@ The result is a pure function of the integers, on every machine and backend.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,15 +95,28 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
     return Linear8(np.ascontiguousarray(w8), mult, shift.astype(np.int64), b_int)
 
 
-def prepare_backend() -> None:
-    """Choose the int8 GEMM backend now (imports torch and probes it, once per process), so
-    that codec worker threads never race to do it inside a timed forward pass."""
-    _int_mm_backend()
+# Importing torch costs ~1.1 s and ~200 MB here: below this many tokens a codec call finishes
+# sooner on the float64 GEMM (3 KB of prose: 0.8 s instead of 2.2 s; 100 KB: 5.3 vs 5.8 s to
+# compress, 6.2 vs 6.9 s to decompress), above it torch's int8 GEMM wins (Treasure Island,
+# 110k tokens: 13 vs 16 s to compress). Measured 2026-11-24, session 5, through the CLI.
+INT8_GEMM_MIN_TOKENS = 1 << 16
+_use_torch: bool | None = None     # None: not chosen by a codec call (then torch if it is usable)
+
+
+def select_backend(tokens: int) -> bool:
+    """Choose the int8 GEMM backend for a codec call of ``tokens`` tokens, before its worker
+    threads start (so they never race to import torch): ``torch._int_mm`` if torch is already
+    loaded or the call is large enough to earn its import back, else the float64 GEMM. Both
+    give the same integers. Returns whether torch is used."""
+    global _use_torch
+    wanted = "torch" in sys.modules or tokens >= INT8_GEMM_MIN_TOKENS
+    _use_torch = wanted and _int_mm_backend() is not None
+    return _use_torch
 
 
 def int8_matmul(q: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Exact ``q @ w`` for int8 operands, as float64 (rows, out)."""
-    mm = _int_mm_backend()
+    mm = None if _use_torch is False else _int_mm_backend()
     if mm is not None and q.shape[0] > 0:
         try:
             return mm(q, w)

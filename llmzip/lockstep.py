@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -26,6 +26,7 @@ Progress = Callable[[int], None]   # called with the number of tokens just finis
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
 PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (32 MiB of int32) per call
+DECODE_ROWS_PER_THREAD = 24        # decoder: a group of fewer rows per core decodes faster on one thread
 
 
 class Predictor(Protocol):
@@ -47,7 +48,8 @@ class Predictor(Protocol):
         written into ``out`` (a C-contiguous integer array of that shape) when it is given.
 
         A predictor whose tables fit a narrower type than int64 says so with a ``table_dtype``
-        attribute (the codec's shared table buffer then uses it)."""
+        attribute (the codec's shared table buffer then uses it). An optional
+        ``prepare(tokens)`` method is called once per codec call, before any thread starts."""
 
     def keep(self, state: Any, rows: np.ndarray) -> None:
         """Keep only the listed rows of ``state``, in that order."""
@@ -66,7 +68,8 @@ class Settings:
     """Knobs that change speed or memory but never the archive."""
 
     batch_size: int | None = None   # rows per forward call (None: the group split evenly among threads)
-    threads: int | None = None      # CPU threads (None: every core this process may use)
+    threads: int | None = None      # CPU threads (None: every core this process may use; the decoder
+                                    # uses fewer for groups of few chunks, see DECODE_ROWS_PER_THREAD)
     progress: Progress | None = None
     stats: CodingStats | None = None
 
@@ -218,6 +221,9 @@ def decode_group(
     """Decode one segment holding chunks of the given lengths (non-increasing); returns their tokens."""
     if list(lengths) != sorted(lengths, reverse=True):
         raise CorruptArchiveError("chunk lengths out of order")
+    if settings.threads is None:   # a step of few rows costs less than handing it to threads
+        settings = replace(settings, threads=max(1, min(cpu_threads(settings, model),
+                                                        len(lengths) // DECODE_ROWS_PER_THREAD)))
     decoder = ArithmeticDecoder(segment)
     batches = _batches(len(lengths), settings, model)
     states = [model.start(s.stop - s.start) for s in batches]

@@ -28,6 +28,7 @@ import numpy as np
 
 from .engine import ENGINES, ExactGPT2, GPT2Spec
 from .errors import ModelLoadError, ModelMismatchError, UnsupportedFormatError
+from .linear8 import select_backend
 from .quantize import FREQ_BITS, freqs_from_logits
 from .tokens import ByteTokenizer
 
@@ -94,6 +95,12 @@ class LoadedModel:
 
     def start(self, rows: int) -> Any:
         return self.engine.new_cache(rows)
+
+    def prepare(self, tokens: int) -> None:
+        """Get ready for a codec call of ``tokens`` tokens, before its worker threads start:
+        the int8 GEMM backend (:func:`llmzip.linear8.select_backend`). Never changes a table."""
+        if self.engine_id >= 2:
+            select_backend(tokens)
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32
