@@ -9,7 +9,7 @@ import dataclasses
 import struct
 from dataclasses import dataclass
 
-from .errors import CorruptArchiveError
+from .errors import CorruptArchiveError, UnsupportedFormatError
 
 PARAMS_VERSION = 1
 
@@ -70,14 +70,21 @@ class MixParams:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> MixParams:
-        """Parse :meth:`to_bytes` output; CorruptArchiveError on any malformed or out-of-range value."""
+        """Parse :meth:`to_bytes` output: UnsupportedFormatError for a newer version or preset,
+        CorruptArchiveError for any malformed or out-of-range value."""
         raw = bytes(raw)
-        if len(raw) < 2 or raw[0] != PARAMS_VERSION:
-            raise CorruptArchiveError("mixing parameters: unknown version or truncated")
+        if len(raw) < 2 or raw[0] == 0:
+            raise CorruptArchiveError("mixing parameters: truncated or version 0")
+        if raw[0] > PARAMS_VERSION:   # the header CRC passed: a newer llmzip wrote this
+            raise UnsupportedFormatError(f"mixing parameters version {raw[0]} is newer than this "
+                                         f"llmzip's ({PARAMS_VERSION}): upgrade llmzip to decode it")
         n = raw[1]
         if n >= 0x80:
-            if len(raw) != 2 or n - 0x80 not in PRESETS:
-                raise CorruptArchiveError(f"mixing parameters: unknown preset {n - 0x80}")
+            if len(raw) != 2:
+                raise CorruptArchiveError("mixing parameters: bytes after the preset")
+            if n - 0x80 not in PRESETS:
+                raise UnsupportedFormatError(f"mixing preset {n - 0x80} is newer than this llmzip "
+                                             f"(it knows {min(PRESETS)}-{max(PRESETS)}): upgrade llmzip")
             return PRESETS[n - 0x80]
         if len(raw) != 2 + n + 8:
             raise CorruptArchiveError(f"mixing parameters: expected {10 + n} bytes, got {len(raw)}")

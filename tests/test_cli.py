@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmzip import __version__, cli
-from llmzip.container import content_checksum, read_archive
+from llmzip.container import content_checksum, read_archive, write_archive
 from llmzip.errors import (CorruptArchiveError, ModelLoadError, ModelMismatchError, NotAnArchiveError,
                            TokenizerError, UnsupportedFormatError)
 from llmzip.model import load_model
@@ -285,6 +286,9 @@ def _damaged(archive: Path, how: str) -> bytes:
         del blob[-5:]
     elif how == "version":
         blob[4] = 2
+    elif how == "preset":             # a mixing preset this version does not know, CRC intact
+        header, segments = read_archive(bytes(blob))
+        blob = bytearray(write_archive(dataclasses.replace(header, mix_params=b"\x01\x85"), segments))
     else:
         blob[:4] = b"GZIP"
     return bytes(blob)
@@ -294,6 +298,7 @@ def _damaged(archive: Path, how: str) -> bytes:
     ("flip", r"corrupt archive: .+"),
     ("truncate", "corrupt archive: truncated archive"),
     ("version", "unsupported format version 2"),
+    ("preset", "mixing preset 5 is newer than this llmzip \\(it knows 0-1\\): upgrade llmzip"),
     ("magic", "not an llmzip archive"),
 ])
 def test_damaged_archive(llz, archive, how, reason):

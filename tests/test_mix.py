@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import llmzip
 from llmzip import codec, lockstep
 from llmzip.container import read_archive, write_archive
-from llmzip.errors import CorruptArchiveError
+from llmzip.errors import CorruptArchiveError, UnsupportedFormatError
 from llmzip.mix import DEFAULT_MIX, PRESETS, Mixer, MixParams
 from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 from predictors import CountingPredictor
@@ -200,14 +200,20 @@ def test_raw_helper_matches_to_bytes():
 
 
 @pytest.mark.parametrize("raw", [
-    b"", b"\x01", _raw(version=0), _raw(version=2), _raw()[:-1], _raw() + b"\x00",
+    b"", b"\x01", _raw(version=0), _raw()[:-1], _raw() + b"\x00",
     _raw(orders=[]), _raw(orders=list(range(9))), _raw(orders=[2, 1]), _raw(orders=[1, 1]),
     _raw(orders=[17]), _raw(hash_bits=9), _raw(hash_bits=25), _raw(slot_width=0), _raw(slot_width=17),
     _raw(match_min=33), _raw(match_bits=9), _raw(match_bits=25), _raw(count_limit=1),
-    _raw(count_limit=1024), _raw(count_limit=65535), b"\x01\x82", b"\x01\xff", b"\x01\x80\x00",
+    _raw(count_limit=1024), _raw(count_limit=65535), b"\x01\x80\x00",
 ])
 def test_corrupt_params_are_refused(raw):
     with pytest.raises(CorruptArchiveError):
+        MixParams.from_bytes(raw)
+
+
+@pytest.mark.parametrize("raw", [_raw(version=2), b"\x02\x80", b"\x01\x82", b"\x01\xff"])
+def test_params_of_a_newer_llmzip_ask_for_an_upgrade(raw):
+    with pytest.raises(UnsupportedFormatError, match="newer .*upgrade llmzip"):
         MixParams.from_bytes(raw)
 
 
