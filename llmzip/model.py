@@ -61,6 +61,9 @@ class LoadedModel:
         """
         if engine_id == self.engine.engine_id:
             return self
+        if engine_id > max(ENGINES):
+            raise UnsupportedFormatError(f"inference engine {engine_id} is newer than this llmzip "
+                                         f"(it knows {min(ENGINES)}-{max(ENGINES)}): upgrade llmzip")
         if engine_id not in ENGINES or self.build is None:
             raise UnsupportedFormatError(f"unknown inference engine {engine_id}")
         self.variants.setdefault(self.engine.engine_id, self)

@@ -286,9 +286,10 @@ def _damaged(archive: Path, how: str) -> bytes:
         del blob[-5:]
     elif how == "version":
         blob[4] = 2
-    elif how == "preset":             # a mixing preset this version does not know, CRC intact
+    elif how in ("preset", "engine"):  # a newer llmzip's setting, CRC intact
         header, segments = read_archive(bytes(blob))
-        blob = bytearray(write_archive(dataclasses.replace(header, mix_params=b"\x01\x85"), segments))
+        change = {"mix_params": b"\x01\x85"} if how == "preset" else {"engine": 4}
+        blob = bytearray(write_archive(dataclasses.replace(header, **change), segments))
     else:
         blob[:4] = b"GZIP"
     return bytes(blob)
@@ -299,6 +300,7 @@ def _damaged(archive: Path, how: str) -> bytes:
     ("truncate", "corrupt archive: truncated archive"),
     ("version", "unsupported format version 2"),
     ("preset", "mixing preset 5 is newer than this llmzip \\(it knows 0-1\\): upgrade llmzip"),
+    ("engine", "inference engine 4 is newer than this llmzip \\(it knows 1-3\\): upgrade llmzip"),
     ("magic", "not an llmzip archive"),
 ])
 def test_damaged_archive(llz, archive, how, reason):
