@@ -48,13 +48,11 @@ def lm_tables(model, tokens: np.ndarray) -> np.ndarray:
     out = np.empty((len(tokens), model.vocab_size), dtype=np.int32)
     settings, pos = lockstep.Settings(), 0
     for rows in codec._groups(tokens, chunk, group):
-        inputs = np.full((len(rows), chunk), model.bos_id, dtype=np.int64)
-        for i, r in enumerate(rows):
-            inputs[i, 1:len(r)] = r[:-1]
+        inputs, _ = lockstep.teacher_forcing(rows, model.bos_id)
         batches = lockstep._batches(len(rows), settings, model)
         states = [model.start(s.stop - s.start) for s in batches]
         with lockstep._pool(settings, model) as pool:
-            for t0 in range(0, chunk, 32):
+            for t0 in range(0, inputs.shape[1], 32):
                 tables = lockstep._advance(pool, model, batches, states, inputs[:, t0:t0 + 32])()
                 for i, r in enumerate(rows):
                     n = min(len(r), t0 + 32) - t0

@@ -134,6 +134,18 @@ def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[sl
     return result
 
 
+def teacher_forcing(rows: Sequence[np.ndarray], bos: int) -> tuple[np.ndarray, np.ndarray]:
+    """The predictor's inputs (BOS, then each row but its last token) and the targets (each row),
+    both (rows, longest row) int64; past a row's end, inputs are BOS and targets -1."""
+    length = max(len(r) for r in rows)
+    inputs = np.full((len(rows), length), bos, dtype=np.int64)
+    targets = np.full((len(rows), length), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        inputs[i, 1 : len(row)] = row[:-1]
+        targets[i, : len(row)] = row
+    return inputs, targets
+
+
 def encode_group(
     model: Predictor, rows: Sequence[np.ndarray], settings: Settings, mixer: Mixer | None = None
 ) -> bytes:
@@ -141,13 +153,8 @@ def encode_group(
 
     Rows must be in non-increasing length order (only the last chunk of a file is short).
     """
-    bos = getattr(model, "bos_id", 0)
-    length = max(len(r) for r in rows)
-    inputs = np.full((len(rows), length), bos, dtype=np.int64)
-    targets = np.full((len(rows), length), -1, dtype=np.int64)
-    for i, row in enumerate(rows):
-        inputs[i, 1 : len(row)] = row[:-1]
-        targets[i, : len(row)] = row
+    inputs, targets = teacher_forcing(rows, getattr(model, "bos_id", 0))
+    length = inputs.shape[1]
     encoder = ArithmeticEncoder()
     if mixer is not None:
         mixer.begin_group(len(rows))

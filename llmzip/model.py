@@ -49,7 +49,7 @@ class LoadedModel:
     bos_id: int
     fingerprint: bytes
     freq_bits: int = FREQ_BITS
-    table_dtype: type = np.int32   # advance() tables: entries <= 2**freq_bits + 1 (see codec.Predictor)
+    table_dtype: type = np.int32   # advance() tables: entries <= 2**freq_bits + 1 (see lockstep.Predictor)
     build: Callable[[int], ExactGPT2] | None = field(default=None, repr=False, compare=False)
     variants: dict[int, LoadedModel] = field(default_factory=dict, repr=False, compare=False)
 
