@@ -1,0 +1,97 @@
+"""scripts/train_embedded.py on a tiny synthetic data directory: data split, resume, snapshot, export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+sys.path.append(str(SCRIPTS))
+
+from train_data import is_held_out, read_documents, source_weights  # noqa: E402
+
+SOURCES = {
+    "gutenberg_000.txt": [b"It was a dark and stormy night; the rain fell in torrents. " * 30] * 3,
+    "code_c_000.txt": [b"int main(void) { return printf(\"%d\\n\", 42); }\n" * 40] * 3,
+    "markup_json_000.txt": [b'{"name": "x", "values": [1, 2, 3], "ok": true}\n' * 40] * 2,
+}
+TINY = ["--vocab", "300", "--layers", "1", "--width", "32", "--heads", "2", "--kv-heads", "1",
+        "--ffn", "64", "--ctx", "32", "--batch", "4", "--warmup", "2", "--threads", "1", "--eval-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three sources laid out like ../shared/train: documents joined by blank lines, and an index."""
+    root = tmp_path_factory.mktemp("train-data")
+    lines = ["file\toffset\tlength\tsource_path"]
+    for name, docs in SOURCES.items():
+        blob, offset = b"", 0
+        for i, doc in enumerate(docs):
+            lines.append(f"{name}\t{len(blob)}\t{len(doc)}\tdoc{i}")
+            blob += doc + b"\n\n"
+        (root / name).write_bytes(blob)
+    (root / "index.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def run_script(*argv: str) -> str:
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train_embedded.py"), *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_every_source_has_held_out_and_training_text(data_dir: Path) -> None:
+    docs = read_documents(data_dir)
+    assert [d.raw for d in docs if d.source == "code_c"] == SOURCES["code_c_000.txt"]
+    held = {d.source for d in docs if is_held_out(d)}
+    trained = {d.source for d in docs if not is_held_out(d)}
+    assert held == trained == {"gutenberg", "code_c", "markup_json"}
+
+
+def test_source_weights_follow_groups() -> None:
+    weights = source_weights({"gutenberg": 400, "prose": 100, "code_c": 100, "markup_json": 100})
+    assert abs(sum(weights.values()) - 1.0) < 1e-12
+    assert abs(weights["code_c"] - 0.30) < 1e-12 and abs(weights["markup_json"] - 0.25) < 1e-12
+    assert weights["gutenberg"] == pytest.approx(2 * weights["prose"])   # sqrt(400) / sqrt(100)
+
+
+def test_resumed_run_equals_uninterrupted_run_and_exports(data_dir: Path, tmp_path: Path) -> None:
+    common = ["--data", str(data_dir), *TINY, "--plan-tokens", str(6 * 4 * 31)]
+    run_script("--work", str(tmp_path / "whole"), *common)
+    run_script("--work", str(tmp_path / "split"), *common, "--plan-tokens", str(3 * 4 * 31))
+    out = run_script("--work", str(tmp_path / "split"), *common, "--snapshot", str(tmp_path / "snap.safetensors"),
+                     "--export", str(tmp_path / "export"))
+    assert "resumed at step 3" in out
+    logs = [[json.loads(line) for line in (tmp_path / w / "log.jsonl").read_text().splitlines()]
+            for w in ("whole", "split")]
+    final = [log[-1] for log in logs]
+    assert final[0]["step"] == final[1]["step"] == 6
+    assert final[0]["loss"] == final[1]["loss"]
+    assert set(final[0]["held_out_bpb"]) >= {"all", "prose", "code", "markup", "code_c"}
+    assert json.loads((tmp_path / "snap.json").read_text())["step"] == 6
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert model.config.model_type == "llama" and model.config.num_key_value_heads == 1
+    assert AutoTokenizer.from_pretrained(tmp_path / "export").bos_token == "<|endoftext|>"
+
+
+def test_init_from_snapshot_continues_the_count(data_dir: Path, tmp_path: Path) -> None:
+    common = ["--data", str(data_dir), *TINY]
+    snap = tmp_path / "snap.safetensors"
+    run_script("--work", str(tmp_path / "a"), *common, "--plan-tokens", str(2 * 4 * 31), "--snapshot", str(snap))
+    (tmp_path / "b").mkdir()
+    for name in ("tokenizer.json",):   # a new machine: same data, fresh work directory
+        (tmp_path / "b" / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    out = run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(4 * 4 * 31),
+                     "--init-from", str(snap))
+    assert "initialised from" in out and "at step 2" in out
+    last = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 4
