@@ -21,7 +21,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmzip.codec import TABLE_BUDGET  # noqa: E402
 from llmzip.engine import ExactGPT2, GPT2Spec  # noqa: E402
-from llmzip.model import LoadedModel  # noqa: E402
+from llmzip.predictor import LoadedModel  # noqa: E402
 from llmzip.runtime import tune_allocator  # noqa: E402
 
 SHAPES = [(4, 256, 8192, 512), (4, 256, 4096, 512), (4, 192, 8192, 512), (3, 256, 8192, 512),
