@@ -184,14 +184,33 @@ def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenize
                        build=functools.partial(build_engine, spec, state), fingerprint_of=fingerprint_of)
 
 
-def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}   # BF16: high half of a float32
 
+
+def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
+    """Every float tensor of ``files`` (safetensors layout: u64 header length, JSON header, data),
+    memory-mapped; bfloat16 (which numpy lacks) widened exactly to float32. Integer and boolean
+    tensors (buffers such as attention masks) are skipped: the engine reads only float weights.
+
+    Raises:
+        ValueError: a malformed file.
+    """
     state: dict[str, np.ndarray] = {}
     for f in files:
-        with safe_open(str(f), framework="numpy") as handle:
-            for key in handle.keys():
-                state[key] = handle.get_tensor(key)
+        with open(f, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                continue
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= len(data):
+                raise ValueError(f"{f.name}: tensor {key} lies outside the file")
+            array = data[begin:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            state[key] = (array.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else array
     return state
 
 
