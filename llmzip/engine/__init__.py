@@ -35,10 +35,9 @@ from .llama import ExactLlama, LlamaSpec
 from .versions import ENGINES, EngineVersion, engine_version, newest_engine
 
 __all__ = ["ENGINES", "EngineVersion", "ExactEngine", "ExactGPT2", "ExactLlama", "GPT2Spec", "LlamaSpec",
-           "ARCHITECTURES", "MODEL_TYPES", "build_engine", "engine_version", "newest_engine", "Spec"]
+           "MODEL_TYPES", "build_engine", "engine_version", "newest_engine", "Spec"]
 
 Spec = Union[GPT2Spec, LlamaSpec]
-ARCHITECTURES: Mapping[str, Any] = {"gpt2": ExactGPT2, "llama": ExactLlama}
 MODEL_TYPES: Mapping[str, str] = {"gpt2": "gpt2", **{t: "llama" for t in LLAMA_MODEL_TYPES}}   # HF model_type -> architecture
 
 

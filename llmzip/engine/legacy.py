@@ -13,7 +13,7 @@ import numpy as np
 
 from ..attention8 import ATTEND_BUDGET
 from ..fixedpoint import check_gemm_bound, exact_matmul, exp_table, rshift_round
-from .common import ACT_CLIP, ACT_FRAC, ATT_FRAC, SCORE_SHIFT
+from .common import ACT_CLIP, ATT_FRAC, SCORE_SHIFT
 
 LINEAR_WEIGHT_BITS = 15   # engine 1: |w| <= 2**15 - 1 after per-channel power-of-two scaling
 ATT_WEIGHT_BITS = 16      # engines 1-2: attention weights, exp(0) == 2**16
