@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .engine import ExactEngine, engine_version
+from .engine import ENGINES, ExactEngine, engine_version
 from .errors import ModelMismatchError
 from .linear8 import select_backend
 from .quantize import FREQ_BITS, freqs_from_logits
@@ -39,11 +39,16 @@ class LoadedModel:
         """The same weights and tokenizer under another engine arithmetic (to decode old archives).
 
         Raises:
-            UnsupportedFormatError: this build does not know ``engine_id``, or that engine does
-                not run this model's architecture.
+            UnsupportedFormatError: this build does not know ``engine_id``.
+            ModelMismatchError: that engine does not run this model's architecture (the archive
+                needs another model).
         """
         if engine_id == self.engine.engine_id:
             return self
+        if engine_id in ENGINES and self.engine.architecture not in ENGINES[engine_id].architectures:
+            runs = ", ".join(sorted(ENGINES[engine_id].architectures))
+            raise ModelMismatchError(f"the archive was made by inference engine {engine_id}, which runs {runs} "
+                                     f"models, but {self.model_id!r} is a {self.engine.architecture} model")
         engine_version(engine_id, self.engine.architecture)
         if self.build is None or self.fingerprint_of is None:
             raise ValueError(f"{self.model_id}: this model cannot be rebuilt under another engine")

@@ -18,7 +18,7 @@ from llmzip import cli, codec, fixedpoint, lockstep
 from llmzip.container import read_archive
 from llmzip.engine import LlamaSpec
 from llmzip.engine.rope import ROPE_FRAC, inverse_frequencies, rope_table
-from llmzip.errors import ModelLoadError, UnsupportedFormatError
+from llmzip.errors import ModelLoadError, ModelMismatchError, UnsupportedFormatError
 from llmzip.model import load_model
 from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 
@@ -152,10 +152,15 @@ def test_fingerprint_covers_the_architecture(tmp_path):
         assert load_model(str(_edited_copy(tmp_path / str(i), "llama", **change))).fingerprint != base
 
 
-def test_older_engines_do_not_run_llama(family):
+def test_an_archive_of_another_architecture_asks_for_its_model(family, golden):
+    """A GPT-2 engine's archive decoded with a Llama model (and the reverse) is a model mismatch."""
     _, model = family
-    with pytest.raises(UnsupportedFormatError, match="engine 3 does not run llama models"):
-        model.with_engine(3)
+    with pytest.raises(ModelMismatchError, match="engine 3, which runs gpt2 models, but 'golden-.+' is a llama model"):
+        codec.decompress((DATA / "golden-tiny-e3.llz").read_bytes(), model)
+    with pytest.raises(ModelMismatchError, match="engine 4, which runs llama models, but 'golden-tiny' is a gpt2"):
+        golden.with_engine(4)
+    with pytest.raises(UnsupportedFormatError, match="inference engine 9 is newer than this llmzip"):
+        model.with_engine(9)
 
 
 BASE = dict(num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
