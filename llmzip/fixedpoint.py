@@ -163,8 +163,12 @@ def silu(u: np.ndarray, frac_bits: int) -> np.ndarray:
     """SiLU of int64 fixed-point ``u`` (``frac_bits`` fraction bits, |u| < 2**62): the table's
     linear interpolation (cells of 2**-6) inside [-16, 16], ``u`` above and 0 below."""
     limit = SILU_HALF_RANGE << frac_bits
-    y = gelu_clipped(np.clip(u, -limit, limit), "silu", frac_bits, limit, half_range=SILU_HALF_RANGE)
-    return np.where(u > limit, u, np.where(u < -limit, 0, y))
+    c = clip_inplace(u.copy(), limit)
+    y = gelu_clipped(c, "silu", frac_bits, limit, half_range=SILU_HALF_RANGE)   # y(limit) = limit, y(-limit) = 0
+    c -= u
+    np.minimum(c, 0, out=c)          # limit - u where u > limit, else 0
+    y -= c                           # so y = u above the range and 0 below it
+    return y
 
 
 def bit_length(a: np.ndarray) -> np.ndarray:
