@@ -54,7 +54,8 @@ class Model(Predictor, Protocol):
 
     def with_engine(self, engine_id: int) -> "Model":
         """This model under the arithmetic of ``engine_id`` (self if it is the same); raises
-        UnsupportedFormatError if it cannot run it."""
+        UnsupportedFormatError for an engine this build does not know, ModelMismatchError for one
+        that runs another architecture."""
 
 
 def compress(
