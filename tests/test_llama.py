@@ -59,7 +59,7 @@ def test_golden_archive_still_decodes(family):
 
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="writes missing golden files")
-def test_write_missing_golden(family):  # pragma: no cover - run by hand once per new golden
+def test_regenerate_missing_golden(family):  # pragma: no cover - run by hand once per new golden
     kind, model = family
     if not (DATA / GOLDEN_FILES[kind]).exists():
         write_golden(GOLDEN_FILES[kind], codec.compress(golden_input(), model, group_chunks=3, mixing=None))
@@ -177,6 +177,11 @@ BASE = dict(num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, h
 def test_unsupported_variants_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         LlamaSpec.from_config(SimpleNamespace(**{**BASE, **change}))
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"gate/up weights have shape \(32, 128\), the config implies \(32, 96\)"):
+        load_model(str(_edited_copy(tmp_path, "llama", intermediate_size=48)))
 
 
 def test_unsupported_model_type_is_refused(tmp_path):

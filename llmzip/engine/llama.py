@@ -135,6 +135,7 @@ class ExactLlama:
         self.attention = self.version.attention
         self.version.check_linear(max(spec.n_embd, spec.n_inner, spec.n_head * spec.head_dim))
         self.attention.check_bounds(spec.head_dim, spec.n_ctx)
+        self._check_shapes()
         self.rope = rope_table(spec.rope_theta, spec.head_dim, spec.rope_scaling, spec.n_ctx)
         self.fingerprint = fingerprint(f"llmzip-exact-llama/{self.engine_id}", spec, self._integer_arrays())
 
@@ -155,6 +156,21 @@ class ExactLlama:
             gate_up=linear(("mlp.gate_proj", "mlp.up_proj"), ACT_FRAC),
             down=linear(("mlp.down_proj",), RESID_FRAC),
         )
+
+    def _check_shapes(self) -> None:
+        """Raise ValueError unless the weights have the shapes the config announces (the forward
+        pass splits fused outputs by the config's sizes)."""
+        s = self.spec
+        expect = {"embed_tokens": ((s.vocab_size, s.n_embd), self.embed.shape),
+                  "lm_head": ((s.n_embd, s.vocab_size), self.head.w.shape)}
+        for i, blk in enumerate(self.blocks):
+            expect[f"layer {i} q/k/v"] = ((s.n_embd, (s.n_head + 2 * s.n_kv_head) * s.head_dim), blk.qkv.w.shape)
+            expect[f"layer {i} o_proj"] = ((s.n_head * s.head_dim, s.n_embd), blk.o_proj.w.shape)
+            expect[f"layer {i} gate/up"] = ((s.n_embd, 2 * s.n_inner), blk.gate_up.w.shape)
+            expect[f"layer {i} down_proj"] = ((s.n_inner, s.n_embd), blk.down.w.shape)
+        for name, (want, got) in expect.items():
+            if tuple(got) != want:
+                raise ValueError(f"{name} weights have shape {tuple(got)}, the config implies {want}")
 
     def _integer_arrays(self) -> list[np.ndarray]:
         arrays = [self.embed]
