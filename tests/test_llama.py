@@ -189,6 +189,15 @@ def test_unsupported_model_type_is_refused(tmp_path):
         load_model(str(_edited_copy(tmp_path, "llama", model_type="gemma")))
 
 
+def test_hub_loader_gives_the_same_model(family):
+    """The transformers path (hub ids) and the direct directory reader agree: same fingerprint."""
+    pytest.importorskip("torch")
+    from llmzip.model import _load_hub
+
+    kind, model = family
+    assert _load_hub(str(DATA / f"golden-{kind}"), allow_download=False).fingerprint == model.fingerprint
+
+
 def test_bfloat16_weights_load_exactly(tmp_path):
     """A bfloat16 checkpoint (numpy has no such dtype) gives the engine the same weights as float32."""
     torch = pytest.importorskip("torch")
