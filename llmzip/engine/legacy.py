@@ -15,8 +15,8 @@ from ..attention8 import ATTEND_BUDGET
 from ..fixedpoint import check_gemm_bound, exact_matmul, exp_table, rshift_round
 from .common import ACT_CLIP, ATT_FRAC, SCORE_SHIFT
 
-LINEAR_WEIGHT_BITS = 15   # engine 1: |w| <= 2**15 - 1 after per-channel power-of-two scaling
-ATT_WEIGHT_BITS = 16      # engines 1-2: attention weights, exp(0) == 2**16
+LINEAR16_WEIGHT_BITS = 15  # engine 1: |w| <= 2**15 - 1 after per-channel power-of-two scaling
+FLOAT_ATT_WEIGHT_BITS = 16  # engines 1-2 (float64 attention): weights with exp(0) == 2**16
 MASKED = -(2**62)         # attention score of a masked key: exp() of it reads as exactly 0
 
 
@@ -24,7 +24,7 @@ MASKED = -(2**62)         # attention score of a masked key: exp() of it reads a
 class Linear16:
     """Engine 1's integer affine map ``y = round((x @ w) / 2**shift) + b`` with per-output-channel shift."""
 
-    w: np.ndarray      # float64 (in, out), integer-valued, |w| <= 2**LINEAR_WEIGHT_BITS - 1
+    w: np.ndarray      # float64 (in, out), integer-valued, |w| <= 2**LINEAR16_WEIGHT_BITS - 1
     shift: np.ndarray  # int64 (out,), each >= 1
     b: np.ndarray      # int64 (out,), in the output format
     _half: np.ndarray = field(init=False, repr=False, compare=False)   # float64 2**(shift-1)
@@ -62,9 +62,9 @@ def quantize_linear16(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_fra
     w = np.asarray(w, dtype=np.float64)
     peak = np.abs(w).max(0)
     _, exponent = np.frexp(peak)                      # peak = f * 2**exponent, f in [0.5, 1)
-    scale_bits = np.where(peak > 0, LINEAR_WEIGHT_BITS - exponent, 0)
+    scale_bits = np.where(peak > 0, LINEAR16_WEIGHT_BITS - exponent, 0)
     scale_bits = np.clip(scale_bits, out_frac - in_frac + 1, 50)   # keep every shift >= 1
-    limit = 2**LINEAR_WEIGHT_BITS - 1
+    limit = 2**LINEAR16_WEIGHT_BITS - 1
     w_int = np.clip(np.round(np.ldexp(w, scale_bits[None, :])), -limit, limit)
     bias = np.zeros(w.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
     b_int = np.round(np.ldexp(bias, out_frac)).astype(np.int64)
@@ -74,7 +74,7 @@ def quantize_linear16(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_fra
 
 def check_linear16(fan_in: int) -> None:
     """Raise ValueError unless a ``fan_in``-term product of clipped inputs and 16-bit weights is exact."""
-    check_gemm_bound(fan_in, ACT_CLIP, 2**LINEAR_WEIGHT_BITS - 1, "linear layers")
+    check_gemm_bound(fan_in, ACT_CLIP, 2**LINEAR16_WEIGHT_BITS - 1, "linear layers")
 
 
 class KVCache64:
@@ -112,7 +112,7 @@ class Float64Attention:
     @staticmethod
     def check_bounds(head_dim: int, n_ctx: int) -> None:
         check_gemm_bound(head_dim, ACT_CLIP, ACT_CLIP, "attention scores")
-        check_gemm_bound(n_ctx, 2**ATT_WEIGHT_BITS, ACT_CLIP, "attention values")
+        check_gemm_bound(n_ctx, 2**FLOAT_ATT_WEIGHT_BITS, ACT_CLIP, "attention values")
 
     @staticmethod
     def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache64, layer: int, start: int,
@@ -138,7 +138,7 @@ def _attend64(q: np.ndarray, keys_t: np.ndarray, values: np.ndarray, start: int,
     if t_new > 1:                                                    # one new token sees every key
         allowed = np.arange(span)[None, :] <= (start + np.arange(t_new))[:, None]
         scores = np.where(allowed, scores, MASKED)
-    table = exp_table(ATT_FRAC, ATT_WEIGHT_BITS, 12.0)
+    table = exp_table(ATT_FRAC, FLOAT_ATT_WEIGHT_BITS, 12.0)
     gap = np.minimum(scores.max(-1, keepdims=True) - scores, len(table) - 1)
     weights = table[gap].astype(np.float64)                          # masked -> exactly 0
     if t_new == 1:   # a batch of vector products: einsum beats per-row GEMM calls here
