@@ -113,6 +113,19 @@ def test_thread_count_does_not_change_tables():
     assert len(digests) == 1
 
 
+def test_int8_backends_agree(family, monkeypatch):
+    """torch._int_mm (when present) and the float64 fallback give the same tables."""
+    from llmzip import linear8
+
+    _, model = family
+    if not linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS):
+        pytest.skip("torch._int_mm is not usable here")
+    rows = _rows(model, 3, 30, seed=4)
+    fast = _tables(model, rows)
+    monkeypatch.setattr(linear8, "_use_torch", False)
+    assert np.array_equal(_tables(model, rows), fast)
+
+
 def test_cli_round_trip_any_schedule(llama_family_dir, tmp_path, monkeypatch):
     """Through the CLI with `--model DIR`: `-T 1 --batch-size 3` and `-T 2 --batch-size 16` write the
     same bytes, and each archive decodes under the other settings."""
