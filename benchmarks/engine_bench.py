@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Exact engine vs float model: quantisation loss (bits/byte) and speed on this machine.
 
-    python benchmarks/engine_bench.py [--models embedded ...] [--kb 64] [--shape-124m] [--out FILE]
+    python benchmarks/engine_bench.py [--models embedded DIR ...] [--kb 64] [--shape-124m] [--out FILE]
+
+Any model llmzip runs works, GPT-2 or Llama family (a directory in Hugging Face layout).
 
 For every model and corpus file (first ``--kb`` KB of each):
 
@@ -51,9 +53,8 @@ def gemm_gflops(seconds: float = 2.0) -> float:
 def flops_per_token(model) -> float:
     """Matmul FLOPs per token: linear layers, LM head, and attention at half the context."""
     s = model.engine.spec
-    linear = 12 * s.n_embd**2 * s.n_layer + s.vocab_size * s.n_embd
-    attention = 2 * s.n_layer * s.n_embd * s.n_ctx / 2
-    return 2.0 * (linear + attention)
+    attention = 2 * s.n_layer * s.n_head * s.head_dim * s.n_ctx / 2   # q.k and weights.v, multiply-adds
+    return model.flops_per_token + 2.0 * attention
 
 
 def float_bits(model_dir: str, model, data: bytes) -> float:

@@ -1,4 +1,4 @@
-"""8-bit attention for the exact engine, arithmetic version 3.
+"""8-bit attention for the exact engine, engines 3 and later.
 
 Decoding is bound by reading the KV cache: at every step each row reads all its earlier keys
 and values. Version 2 kept them as float64 (8 bytes per number); this version keeps them as
@@ -20,6 +20,9 @@ as float32 GEMMs on small integers, which are exact in any summation order:
 * the output is ``round(2**E * (256 * HI + LO) / sum(w))`` in int64.
 
 Masked positions get weight exactly 0, so every query's result depends only on its prefix.
+Grouped-query attention (fewer key/value heads than query heads) runs the query heads that share
+a key/value head as extra query rows of that head: every number is the same as with one key/value
+head per query head holding copies.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .fixedpoint import exp_table
 from .linear8 import Q_MAX, quantize_rows
 
 ATT_FRAC = 8             # attention scores: 1/256 nat
-ATT_EXP_BITS = 15        # attention weights: exp(0) == 2**15 (high byte <= 128)
+ATT_WEIGHT_BITS = 15     # attention weights: exp(0) == 2**15 (high byte <= 128)
 SPAN = 512               # positions per value GEMM: 255 * 127 * 512 < 2**24 keeps float32 exact
 ATTEND_BUDGET = 1 << 22  # entries of the largest (rows, heads, T, S) temporary (speed/memory only)
 
@@ -100,21 +103,25 @@ def store(cache: KVCache8, layer: int, k: np.ndarray, v: np.ndarray, start: int,
 def attend(q: np.ndarray, cache: KVCache8, layer: int, start: int) -> np.ndarray:
     """Causal attention of queries (rows, H, T, hd) at positions ``start``...; int64 (rows, H, T, hd).
 
-    ``q`` must already carry the 1/sqrt(head_dim) factor (see module docstring).
+    ``q`` must already carry the 1/sqrt(head_dim) factor (see module docstring). ``H`` is a
+    multiple of the cache's key/value heads; query head ``h`` reads key/value head
+    ``h // (H / kv_heads)`` (the Hugging Face layout of grouped-query attention).
     """
-    rows, heads, t_new, _ = q.shape
+    rows, heads, t_new, head_dim = q.shape
+    kv_heads = cache.keys[layer].shape[1]
     end = start + t_new
-    q8, eq = quantize_vectors(q)
-    out = np.empty(q.shape, dtype=np.int64)
+    q8, eq = quantize_vectors(q.reshape(rows, kv_heads, heads // kv_heads * t_new, head_dim))
+    out = np.empty(q8.shape, dtype=np.int64)
     step = max(1, ATTEND_BUDGET // (heads * t_new * end))
     for r in range(0, rows, step):
         part = slice(r, r + step)
         out[part] = _attend_rows(q8[part], eq[part], cache, layer, part, start, end)
-    return out
+    return out.reshape(q.shape)
 
 
 def _attend_rows(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,
                  start: int, end: int) -> np.ndarray:
+    """Queries (R, kv_heads, G * T, hd), G query heads of T positions each per key/value head."""
     keys = cache.keys[layer][part, :, :end]
     dot = np.matmul(q8.astype(np.float32), keys.swapaxes(-1, -2).astype(np.float32))   # exact
     scores = dot.astype(np.float64)
@@ -122,16 +129,18 @@ def _attend_rows(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, pa
     scores *= cache.key_scale[layer][part, :, None, :end]
     scores += 0.5
     np.floor(scores, out=scores)
-    t_new = q8.shape[2]
+    t_new, group = end - start, q8.shape[2] // (end - start)
     if t_new > 1:                                   # a single new token sees every key
-        future = np.arange(end)[None, :] > (start + np.arange(t_new))[:, None]
+        position = start + np.arange(group * t_new) % t_new
+        future = np.arange(end)[None, :] > position[:, None]
         scores[..., future] = -np.inf
     table = _weight_table()
     gap = scores.max(-1, keepdims=True) - scores
     np.minimum(gap, len(table) - 1, out=gap)        # -inf gaps (masked) become the last entry, 0
     weights = np.take(table, gap.astype(np.intp))   # int32, <= 2**15
     den = weights.sum(-1, dtype=np.int64)[..., None]
-    top = cache.value_max[layer][part, :, start:end][..., None]                    # E per query
+    top = cache.value_max[layer][part, :, start:end]                               # E per query
+    top = (np.tile(top, (1, 1, group)) if group > 1 else top)[..., None]
     shift = top - cache.value_exp[layer][part, :, None, :end]   # < 0 only where the weight is 0
     np.maximum(shift, 0, out=shift)
     np.minimum(shift, 31, out=shift)
@@ -156,4 +165,5 @@ def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _weight_table() -> np.ndarray:
-    return exp_table(ATT_FRAC, ATT_EXP_BITS, 12.0).astype(np.int32)
+    return exp_table(ATT_FRAC, ATT_WEIGHT_BITS, 12.0).astype(np.int32)
+

@@ -45,12 +45,17 @@ class Model(Predictor, Protocol):
 
     model_id: str
     fingerprint: bytes
-    bos_id: int
     engine_id: int
     freq_bits: int
+    kv_bytes_per_row: int   # decoder cache per row of a full context (0: none worth bounding)
     tokenizer: Any  # llmzip.tokens.ByteTokenizer
 
     def check_archive(self, fingerprint: bytes, model_id: str) -> None: ...
+
+    def with_engine(self, engine_id: int) -> "Model":
+        """This model under the arithmetic of ``engine_id`` (self if it is the same); raises
+        UnsupportedFormatError for an engine this build does not know, ModelMismatchError for one
+        that runs another architecture."""
 
 
 def compress(
@@ -66,7 +71,7 @@ def compress(
     """
     chunk = chunk_tokens or default_chunk(model)
     group_chunks = group_chunks or default_group(model)
-    if group_chunks * getattr(model, "kv_bytes_per_row", 0) > KV_LIMIT:
+    if group_chunks * model.kv_bytes_per_row > KV_LIMIT:
         raise ValueError(f"group_chunks={group_chunks} would need more than {KV_LIMIT >> 20} MiB of decoder cache")
     if not 1 <= chunk <= model.max_context - 1:
         raise ValueError(f"chunk_tokens must be in [1, {model.max_context - 1}] for this model")
@@ -79,7 +84,7 @@ def compress(
         mixing=mixing is not None, mix_params=mixing.to_bytes() if mixing else b"",
     )
     mixer = Mixer(model.vocab_size, mixing, chunk, len(tokens)) if mixing else None
-    _prepare(model, len(tokens))
+    model.prepare(len(tokens))
     segments = [
         encode_group(model, rows, settings, mixer)
         for rows in _groups(tokens, chunk, group_chunks)
@@ -90,15 +95,14 @@ def compress(
 def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> bytes:
     """Decode an archive made by :func:`compress` with the same model (checked by fingerprint)."""
     header, segments = read_archive(blob)
-    if hasattr(model, "with_engine"):   # archives of an older engine decode with its arithmetic
-        model = model.with_engine(header.engine)
+    model = model.with_engine(header.engine)   # archives of an older engine decode with its arithmetic
     mixing = check_compatible(header, model)
     # The mixer's token buffer is sized from the header's token count (it grows by doubling
     # otherwise: up to 3x the final size at its last growth), but at most MIXER_PREALLOC tokens
     # up front, so a forged count cannot make us allocate much before decoding fails.
     prealloc = min(header.token_count, MIXER_PREALLOC)
     mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens, prealloc) if mixing else None
-    _prepare(model, header.token_count)
+    model.prepare(header.token_count)
     parts: list[bytes] = []
     for j, segment in enumerate(segments):
         rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
@@ -110,21 +114,13 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     return data
 
 
-def _prepare(model: Predictor, tokens: int) -> None:
-    """Let a model that has a ``prepare(tokens)`` hook get ready for a call of that size (e.g.
-    choose a GEMM backend) before any worker thread starts."""
-    prepare = getattr(model, "prepare", None)
-    if prepare is not None:
-        prepare(tokens)
-
-
 def default_chunk(model: Predictor) -> int:
     """Tokens per chunk when the caller does not choose: DEFAULT_CHUNK, or less for a short context."""
     return min(DEFAULT_CHUNK, model.max_context - 1)
 
 
-def default_group(model: Predictor) -> int:
-    per_row = getattr(model, "kv_bytes_per_row", 0)
+def default_group(model: Model) -> int:
+    per_row = model.kv_bytes_per_row
     return max(1, min(MAX_GROUP, KV_BUDGET // per_row)) if per_row else MAX_GROUP
 
 
@@ -140,7 +136,7 @@ def check_compatible(header: Header, model: Model) -> MixParams | None:
         raise UnsupportedFormatError(f"frequency precision {header.freq_bits} bits is not supported")
     if header.chunk_tokens > model.max_context - 1:
         raise CorruptArchiveError(f"chunk of {header.chunk_tokens} tokens exceeds the model's context")
-    cache = min(header.group_chunks, header.chunk_count) * getattr(model, "kv_bytes_per_row", 0)
+    cache = min(header.group_chunks, header.chunk_count) * model.kv_bytes_per_row
     if cache > KV_LIMIT:   # compress() never writes such an archive: refuse before allocating it
         raise CorruptArchiveError(f"groups of {header.group_chunks} chunks would need {cache >> 20} MiB "
                                   f"of decoder cache (limit {KV_LIMIT >> 20} MiB)")

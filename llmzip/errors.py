@@ -1,6 +1,6 @@
 """Typed exceptions raised by the llmzip library.
 
-The CLI maps each class to one exit status and one line on stderr (see ``cli.py``);
+The CLI maps each class to one exit status and one line on stderr (see ``llmzip/cli/status.py``);
 library code never prints and never exits.
 """
 

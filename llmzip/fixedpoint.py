@@ -6,7 +6,7 @@ Everything here is a pure function of its integer inputs on every IEEE-754 machi
   any order, so reductions cannot vary with SIMD width or thread count);
 * matrix products are integer-valued ``float64`` GEMMs, exact because every partial sum
   stays below 2**53 (callers check the bound with :func:`check_gemm_bound`);
-* lookup tables for ``exp`` and GELU are computed with Python's ``decimal`` module
+* lookup tables for ``exp``, GELU and SiLU are computed with Python's ``decimal`` module
   (libmpdec, deterministic everywhere), never with libm;
 * the only float operations on data are conversions, division and ``sqrt``, which
   IEEE-754 requires to be correctly rounded.
@@ -87,13 +87,20 @@ def _gelu_erf(x: Decimal) -> Decimal:
     return x * (1 + 2 / _PI.sqrt() * total) / 2
 
 
+def _silu(x: Decimal) -> Decimal:
+    """SiLU (swish): x * sigmoid(x)."""
+    return x / (1 + (-x).exp())
+
+
 GELU_KINDS = {"gelu_new": _gelu_tanh, "gelu_pytorch_tanh": _gelu_tanh, "gelu_fast": _gelu_tanh, "gelu": _gelu_erf}
+ACTIVATIONS = {**GELU_KINDS, "silu": _silu}
+SILU_HALF_RANGE = 16   # |x| >= 16: SiLU(x) is x or 0 within 16 * exp(-16) < 2**-20
 
 
 @functools.lru_cache(maxsize=None)
-def gelu_table(kind: str, step_bits: int, half_range: int, out_bits: int) -> np.ndarray:
+def activation_table(kind: str, step_bits: int, half_range: int, out_bits: int) -> np.ndarray:
     """GELU sampled at ``i / 2**step_bits`` for i in [-half_range*2**step_bits, +...], as round(y * 2**out_bits)."""
-    fn = GELU_KINDS[kind]
+    fn = ACTIVATIONS[kind]
     n = half_range << step_bits
     with localcontext() as ctx:
         ctx.prec = 70
@@ -110,7 +117,7 @@ def gelu(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_rang
     neighbouring samples; above it GELU(x) = x and below it GELU(x) = 0 (both to far below
     one unit in the last place).
     """
-    table = gelu_table(kind, step_bits, half_range, frac_bits)
+    table = activation_table(kind, step_bits, half_range, frac_bits)
     sub = frac_bits - step_bits
     n = half_range << step_bits
     cell = (u >> sub) + n
@@ -124,7 +131,7 @@ def gelu(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_rang
 @functools.lru_cache(maxsize=None)
 def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int, half_range: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-cell (base, slope) of :func:`gelu` over every cell of [-clip, clip], and the first cell."""
-    table = gelu_table(kind, step_bits, half_range, frac_bits)
+    table = activation_table(kind, step_bits, half_range, frac_bits)
     sub, n = frac_bits - step_bits, half_range << step_bits
     cells = np.arange((-clip >> sub) + n, (clip >> sub) + n + 1)
     i = np.clip(cells, 0, 2 * n - 1)
@@ -149,6 +156,18 @@ def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits:
     y += 1 << (sub - 1)
     y >>= sub
     y += np.take(base, idx)
+    return y
+
+
+def silu(u: np.ndarray, frac_bits: int) -> np.ndarray:
+    """SiLU of int64 fixed-point ``u`` (``frac_bits`` fraction bits, |u| < 2**62): the table's
+    linear interpolation (cells of 2**-6) inside [-16, 16], ``u`` above and 0 below."""
+    limit = SILU_HALF_RANGE << frac_bits
+    c = clip_inplace(u.copy(), limit)
+    y = gelu_clipped(c, "silu", frac_bits, limit, half_range=SILU_HALF_RANGE)   # y(limit) = limit, y(-limit) = 0
+    c -= u
+    np.minimum(c, 0, out=c)          # limit - u where u > limit, else 0
+    y -= c                           # so y = u above the range and 0 below it
     return y
 
 
@@ -182,3 +201,29 @@ def layer_norm(
     inv = np.floor(np.ldexp(1.0, g) / sigma).astype(np.int64)       # in (2**24, 2**25]
     z = rshift_round(xs * inv, g - out_frac)
     return rshift_round(z * gamma, gamma_frac) + beta
+
+
+def _row_shift(x: np.ndarray) -> np.ndarray:
+    """Per-row right shift that keeps a sum of squares over the last axis below 2**62."""
+    sq_bits = (62 - int(x.shape[-1] - 1).bit_length()) // 2 - 1
+    return np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - sq_bits, 0)
+
+
+def rms_norm(h: np.ndarray, gamma: np.ndarray, eps: float, in_frac: int, out_frac: int, gamma_frac: int) -> np.ndarray:
+    """RMSNorm over the last axis of int64 ``h`` (``in_frac`` fraction bits) -> ``out_frac`` bits.
+
+    :func:`layer_norm` without the mean and the bias: an exact integer sum of squares of the
+    row shifted right just enough to stay below 2**62, one correctly rounded ``sqrt`` and
+    division (``rms`` and ``2**g / rms`` are float64 ops IEEE-754 rounds correctly), and integer
+    products: ``|xs| < 2**sq_bits <= 2**29`` times ``inv <= 2**25`` stays below 2**54 in int64.
+    """
+    d = h.shape[-1]
+    shift = _row_shift(h)
+    xs = h >> shift
+    ss = (xs * xs).sum(-1, keepdims=True)
+    eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
+    rms = np.sqrt(ss.astype(np.float64) / d + eps_scaled)
+    g = 24 + np.frexp(rms)[1].astype(np.int64)                      # rms < 2**(g - 24)
+    inv = np.floor(np.ldexp(1.0, g) / rms).astype(np.int64)         # in (2**24, 2**25]
+    z = rshift_round(xs * inv, g - out_frac)
+    return rshift_round(z * gamma, gamma_frac)

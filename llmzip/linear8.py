@@ -1,4 +1,4 @@
-"""8-bit integer linear layers for the exact engine, arithmetic version 2.
+"""8-bit integer linear layers for the exact engine, engines 2 and later.
 
 ``y = round(q(x) @ W * M * 2**(e - D)) + b`` where
 
@@ -27,7 +27,7 @@ import numpy as np
 from .fixedpoint import bit_length, clip_inplace
 
 Q_MAX = 127          # int8 range used on both sides (never -128: the product bound stays symmetric)
-SCALE_BITS = 15      # per-column dequantisation multiplier: 2**14 <= M < 2**15
+MULT_BITS = 15       # per-column dequantisation multiplier: 2**14 <= M < 2**15
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,12 @@ class Linear8:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]
 
 
+def check_linear8(fan_in: int) -> None:
+    """Raise ValueError unless int8 x int8 products summed over ``fan_in`` terms fit int32."""
+    if fan_in * Q_MAX * Q_MAX >= 2**31:
+        raise ValueError("linear layers: int8 products could overflow int32")
+
+
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 rows ``q`` and shifts ``e`` (rows,) with ``q = clip(round_half_up(x / 2**e), +-127)``.
 
@@ -84,9 +90,9 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
     scale = np.where(peak > 0, peak / Q_MAX, 1.0)                   # real value of one int8 step
     w8 = np.clip(np.round(w / scale), -Q_MAX, Q_MAX).astype(np.int8)
     mant, expo = np.frexp(scale)                                    # scale = mant * 2**expo
-    mult = np.round(np.ldexp(mant, SCALE_BITS)).astype(np.int64)    # in [2**14, 2**15]
-    expo = expo.astype(np.int64) - SCALE_BITS
-    carry = mult == 1 << SCALE_BITS                                  # rounded up to 2**15: renormalise
+    mult = np.round(np.ldexp(mant, MULT_BITS)).astype(np.int64)    # in [2**14, 2**15]
+    expo = expo.astype(np.int64) - MULT_BITS
+    carry = mult == 1 << MULT_BITS                                  # rounded up to 2**15: renormalise
     mult, expo = np.where(carry, mult >> 1, mult), np.where(carry, expo + 1, expo)
     mult = np.where(peak > 0, mult, 0)
     shift = in_frac - out_frac - expo                               # y = acc * mult * 2**(e - shift)
@@ -98,7 +104,7 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
 # Importing torch costs ~1.1 s and ~200 MB here: below this many tokens a codec call finishes
 # sooner on the float64 GEMM (3 KB of prose: 0.8 s instead of 2.2 s; 100 KB: 5.3 vs 5.8 s to
 # compress, 6.2 vs 6.9 s to decompress), above it torch's int8 GEMM wins (Treasure Island,
-# 110k tokens: 13 vs 16 s to compress). Measured 2026-11-24, session 5, through the CLI.
+# 110k tokens: 13 vs 16 s to compress). Measured 2026-11-24 through the CLI.
 INT8_GEMM_MIN_TOKENS = 1 << 16
 _use_torch: bool | None = None     # None: not chosen by a codec call (then torch if it is usable)
 

@@ -39,20 +39,23 @@ class Predictor(Protocol):
 
     vocab_size: int
     max_context: int
+    bos_id: int            # the first input of every row
+    table_dtype: type      # integer dtype of the tables advance() allocates (np.int64 when unsure)
+    flops_per_token: int   # below PARALLEL_MIN_FLOPS a codec call runs on one thread
 
     def start(self, rows: int) -> Any:
         """A fresh state for ``rows`` empty rows."""
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Append ``tokens`` (rows, T); return integer tables (rows, T, V), each entry >= 1,
-        written into ``out`` (a C-contiguous integer array of that shape) when it is given.
-
-        A predictor whose tables fit a narrower type than int64 says so with a ``table_dtype``
-        attribute (the codec's shared table buffer then uses it). An optional
-        ``prepare(tokens)`` method is called once per codec call, before any thread starts."""
+        """Append ``tokens`` (rows, T); return integer tables (rows, T, V) of ``table_dtype``, each
+        entry >= 1, written into ``out`` (a C-contiguous integer array of that shape) when it is given."""
 
     def keep(self, state: Any, rows: np.ndarray) -> None:
         """Keep only the listed rows of ``state``, in that order."""
+
+    def prepare(self, tokens: int) -> None:
+        """Called once per codec call of ``tokens`` tokens, before any worker thread starts (e.g. to
+        choose a GEMM backend); never changes a table. May do nothing."""
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _batches(rows: int, settings: Settings, model: Predictor) -> list[slice]:
 def cpu_threads(settings: Settings, model: Predictor | None = None) -> int:
     """Threads a codec call uses: ``settings.threads`` or every usable core, but one for a model
     too small to keep several threads busy (per-step overhead then outweighs the gain)."""
-    if model is not None and getattr(model, "flops_per_token", PARALLEL_MIN_FLOPS) < PARALLEL_MIN_FLOPS:
+    if model is not None and model.flops_per_token < PARALLEL_MIN_FLOPS:
         return 1
     if settings.threads:
         return settings.threads
@@ -124,7 +127,7 @@ def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[sl
     """
     if len(batches) == 1:
         return _advance_batch(None, model, states[0], tokens[batches[0]])
-    out = np.empty(tokens.shape + (model.vocab_size,), dtype=getattr(model, "table_dtype", np.int64))
+    out = np.empty(tokens.shape + (model.vocab_size,), dtype=model.table_dtype)
     results = [_advance_batch(pool, model, st, tokens[s], out[s]) for s, st in zip(batches, states)]
 
     def result() -> np.ndarray:
@@ -153,14 +156,14 @@ def encode_group(
 
     Rows must be in non-increasing length order (only the last chunk of a file is short).
     """
-    inputs, targets = teacher_forcing(rows, getattr(model, "bos_id", 0))
+    inputs, targets = teacher_forcing(rows, model.bos_id)
     length = inputs.shape[1]
     encoder = ArithmeticEncoder()
     if mixer is not None:
         mixer.begin_group(len(rows))
     batches = _batches(len(rows), settings, model)
     states = [model.start(s.stop - s.start) for s in batches]
-    span = prefill_block(len(rows), getattr(model, "vocab_size", 1))
+    span = prefill_block(len(rows), model.vocab_size)
     blocks = [slice(t0, min(t0 + span, length)) for t0 in range(0, length, span)]
     with _pool(settings, model) as pool:
         pending = _advance(pool, model, batches, states, inputs[:, blocks[0]])
@@ -254,7 +257,7 @@ def _decode_steps(
     steps = max(lengths)
     live = [sum(1 for n in lengths if n > t) for t in range(steps)]   # a prefix of the rows
     out = np.zeros((len(lengths), steps), dtype=np.int64)
-    prev = np.full(len(lengths), getattr(model, "bos_id", 0), dtype=np.int64)
+    prev = np.full(len(lengths), model.bos_id, dtype=np.int64)
     sizes = [s.stop - s.start for s in batches]       # rows each batch's state holds
 
     def launch(b: int, t: int) -> Callable[[], np.ndarray] | None:

@@ -102,7 +102,7 @@ PRESETS = {
     0: MixParams(orders=(0, 1, 2, 3, 4, 6), hash_bits=20, slot_width=16, count_limit=30, match_min=5,
                  match_bits=20, lr=8, init_gap=0),
     # Preset 0 with a smaller weight step: -0.35 % bits over the corpus, every file smaller
-    # (python benchmarks/mix_study.py; 2026-11-24). The default since session 5.
+    # (python benchmarks/mix_study.py; 2026-11-24). The default since 2026-11-24 (commit a281c5f).
     1: MixParams(orders=(0, 1, 2, 3, 4, 6), hash_bits=20, slot_width=16, count_limit=30, match_min=5,
                  match_bits=20, lr=3, init_gap=0),
 }

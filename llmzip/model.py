@@ -1,4 +1,5 @@
-"""Find, load and fingerprint the language model that drives the codec.
+"""Find, load and fingerprint the language model that drives the codec (the codec-facing
+adapter is :class:`llmzip.predictor.LoadedModel`).
 
 A model is named by a string:
 
@@ -10,7 +11,9 @@ A model is named by a string:
   ``AutoTokenizer`` from the local cache, or downloaded only when ``allow_download`` is set.
 
 Weights are only ever read from safetensors and ``trust_remote_code`` is never enabled.
-The fingerprint is a SHA-256 of what the codec actually computes with: the engine's integer
+A config's ``model_type`` picks the engine architecture (:data:`llmzip.engine.MODEL_TYPES`:
+GPT-2, and the Llama family: llama, mistral, qwen2); anything else is refused. The fingerprint is
+a SHA-256 of what the codec actually computes with: the engine's architecture, spec, integer
 weights and arithmetic version, the token->bytes table and the BOS id. Two models with the same
 fingerprint produce the same tables, so an archive decodes with either.
 """
@@ -20,117 +23,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .engine import ENGINES, ExactGPT2, GPT2Spec
-from .errors import ModelLoadError, ModelMismatchError, UnsupportedFormatError
-from .linear8 import select_backend
-from .quantize import FREQ_BITS, freqs_from_logits
+from .engine import MODEL_TYPES, ExactEngine, GPT2Spec, LlamaSpec, Spec, build_engine
+from .errors import ModelLoadError
+from .predictor import LoadedModel
 from .tokens import ByteTokenizer
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 EMBEDDED_NAME = "llmzip-gpt2-small-v2"   # the default model; older shipped models stay for their archives
 SHIPPED_PREFIX = "llmzip-"                 # ids reserved for models shipped in this package
-SUPPORTED_TYPES = ("gpt2",)
-HEAD_ROWS = 128   # positions per output-head block (speed only)
+SUPPORTED_TYPES = tuple(MODEL_TYPES)
 
 
-@dataclass
-class LoadedModel:
-    """Everything the codec needs from a model. Implements the codec's ``Predictor`` protocol."""
-
-    model_id: str
-    engine: ExactGPT2
-    tokenizer: ByteTokenizer
-    bos_id: int
-    fingerprint: bytes
-    freq_bits: int = FREQ_BITS
-    table_dtype: type = np.int32   # advance() tables: entries <= 2**freq_bits + 1 (see lockstep.Predictor)
-    build: Callable[[int], ExactGPT2] | None = field(default=None, repr=False, compare=False)
-    variants: dict[int, LoadedModel] = field(default_factory=dict, repr=False, compare=False)
-
-    def with_engine(self, engine_id: int) -> LoadedModel:
-        """The same weights and tokenizer under another engine arithmetic (to decode old archives).
-
-        Raises:
-            UnsupportedFormatError: this build does not know ``engine_id``.
-        """
-        if engine_id == self.engine.engine_id:
-            return self
-        if engine_id > max(ENGINES):
-            raise UnsupportedFormatError(f"inference engine {engine_id} is newer than this llmzip "
-                                         f"(it knows {min(ENGINES)}-{max(ENGINES)}): upgrade llmzip")
-        if engine_id not in ENGINES or self.build is None:
-            raise UnsupportedFormatError(f"unknown inference engine {engine_id}")
-        self.variants.setdefault(self.engine.engine_id, self)
-        if engine_id not in self.variants:   # quantising the weights again costs ~0.3 s: once per model
-            engine = self.build(engine_id)
-            self.variants[engine_id] = replace(self, engine=engine,
-                                               fingerprint=model_fingerprint(engine, self.tokenizer, self.bos_id))
-        return self.variants[engine_id]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.engine.spec.vocab_size
-
-    @property
-    def max_context(self) -> int:
-        return self.engine.spec.n_ctx
-
-    @property
-    def kv_bytes_per_row(self) -> int:
-        """Decoder KV-cache bytes for one row of a full context."""
-        return self.engine.kv_bytes_per_row()
-
-    @property
-    def flops_per_token(self) -> int:
-        """Multiply-adds x 2 of the linear layers and the head for one token (attention excluded)."""
-        s = self.engine.spec
-        return 2 * (s.n_layer * 12 * s.n_embd**2 + s.n_embd * s.vocab_size)
-
-    @property
-    def engine_id(self) -> int:
-        return self.engine.engine_id
-
-    def start(self, rows: int) -> Any:
-        return self.engine.new_cache(rows)
-
-    def prepare(self, tokens: int) -> None:
-        """Get ready for a codec call of ``tokens`` tokens, before its worker threads start:
-        the int8 GEMM backend (:func:`llmzip.linear8.select_backend`). Never changes a table."""
-        if self.engine_id >= 2:
-            select_backend(tokens)
-
-    def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32
-        (entries <= 2**freq_bits + 1: half the memory traffic of int64) unless ``out`` is given."""
-        hidden = self.engine.forward(tokens, state)
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if out is None:
-            out = np.empty((*hidden.shape[:-1], self.vocab_size), dtype=self.table_dtype)
-        dest = out.view()
-        dest.shape = (len(flat), self.vocab_size)   # raises rather than copy if out is not contiguous
-        for i in range(0, len(flat), HEAD_ROWS):   # head + quantiser in cache-sized blocks
-            freqs_from_logits(self.engine.float_logits(flat[i : i + HEAD_ROWS]), self.freq_bits, dest[i : i + HEAD_ROWS])
-        return out
-
-    def keep(self, state: Any, rows: np.ndarray) -> None:
-        state.keep(rows)
-
-    def check_archive(self, fingerprint: bytes, model_id: str) -> None:
-        """Raise ModelMismatchError unless ``fingerprint`` is this model's."""
-        if fingerprint != self.fingerprint:
-            raise ModelMismatchError(
-                f"archive needs model {model_id!r} with fingerprint {fingerprint.hex()[:16]}, "
-                f"but {self.model_id!r} has fingerprint {self.fingerprint.hex()[:16]}"
-            )
-
-
-def model_fingerprint(engine: ExactGPT2, tokenizer: ByteTokenizer, bos_id: int) -> bytes:
+def model_fingerprint(engine: ExactEngine, tokenizer: ByteTokenizer, bos_id: int) -> bytes:
     digest = hashlib.sha256(b"llmzip-model/1")
     digest.update(engine.fingerprint)
     digest.update(tokenizer.table_digest())
@@ -213,10 +122,14 @@ def _load_hub(name: str, allow_download: bool) -> LoadedModel:
     return _assemble(name, config, state, tokenizer, int(bos))
 
 
-class _Config:
-    """Attribute access over a config.json dict, with GPT-2's defaults."""
+class _MissingKey(ModelLoadError, AttributeError):
+    """A config.json key the engine needs is absent (an AttributeError, so getattr defaults apply)."""
 
-    _defaults = {
+
+class _Config:
+    """Attribute access over a config.json dict, with GPT-2's defaults for GPT-2 models."""
+
+    _gpt2_defaults = {
         "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": True,
         "scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True,
     }
@@ -227,9 +140,9 @@ class _Config:
     def __getattr__(self, key: str) -> Any:
         if key in self._data:
             return self._data[key]
-        if key in self._defaults:
-            return self._defaults[key]
-        raise ModelLoadError(f"config.json has no {key!r}")
+        if self._data.get("model_type") == "gpt2" and key in self._gpt2_defaults:
+            return self._gpt2_defaults[key]
+        raise _MissingKey(f"config.json has no {key!r}")
 
 
 def _check_type(model_type: str, name: str) -> None:
@@ -239,35 +152,65 @@ def _check_type(model_type: str, name: str) -> None:
         )
 
 
+def _spec_and_state(config: Any, state: dict[str, np.ndarray]) -> tuple[Spec, dict[str, np.ndarray]]:
+    """The engine spec of ``config`` and ``state`` under the key names its engine reads, with the
+    LM head filled in when it is tied to the embeddings. Raises ValueError for an unsupported variant."""
+    if MODEL_TYPES[config.model_type] == "gpt2":
+        state = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in state.items()}
+        if getattr(config, "tie_word_embeddings", True) or "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["transformer.wte.weight"]
+        return GPT2Spec.from_config(config), state
+    if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in state:
+        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    return LlamaSpec.from_config(config), state
+
+
 def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenizer: ByteTokenizer, bos: int) -> LoadedModel:
     _check_type(config.model_type, model_id)
-    state = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in state.items()}
-    if getattr(config, "tie_word_embeddings", True) or "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["transformer.wte.weight"]
     try:
-        spec = GPT2Spec.from_config(config)
-    except ValueError as exc:
+        spec, state = _spec_and_state(config, state)
+    except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{model_id}: {exc}") from exc
     if tokenizer.vocab_size > spec.vocab_size:
         raise ModelLoadError(f"{model_id}: tokenizer has {tokenizer.vocab_size} tokens, model only {spec.vocab_size}")
     if not 0 <= bos < spec.vocab_size:
         raise ModelLoadError(f"{model_id}: BOS id {bos} outside the vocabulary")
     try:
-        engine = ExactGPT2(spec, state)
+        engine = build_engine(spec, state)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{model_id}: cannot build the exact engine: {exc}") from exc
+    fingerprint_of = functools.partial(model_fingerprint, tokenizer=tokenizer, bos_id=bos)
     return LoadedModel(model_id, engine, tokenizer, bos, model_fingerprint(engine, tokenizer, bos),
-                       build=functools.partial(ExactGPT2, spec, state))
+                       build=functools.partial(build_engine, spec, state), fingerprint_of=fingerprint_of)
+
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}   # BF16: high half of a float32
 
 
 def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    """Every float tensor of ``files`` (safetensors layout: u64 header length, JSON header, data),
+    memory-mapped; bfloat16 (which numpy lacks) widened exactly to float32. Integer and boolean
+    tensors (buffers such as attention masks) are skipped: the engine reads only float weights.
 
+    Raises:
+        ValueError: a malformed file.
+    """
     state: dict[str, np.ndarray] = {}
     for f in files:
-        with safe_open(str(f), framework="numpy") as handle:
-            for key in handle.keys():
-                state[key] = handle.get_tensor(key)
+        with open(f, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                continue
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= len(data):
+                raise ValueError(f"{f.name}: tensor {key} lies outside the file")
+            array = data[begin:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            state[key] = (array.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else array
     return state
 
 

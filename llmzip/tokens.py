@@ -1,4 +1,11 @@
-"""Exact bytes <-> token ids over a Hugging Face byte-level BPE vocabulary.
+"""Exact bytes <-> token ids over a Hugging Face BPE vocabulary of either style:
+
+* byte-level (GPT-2, Llama 3, Qwen2, SmolLM): every piece is bytes spelled in GPT-2's
+  byte-to-unicode alphabet;
+* SentencePiece with byte fallback (Llama 2, Mistral, TinyLlama): pieces are text with ``▁`` for
+  a space, and ``<0x00>`` ... ``<0xFF>`` are single bytes. The "dummy prefix" (a ``▁`` the
+  tokenizer puts before the text, i.e. a space that is not in the input) is turned off, the
+  ``▁`` substitution is kept, and a literal ``▁`` in the input is coded as bytes.
 
 Invariants (for every :class:`ByteTokenizer` ``t`` and every ``data: bytes``):
 
@@ -28,6 +35,9 @@ from llmzip.errors import TokenizerError
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 _INVALID_RUN = re.compile("([\udc80-\udcff]+)")  # bytes that are not valid UTF-8 (surrogateescape)
+SPACE_PIECE = "\u2581"                             # SentencePiece's "▁": a space inside a piece
+_SP_BYTE = re.compile("<0x([0-9A-Fa-f]{2})>")      # SentencePiece byte-fallback piece
+_SP_RAW_RUN = re.compile("([\udc80-\udcff]+|\u2581+)")   # coded as single bytes under SentencePiece
 
 
 @lru_cache(maxsize=1)
@@ -60,35 +70,75 @@ def _patch_config(node: Any) -> None:
             _patch_config(value)
 
 
-def _private_backend(backend: tokenizers.Tokenizer) -> tuple[tokenizers.Tokenizer, list[dict[str, Any]]]:
-    """Copy ``backend`` without normalizer, post-processor, truncation and padding.
+def is_sentencepiece(config: dict[str, Any]) -> bool:
+    """Whether a tokenizer.json config is SentencePiece-style (byte fallback or ``<0xNN>`` pieces)."""
+    model = config.get("model") or {}
+    vocab = model.get("vocab")
+    pieces = vocab if isinstance(vocab, dict) else {}
+    return bool(model.get("byte_fallback")) or all(f"<0x{b:02X}>" in pieces for b in range(256))
+
+
+def _sentencepiece_config(config: dict[str, Any]) -> None:
+    """Keep only the space -> ``▁`` substitution of a SentencePiece tokenizer's front end (in place):
+    no dummy prefix (Prepend normalizer, Metaspace ``prepend_scheme``), no other normalisation."""
+    pre = config.get("pre_tokenizer")
+    if isinstance(pre, dict) and pre.get("type") == "Metaspace":
+        pre["prepend_scheme"] = "never"
+        if "add_prefix_space" in pre:   # tokenizers < 0.19 spelled it this way
+            pre["add_prefix_space"] = False
+        config["normalizer"] = None
+    elif pre is None:
+        config["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE_PIECE}
+    else:
+        raise TokenizerError(f"SentencePiece-style tokenizer with a {pre.get('type')!r} pre-tokenizer: "
+                             "cannot tell how it marks spaces, so it cannot be made exact")
+
+
+def _private_backend(backend: tokenizers.Tokenizer) -> tuple[tokenizers.Tokenizer, list[dict[str, Any]], bool]:
+    """Copy ``backend`` without normalizer (SentencePiece: only its space substitution), post-processor,
+    truncation and padding.
 
     Returns:
         The copy (special tokens are encoded as plain text, so the special ids never
-        appear in encoded data) and the list of added-token records from its config.
+        appear in encoded data), the list of added-token records from its config, and whether
+        it is SentencePiece-style.
     """
     config = json.loads(backend.to_str())
+    sentencepiece = is_sentencepiece(config)
     config.update(normalizer=None, post_processor=None, truncation=None, padding=None)
-    _patch_config(config.get("pre_tokenizer"))
+    if sentencepiece:
+        _sentencepiece_config(config)
+    else:
+        _patch_config(config.get("pre_tokenizer"))
     copy = tokenizers.Tokenizer.from_str(json.dumps(config))
     copy.encode_special_tokens = True
-    return copy, list(config.get("added_tokens") or [])
+    return copy, list(config.get("added_tokens") or []), sentencepiece
 
 
-def _build_table(backend: tokenizers.Tokenizer, added: list[dict[str, Any]]) -> list[bytes]:
-    """Token id -> bytes for every id in ``[0, max id]``; raises TokenizerError if unusable."""
+def _piece_bytes_bytelevel(piece: str, idx: int) -> bytes:
     to_byte = _unicode_to_byte()
-    entries: dict[int, bytes] = {int(t["id"]): str(t["content"]).encode("utf-8") for t in added}
+    try:
+        return bytes(to_byte[c] for c in piece)
+    except KeyError:
+        raise TokenizerError(
+            f"token {idx} ({piece!r}) has a character outside the byte-level alphabet: "
+            "not a byte-level BPE tokenizer (GPT-2 / Llama-3 / Qwen2 style)"
+        ) from None
+
+
+def _piece_bytes_sentencepiece(piece: str, idx: int) -> bytes:
+    byte = _SP_BYTE.fullmatch(piece)
+    return bytes([int(byte.group(1), 16)]) if byte else piece.replace(SPACE_PIECE, " ").encode("utf-8")
+
+
+def _build_table(backend: tokenizers.Tokenizer, added: list[dict[str, Any]], sentencepiece: bool) -> list[bytes]:
+    """Token id -> bytes for every id in ``[0, max id]``; raises TokenizerError if unusable."""
+    piece_bytes = _piece_bytes_sentencepiece if sentencepiece else _piece_bytes_bytelevel
+    entries: dict[int, bytes] = {int(t["id"]): str(t["content"]).encode("utf-8") for t in added
+                                 if not (sentencepiece and _SP_BYTE.fullmatch(str(t["content"])))}
     for piece, idx in backend.get_vocab(with_added_tokens=False).items():
-        if idx in entries:
-            continue  # added tokens take precedence over the model's own piece
-        try:
-            entries[idx] = bytes(to_byte[c] for c in piece)
-        except KeyError:
-            raise TokenizerError(
-                f"token {idx} ({piece!r}) has a character outside the byte-level alphabet: "
-                "not a byte-level BPE tokenizer (GPT-2 / Llama-3 / Qwen2 style)"
-            ) from None
+        if idx not in entries:   # added tokens take precedence over the model's own piece
+            entries[idx] = piece_bytes(piece, idx)
     if not entries:
         raise TokenizerError("tokenizer has an empty vocabulary")
     table = [entries.get(i, b"") for i in range(max(entries) + 1)]
@@ -98,17 +148,20 @@ def _build_table(backend: tokenizers.Tokenizer, added: list[dict[str, Any]]) -> 
     return table
 
 
-def _byte_tokens(backend: tokenizers.Tokenizer, table: list[bytes]) -> np.ndarray:
+def _byte_tokens(backend: tokenizers.Tokenizer, table: list[bytes], sentencepiece: bool) -> np.ndarray:
     """Id of the single-byte token of each byte value; raises TokenizerError if one is missing."""
-    vocab = backend.get_vocab(with_added_tokens=False)
+    vocab = backend.get_vocab(with_added_tokens=sentencepiece)   # <0xNN> may be added tokens
     singles = {b[0]: i for i, b in reversed(list(enumerate(table))) if len(b) == 1}
     out = np.empty(256, dtype=np.int64)
-    for char, value in _unicode_to_byte().items():
-        idx = vocab.get(char)
+    names = ((f"<0x{v:02X}>", v) for v in range(256)) if sentencepiece else _unicode_to_byte().items()
+    for piece, value in names:
+        idx = vocab.get(piece)
         if idx is None or table[idx] != bytes([value]):
             idx = singles.get(value)
         if idx is None:
-            raise TokenizerError(f"no single-byte token for byte 0x{value:02x}: not a byte-level BPE vocabulary")
+            kind = "no <0xNN> byte-fallback piece" if sentencepiece else "not a byte-level BPE vocabulary"
+            raise TokenizerError(f"no single-byte token for byte 0x{value:02x} ({kind}): some inputs could "
+                                 "not be coded exactly")
         out[value] = idx
     return out
 
@@ -150,11 +203,12 @@ class IncrementalDecoder:
 
 
 class ByteTokenizer:
-    """Exact bytes <-> token ids over a byte-level BPE vocabulary.
+    """Exact bytes <-> token ids over a byte-level or SentencePiece-style BPE vocabulary.
 
     Attributes:
         vocab_size: Length of the token->bytes table (max id + 1, added tokens included).
         byte_token: int64[256]; ``token_bytes(byte_token[b]) == bytes([b])`` for every b.
+        sentencepiece: Whether the vocabulary is SentencePiece-style (``▁``, ``<0xNN>``).
     """
 
     def __init__(self, backend: tokenizers.Tokenizer, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
@@ -163,10 +217,11 @@ class ByteTokenizer:
             raise TokenizerError(f"expected a tokenizers.Tokenizer, got {type(backend).__name__}")
         if block_size < 16:
             raise ValueError("block_size must be at least 16 bytes")
-        self._backend, added = _private_backend(backend)
-        self._table = _build_table(self._backend, added)
+        self._backend, added, self.sentencepiece = _private_backend(backend)
+        self._table = _build_table(self._backend, added, self.sentencepiece)
         self.vocab_size: int = len(self._table)
-        self.byte_token: np.ndarray = _byte_tokens(self._backend, self._table)
+        self.byte_token: np.ndarray = _byte_tokens(self._backend, self._table, self.sentencepiece)
+        self._raw_runs = _SP_RAW_RUN if self.sentencepiece else _INVALID_RUN
         self._byte_ids: list[int] = self.byte_token.tolist()
         self._block_size = block_size
         # encode_batch_fast (tokenizers >= 0.21) skips offset tracking: same ids, ~25% faster.
@@ -189,12 +244,12 @@ class ByteTokenizer:
 
     def _encode_block(self, block: bytes) -> list[int]:
         """Token ids of one block; exact: their bytes concatenate to ``block``."""
-        parts = _INVALID_RUN.split(block.decode("utf-8", "surrogateescape"))
+        parts = self._raw_runs.split(block.decode("utf-8", "surrogateescape"))
         valid = [p for p in parts[0::2] if p]
         encodings = iter(self._encode_batch(valid, add_special_tokens=False)) if valid else iter(())
         table, ids = self._table, []
         for k, part in enumerate(parts):
-            if k % 2:  # invalid bytes: one single-byte token each
+            if k % 2:  # invalid bytes (and SentencePiece's literal ▁): one single-byte token each
                 ids.extend(self._byte_ids[b] for b in part.encode("utf-8", "surrogateescape"))
             elif part:
                 run_ids, raw = next(encodings).ids, part.encode("utf-8")

@@ -1,19 +1,27 @@
-"""Shared fixtures: tiny GPT-2 models built offline, in seconds, for end-to-end tests."""
+"""Shared fixtures: tiny models and tokenizers built offline, in seconds, for end-to-end tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-SOURCES = Path(__file__).resolve().parents[1] / "llmzip"
-TRAIN_BYTES = 20_000
+TRAIN_PARAGRAPHS = [
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness. The captain walked slowly up the beach, looking out to sea, and whistled to himself.\n",
+    "def encode(self, data: bytes) -> list[int]:\n    \"\"\"Token ids of data.\"\"\"\n    ids = []\n"
+    "    for block in self.blocks(data):\n        ids.extend(self.backend.encode(block).ids)\n    return ids\n",
+    "{\"name\": \"llmzip\", \"version\": 1, \"files\": [\"README.md\", \"setup.py\"], \"size\": 20481, \"ok\": true}\n",
+    "<html><head><title>Notes</title></head><body><p class=\"note\">Compress &amp; restore.</p></body></html>\n",
+    "Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9 \u2014 \u00fcber Stra\u00dfe; \u4f60\u597d\u4e16\u754c. 3.14159, 2.71828, 1.41421.\r\n",
+]
 
 
 def training_text() -> str:
-    """About 20 KB of this repository's own sources, in a fixed order (deterministic)."""
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(SOURCES.glob("*.py")))
-    return text[:TRAIN_BYTES]
+    """About 20 KB of fixed mixed text (prose, Python, JSON, HTML, non-ASCII): the tiny
+    tokenizers depend on this text only, not on the repository's sources."""
+    return "".join(f"{i}: {p}" for i in range(40) for p in TRAIN_PARAGRAPHS)
 
 
 def build_tokenizer() -> object:
@@ -33,6 +41,35 @@ def build_tokenizer() -> object:
                                    eos_token="<|endoftext|>")
 
 
+def sentencepiece_backend(vocab_size: int = 360, metaspace: bool = False, text: str | None = None) -> object:
+    """A Llama-2-style SentencePiece BPE with byte fallback, trained on ``text`` (default
+    :func:`training_text`):
+    ``<unk> <s> </s>``, then ``<0x00>`` ... ``<0xFF>``, then merges of ``▁``-marked text. Either the
+    legacy front end (Prepend + Replace normalizer) or a Metaspace pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    if metaspace:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    else:
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator([text or training_text()], trainer=trainer)
+    config = json.loads(backend.to_str())   # byte pieces are vocabulary entries, as in Llama 2's file
+    config["added_tokens"] = [t for t in config["added_tokens"] if not t["content"].startswith("<0x")]
+    return Tokenizer.from_str(json.dumps(config))
+
+
+def build_sentencepiece_tokenizer(metaspace: bool = False) -> object:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=sentencepiece_backend(metaspace=metaspace), bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
 def build_tiny_model(directory: Path, tokenizer: object, seed: int) -> Path:
     """Save a randomly initialised 2-layer GPT-2 (context 64) and ``tokenizer`` to ``directory``."""
     import torch
@@ -46,10 +83,54 @@ def build_tiny_model(directory: Path, tokenizer: object, seed: int) -> Path:
     return directory
 
 
+LLAMA_FAMILY = {   # model_type -> what its tiny test model exercises
+    "llama": dict(num_key_value_heads=2, tie_word_embeddings=False, rope_theta=500000.0,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "qwen2": dict(num_key_value_heads=2, tie_word_embeddings=True),      # q/k/v biases, tied head
+    "mistral": dict(num_key_value_heads=4, tie_word_embeddings=False, sliding_window=4096),
+}
+
+
+def build_llama_family_model(directory: Path, model_type: str, tokenizer: object, seed: int,
+                             dtype: str = "float32") -> Path:
+    """Save a random 2-layer ``model_type`` model (d 32, 4 query heads, context 64) and ``tokenizer``.
+
+    Weights are drawn at 8x the usual scale (and norm gains and biases spread out) so that
+    attention is peaked and every part of the arithmetic sees realistic ranges.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  **LLAMA_FAMILY[model_type])
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            else:
+                p.normal_(1.0, 0.2)
+    model.to(getattr(torch, dtype)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> object:
     """The tiny byte-level BPE tokenizer shared by the tiny models."""
     return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer() -> object:
+    """The tiny SentencePiece-style (byte fallback) tokenizer of the Llama and Mistral test models."""
+    return build_sentencepiece_tokenizer()
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +143,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: obj
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: object) -> Path:
     """Same shape and tokenizer as ``tiny_model_dir`` but other weights (seed 1): another fingerprint."""
     return build_tiny_model(tmp_path_factory.mktemp("other-model"), tiny_tokenizer, seed=1)
+
+
+@pytest.fixture(scope="session", params=list(LLAMA_FAMILY))
+def llama_family_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                     tiny_tokenizer: object, sp_tokenizer: object) -> Path:
+    """A tiny random Llama (untied head, GQA, Llama-3 rope scaling; SentencePiece tokenizer), Qwen2
+    (q/k/v biases, tied head; byte-level tokenizer) or Mistral (SentencePiece tokenizer)."""
+    kind = request.param
+    tokenizer = tiny_tokenizer if kind == "qwen2" else sp_tokenizer
+    return build_llama_family_model(tmp_path_factory.mktemp(f"tiny-{kind}"), kind, tokenizer, seed=0)
 
 
 @pytest.fixture(scope="session")

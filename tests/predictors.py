@@ -8,6 +8,9 @@ import numpy as np
 class CountingPredictor:
     """Token counts of the row so far, ``1 + weight * count``: a pure function of the prefix."""
 
+    table_dtype = np.int64
+    flops_per_token = 1 << 20   # counts as big enough for worker threads: exercises the threaded path
+
     def __init__(self, vocab_size: int, max_context: int, bos_id: int, weight: int) -> None:
         self.vocab_size, self.max_context, self.bos_id, self.weight = vocab_size, max_context, bos_id, weight
 
@@ -24,3 +27,6 @@ class CountingPredictor:
 
     def keep(self, counts: np.ndarray, rows: np.ndarray) -> None:
         raise NotImplementedError  # the tests give equal-length rows
+
+    def prepare(self, tokens: int) -> None:
+        pass   # nothing to choose

@@ -8,7 +8,7 @@ import pytest
 from llmzip import attention8
 from llmzip.attention8 import KVCache8, attend, store
 
-SHIFT = 32   # the engine's 2 * ACT_FRAC + SCALE_BITS - ATT_FRAC
+SHIFT = 32   # the engine's SCORE_SHIFT: 2 * ACT_FRAC + QUERY_SCALE_BITS - ATT_FRAC
 
 
 def _qkv(rows: int, heads: int, length: int, head_dim: int, seed: int) -> tuple[np.ndarray, ...]:

@@ -19,6 +19,7 @@ from llmzip import __version__, cli
 from llmzip.container import content_checksum, read_archive, write_archive
 from llmzip.errors import (CorruptArchiveError, ModelLoadError, ModelMismatchError, NotAnArchiveError,
                            TokenizerError, UnsupportedFormatError)
+from llmzip.engine import ENGINES
 from llmzip.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,7 +289,7 @@ def _damaged(archive: Path, how: str) -> bytes:
         blob[4] = 2
     elif how in ("preset", "engine"):  # a newer llmzip's setting, CRC intact
         header, segments = read_archive(bytes(blob))
-        change = {"mix_params": b"\x01\x85"} if how == "preset" else {"engine": 4}
+        change = {"mix_params": b"\x01\x85"} if how == "preset" else {"engine": max(ENGINES) + 1}
         blob = bytearray(write_archive(dataclasses.replace(header, **change), segments))
     else:
         blob[:4] = b"GZIP"
@@ -300,7 +301,8 @@ def _damaged(archive: Path, how: str) -> bytes:
     ("truncate", "corrupt archive: truncated archive"),
     ("version", "unsupported format version 2"),
     ("preset", "mixing preset 5 is newer than this llmzip \\(it knows 0-1\\): upgrade llmzip"),
-    ("engine", "inference engine 4 is newer than this llmzip \\(it knows 1-3\\): upgrade llmzip"),
+    ("engine", f"inference engine {max(ENGINES) + 1} is newer than this llmzip \\(it knows 1-{max(ENGINES)}\\): "
+               "upgrade llmzip"),
     ("magic", "not an llmzip archive"),
 ])
 def test_damaged_archive(llz, archive, how, reason):

@@ -1,4 +1,4 @@
-"""Tests of llmzip.tokens: exact bytes <-> token ids over byte-level BPE tokenizers.
+"""Tests of llmzip.tokens: exact bytes <-> token ids over byte-level and SentencePiece-style BPE tokenizers.
 
 All tokenizers are trained here on a few KB of text (no network, well under a second).
 """
@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llmzip.errors import TokenizerError
 from llmzip.tokens import DEFAULT_BLOCK_SIZE, ByteTokenizer, _blocks
+from conftest import sentencepiece_backend
 
 EOT = "<|endoftext|>"
 SENTENCES = [
@@ -66,7 +67,24 @@ def qwen(qwen_backend: Tokenizer) -> ByteTokenizer:
     return ByteTokenizer.from_hf(PreTrainedTokenizerFast(tokenizer_object=qwen_backend))
 
 
-@pytest.fixture(scope="module", params=["gpt2", "qwen"])
+@pytest.fixture(scope="module")
+def sp_backend() -> Tokenizer:
+    """Llama-2-like: Prepend + Replace normalizer, byte fallback (the legacy tokenizer.json layout)."""
+    return sentencepiece_backend(vocab_size=600, text=TRAIN_TEXT)
+
+
+@pytest.fixture(scope="module")
+def sp(sp_backend: Tokenizer) -> ByteTokenizer:
+    return ByteTokenizer(sp_backend)
+
+
+@pytest.fixture(scope="module")
+def sp_meta() -> ByteTokenizer:
+    """Mistral-like: a Metaspace pre-tokenizer that prepends ``▁`` to the first word."""
+    return ByteTokenizer(sentencepiece_backend(vocab_size=600, metaspace=True, text=TRAIN_TEXT))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "qwen", "sp", "sp_meta"])
 def bt(request: pytest.FixtureRequest) -> ByteTokenizer:
     return request.getfixturevalue(request.param)
 
@@ -88,6 +106,7 @@ CASES = [
     "e\u0301 \u212b \ufb01 non-NFC".encode(),
     b"x <mask> y<think>z <|im_start|>",
     ENGLISH.encode(),
+    "\u2581 a\u2581\u2581b \u2581".encode() + b" <0x41> <s></s><unk>  double  spaces ",
 ]
 
 
@@ -247,3 +266,42 @@ def test_property_text(gpt2: ByteTokenizer, text: str) -> None:
 def test_property_mixed(qwen: ByteTokenizer, parts: list[bytes | str]) -> None:
     data = b"".join(p.encode() if isinstance(p, str) else p for p in parts)
     _check(qwen, data)
+
+
+@pytest.mark.parametrize("name", ["sp", "sp_meta"])
+def test_sentencepiece_has_no_dummy_prefix(request: pytest.FixtureRequest, name: str) -> None:
+    """The dummy prefix would add a space that is not in the input: it is turned off."""
+    tok: ByteTokenizer = request.getfixturevalue(name)
+    assert tok.sentencepiece
+    for data in (b"It was", b" It was", b"\nIt was"):
+        ids = _check(tok, data)
+        assert tok.token_bytes(int(ids[0]))[0] == data[0]
+
+
+def test_sentencepiece_table(sp: ByteTokenizer, sp_backend: Tokenizer) -> None:
+    assert sp.token_bytes(sp_backend.token_to_id("<0x41>")) == b"A"
+    assert sp.token_bytes(sp_backend.token_to_id("<s>")) == b"<s>"      # special tokens are their text
+    spaced = [p for p in sp_backend.get_vocab() if p.startswith("\u2581") and len(p) > 2]
+    assert spaced and sp.token_bytes(sp_backend.token_to_id(spaced[0])) == spaced[0].replace("\u2581", " ").encode()
+    ids = sp.encode("a\u2581b".encode())                                  # a literal ▁ is coded as its bytes
+    assert [sp.token_bytes(int(i)) for i in ids][1:4] == [b"\xe2", b"\x96", b"\x81"]
+
+
+def test_sentencepiece_without_every_byte_is_refused() -> None:
+    tok = Tokenizer(models.BPE({"<unk>": 0, "\u2581": 1, "a": 2, "<0x00>": 3}, [], unk_token="<unk>", byte_fallback=True))
+    with pytest.raises(TokenizerError, match="no single-byte token for byte 0x01 \\(no <0xNN> byte-fallback piece\\)"):
+        ByteTokenizer(tok)
+
+
+def test_sentencepiece_with_unknown_space_marking_is_refused(sp_backend: Tokenizer) -> None:
+    tok = Tokenizer.from_str(sp_backend.to_str())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(TokenizerError, match="'Whitespace' pre-tokenizer: cannot tell how it marks spaces"):
+        ByteTokenizer(tok)
+
+
+@FAST
+@given(parts=st.lists(st.one_of(st.binary(max_size=20), st.text(max_size=20),
+                                st.sampled_from(["\u2581", " ", "  ", "<0x41>", "<s>", "\r\n"])), max_size=20))
+def test_property_sentencepiece(sp: ByteTokenizer, parts: list[bytes | str]) -> None:
+    _check(sp, b"".join(p.encode() if isinstance(p, str) else p for p in parts))

@@ -1,0 +1,108 @@
+"""The engine versions: one frozen entry per arithmetic, named by the archive's "engine" byte.
+
+Like zstd's legacy decoders, an entry is never edited once archives name it: a change of
+arithmetic (a rounding, a table, a fixed-point format) is a new entry beside the old ones,
+and each architecture writes the newest entry that lists it. The architectures ask their
+entry for its parts (how to quantise a linear layer, which attention) instead of comparing
+version numbers, so a new entry inherits nothing by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from .. import attention8
+from ..errors import UnsupportedFormatError
+from ..linear8 import check_linear8, quantize_linear8
+from .common import SCORE_SHIFT
+from .legacy import Float64Attention, check_linear16, quantize_linear16
+
+
+class LinearLayer(Protocol):
+    """An exact integer affine map (:class:`~llmzip.linear8.Linear8` or :class:`.legacy.Linear16`)."""
+
+    w: np.ndarray   # (in, out) integer weights
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def float_out(self, x: np.ndarray) -> np.ndarray: ...
+    def integer_arrays(self) -> list[np.ndarray]: ...
+
+
+class Attention(Protocol):
+    """Causal attention arithmetic: its KV cache type, its exactness bounds, and the computation."""
+
+    cache: Any   # class: cache(n_layer, rows, kv_heads, capacity, head_dim), .bytes_per_row(same but rows)
+
+    def check_bounds(self, head_dim: int, n_ctx: int) -> None: ...
+
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: Any, layer: int, start: int,
+                 scale: int) -> np.ndarray: ...
+
+
+class Int8Attention:
+    """Engines 3 and later: :mod:`llmzip.attention8` (int8 KV cache, grouped key/value heads)."""
+
+    cache = attention8.KVCache8
+
+    @staticmethod
+    def check_bounds(head_dim: int, n_ctx: int) -> None:
+        attention8.check_bounds(head_dim)
+
+    @staticmethod
+    def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: attention8.KVCache8, layer: int,
+                 start: int, scale: int) -> np.ndarray:
+        """Store k, v (rows, kv_heads, T, hd); attend with ``q * scale`` (rows, H, T, hd); int64 (rows, H, T, hd)."""
+        attention8.store(cache, layer, k, v, start, SCORE_SHIFT)
+        return attention8.attend(q * scale, cache, layer, start)   # |q * scale| < 2**20 * 2**16
+
+
+@dataclass(frozen=True)
+class EngineVersion:
+    """One arithmetic version of the exact engine."""
+
+    engine_id: int
+    architectures: frozenset[str]                      # the architecture modules that implement it
+    quantize_linear: Callable[[Any, Any, int, int], LinearLayer]
+    check_linear: Callable[[int], None]                # raises unless a layer of that fan-in is exact
+    attention: Attention
+    int8_gemm: bool                                    # its linear layers use llmzip.linear8's GEMM backend
+    summary: str
+
+
+ENGINES: Mapping[int, EngineVersion] = MappingProxyType({e.engine_id: e for e in (
+    EngineVersion(1, frozenset({"gpt2"}), quantize_linear16, check_linear16, Float64Attention(), False,
+                  "16-bit weights, float64 GEMMs"),
+    EngineVersion(2, frozenset({"gpt2"}), quantize_linear8, check_linear8, Float64Attention(), True,
+                  "int8 weights and activations, float64 attention"),
+    EngineVersion(3, frozenset({"gpt2"}), quantize_linear8, check_linear8, Int8Attention(), True,
+                  "int8 weights and activations, int8 attention and KV cache"),
+    EngineVersion(4, frozenset({"llama"}), quantize_linear8, check_linear8, Int8Attention(), True,
+                  "engine 3's arithmetic with RMSNorm, rotary positions, SiLU and grouped key/value heads"),
+)})
+
+
+def newest_engine(architecture: str) -> int:
+    """The engine id a model of ``architecture`` writes: the newest entry that lists it."""
+    return max(i for i, e in ENGINES.items() if architecture in e.architectures)
+
+
+def engine_version(engine_id: int, architecture: str) -> EngineVersion:
+    """The entry ``engine_id`` for a model of ``architecture``.
+
+    Raises:
+        UnsupportedFormatError: this build does not know ``engine_id`` (an upgrade may), or the
+            engine does not run this architecture.
+    """
+    if engine_id > max(ENGINES):
+        raise UnsupportedFormatError(f"inference engine {engine_id} is newer than this llmzip "
+                                     f"(it knows {min(ENGINES)}-{max(ENGINES)}): upgrade llmzip")
+    entry = ENGINES.get(engine_id)
+    if entry is None:
+        raise UnsupportedFormatError(f"unknown inference engine {engine_id}")
+    if architecture not in entry.architectures:
+        raise UnsupportedFormatError(f"inference engine {engine_id} does not run {architecture} models")
+    return entry
