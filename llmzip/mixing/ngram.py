@@ -1,0 +1,149 @@
+"""Token n-gram statistics of the file, in one hashed table shared by every order.
+
+The context of order ``o`` of a row is its last ``o`` tokens, hashed to a slot of
+``2**hash_bits``; each slot remembers a check value (0: empty) and up to ``slot_width``
+tokens seen after that context, with counts. Slots are shared by all rows and all orders:
+a slot met by several rows at one step is updated in row order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..mixparams import MixParams
+
+U64 = np.uint64
+MUL = U64(0x9E3779B97F4A7C15)   # hashing: multiply-xorshift over uint64 (wraps mod 2**64)
+_MUL2 = U64(0xBF58476D1CE4E5B9)
+
+
+def finish_hash(h: np.ndarray) -> np.ndarray:
+    """Avalanche a uint64 hash so that its low and high bits both depend on every input."""
+    h = h ^ (h >> U64(29))
+    h = h * _MUL2
+    return h ^ (h >> U64(32))
+
+
+def _counted(tok: list[int], cnt: list[int]) -> dict[int, int]:
+    """Token -> index of its entry with a nonzero count (the first such entry)."""
+    return {t: i for i, (t, n) in reversed(list(enumerate(zip(tok, cnt)))) if n}
+
+
+class NgramTable:
+    """Hashed n-gram counts: contexts -> (slot, check), lookups, and learning.
+
+    Attributes ``chk`` (slots,) int32, ``tok`` and ``cnt`` (slots, slot_width) int32 and
+    uint16 are the table itself; a slot's entries only count while its check matches.
+    """
+
+    def __init__(self, params: MixParams) -> None:
+        self.orders, self.limit = params.orders, params.count_limit
+        self.mask = U64((1 << params.hash_bits) - 1)
+        self.chk = np.zeros(1 << params.hash_bits, dtype=np.int32)        # 0: empty slot
+        self.tok = np.zeros((1 << params.hash_bits, params.slot_width), dtype=np.int32)
+        self.cnt = np.zeros((1 << params.hash_bits, params.slot_width), dtype=np.uint16)
+        self._salt = [U64(j) for j in range(self.orders[-1] + 1)]
+        self._min_t = np.array(self.orders, dtype=np.int64)
+
+    def contexts(self, history: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slot and check value (R, O) int64 of each order's context; check 0 while ``t < order``.
+
+        ``history`` (H, R) uint64 holds each row's last tokens, newest first (all ones: none).
+        """
+        rows = history.shape[1]
+        h = np.zeros(rows, dtype=U64)
+        hashes = np.empty((len(self.orders), rows), dtype=U64)
+        for j in range(self.orders[-1] + 1):
+            if j:
+                h ^= history[j - 1]
+                h *= MUL
+                h += self._salt[j]
+            if j in self.orders:
+                hashes[self.orders.index(j)] = h
+        f = finish_hash(hashes.T)
+        slot = (f & self.mask).astype(np.int64)
+        chk = ((f >> U64(40)) | U64(1)).astype(np.int64) * (t >= self._min_t)
+        return slot, chk
+
+    def lookup(self, slot: np.ndarray, chk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and counts (R, O, slot_width) int64 of the contexts; count 0 where the slot
+        holds another context (or nothing)."""
+        tok = self.tok[slot].astype(np.int64)
+        cnt = self.cnt[slot].astype(np.int64)
+        cnt *= (self.chk[slot] == chk)[..., None]
+        return tok, cnt
+
+    def learn(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
+        """Count ``x`` (R,) after each live context (R, O) (check > 0), in row order."""
+        live = chk > 0
+        slots, chks = slot[live], chk[live]
+        toks = np.broadcast_to(x[:, None], slot.shape)[live]
+        _, first = np.unique(slots, return_index=True)
+        first.sort()
+        self.count(slots[first], chks[first], toks[first])
+        if len(first) < len(slots):                         # repeated slots: the rest, in row order
+            rest = np.ones(len(slots), dtype=bool)
+            rest[first] = False
+            self.count_runs(slots[rest], chks[rest], toks[rest])
+
+    def count(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
+        """Add x to distinct slots: bump its count, else replace the least counted token."""
+        ar = np.arange(len(slot))
+        tok, cnt = self.tok[slot], self.cnt[slot]
+        cnt[self.chk[slot] != chk] = 0
+        hit = (tok == x[:, None]) & (cnt > 0)
+        has = hit.any(1)
+        k = np.where(has, hit.argmax(1), cnt.argmin(1))
+        tok[ar, k] = x
+        cnt[ar, k] = np.where(has, cnt[ar, k] + 1, 1)
+        cnt[cnt.max(1) > self.limit] >>= 1
+        self.chk[slot], self.tok[slot], self.cnt[slot] = chk, tok, cnt
+
+    def count_runs(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
+        """:meth:`count` for updates (in order) whose slots may repeat: each slot's updates are
+        applied one by one, slots independently; every touched slot is read and written once."""
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for s, c, t in zip(slot.tolist(), chk.tolist(), x.tolist()):
+            runs.setdefault(s, []).append((c, t))
+        slots = np.fromiter(runs, dtype=np.int64, count=len(runs))
+        chks, toks, cnts = self.chk[slots].tolist(), self.tok[slots].tolist(), self.cnt[slots].tolist()
+        for i, items in enumerate(runs.values()):
+            chks[i] = self._count_run(chks[i], toks[i], cnts[i], items)
+        self.chk[slots], self.tok[slots], self.cnt[slots] = chks, toks, cnts
+
+    def _count_run(self, current: int, tok: list[int], cnt: list[int], items: list[tuple[int, int]]) -> int:
+        """Apply (check, token) updates in order to one slot given as lists (changed in place);
+        returns its final check. Same rule, same result as one :meth:`count` per update.
+
+        ``where`` maps each counted token to its entry: a token has at most one entry with a
+        count (a new entry is only made when it has none), which is the one :meth:`count` finds.
+        """
+        limit = self.limit
+        where = _counted(tok, cnt)
+        for chk, x in items:
+            if current != chk:
+                cnt[:], current, where = [0] * len(cnt), chk, {}
+            k = where.get(x)
+            if k is None:                                   # replace the first least counted entry
+                k = cnt.index(min(cnt))
+                if cnt[k]:
+                    del where[tok[k]]
+                tok[k], cnt[k], where[x] = x, 1, k          # 1 <= limit: no halving
+            else:
+                cnt[k] += 1
+                if cnt[k] > limit:                          # only the bumped entry can exceed it
+                    cnt[:] = [n >> 1 for n in cnt]
+                    where = _counted(tok, cnt)
+        return current
+
+
+# Confidence class of an n-gram context from its total count (cap 63) and determinism.
+_COUNT_CLASS = np.array([0, 0, 1, 2, 3, 3, 4, 4, 4] + [5] * 6 + [6] * 16 + [7] * 33)
+
+
+def confidence(cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Total count (R, O) of each context's candidates ``cnt`` (R, O, slot_width), and its
+    confidence class (-1: never seen): ``2 * class of the total + (one token only)``."""
+    total = cnt.sum(-1)
+    det = (cnt > 0).sum(-1) == 1
+    return total, np.where(total > 0, _COUNT_CLASS[np.minimum(total, 63)] * 2 + det, -1)
