@@ -202,10 +202,10 @@ def _encode_terms(encoder: ArithmeticEncoder, cum: np.ndarray, freq: np.ndarray,
     if stats is not None:
         stats.tokens += int(live.sum())
         stats.ideal_bits += float(np.log2(total[live] / freq[live]).sum())
-    for c, f, tot, ok in zip(cum.ravel().tolist(), freq.ravel().tolist(),
-                             total.ravel().tolist(), live.ravel().tolist()):
-        if ok:
-            encoder.encode(c, f, tot)
+    if live.all():
+        encoder.encode_all(cum, freq, total)
+    else:
+        encoder.encode_all(cum[live], freq[live], total[live])
 
 
 def _encode_mixed(
@@ -302,9 +302,9 @@ def _decode_rows(decoder: ArithmeticDecoder, mixer: Mixer | None, tables: np.nda
     """Decode step ``t`` of rows ``first``... from their LM tables (R, V)."""
     if mixer is not None:
         tables = mixer.tables(tables, first)
-    cdf = np.zeros((len(tables), tables.shape[-1] + 1), dtype=np.int64)
+    cdf = np.empty((len(tables), tables.shape[-1] + 1), dtype=np.int64)
+    cdf[:, 0] = 0
     np.cumsum(tables, axis=-1, out=cdf[:, 1:])
-    for i in range(len(tables)):
-        out[first + i, t] = prev[first + i] = decoder.decode(cdf[i])
+    out[first : first + len(tables), t] = prev[first : first + len(tables)] = decoder.decode_rows(cdf)
     decoder.check_overread()   # a truncated or forged segment stops here, not at the end
 
