@@ -26,7 +26,7 @@ def finish_hash(h: np.ndarray) -> np.ndarray:
 
 def _counted(tok: list[int], cnt: list[int]) -> dict[int, int]:
     """Token -> index of its entry with a nonzero count (the first such entry)."""
-    return {t: i for i, (t, n) in reversed(list(enumerate(zip(tok, cnt)))) if n}
+    return {t: i for i, t, n in zip(range(len(tok) - 1, -1, -1), reversed(tok), reversed(cnt)) if n}
 
 
 class NgramTable:
@@ -87,55 +87,60 @@ class NgramTable:
             self.count_runs(slots[rest], chks[rest], toks[rest])
 
     def count(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
-        """Add x to distinct slots: bump its count, else replace the least counted token."""
+        """Add x to distinct slots: bump its count, else replace the first least counted token."""
         ar = np.arange(len(slot))
         tok, cnt = self.tok[slot], self.cnt[slot]
         cnt[self.chk[slot] != chk] = 0
-        hit = (tok == x[:, None]) & (cnt > 0)
-        has = hit.any(1)
-        k = np.where(has, hit.argmax(1), cnt.argmin(1))
+        hit = (tok == x.astype(np.int32)[:, None]) & (cnt > 0)
+        first = hit.argmax(1)                               # (argmax of bool is fast; any() is not)
+        has = hit[ar, first]
+        k = np.where(has, first, cnt.argmin(1))
         tok[ar, k] = x
         cnt[ar, k] = np.where(has, cnt[ar, k] + 1, 1)
-        cnt[cnt.max(1) > self.limit] >>= 1
+        cnt[(cnt > self.limit).any(1)] >>= 1
         self.chk[slot], self.tok[slot], self.cnt[slot] = chk, tok, cnt
 
     def count_runs(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
         """:meth:`count` for updates (in order) whose slots may repeat: each slot's updates are
         applied one by one, slots independently; every touched slot is read and written once."""
-        runs: dict[int, list[tuple[int, int]]] = {}
-        for s, c, t in zip(slot.tolist(), chk.tolist(), x.tolist()):
-            runs.setdefault(s, []).append((c, t))
-        slots = np.fromiter(runs, dtype=np.int64, count=len(runs))
+        order = np.argsort(slot, kind="stable")             # each slot's updates, still in order
+        slot, chk, x = slot[order], chk[order], x[order]
+        starts = np.flatnonzero(np.concatenate([[True], slot[1:] != slot[:-1]]))
+        slots = slot[starts]
         chks, toks, cnts = self.chk[slots].tolist(), self.tok[slots].tolist(), self.cnt[slots].tolist()
-        for i, items in enumerate(runs.values()):
-            chks[i] = self._count_run(chks[i], toks[i], cnts[i], items)
+        bounds, chk_list, x_list = starts.tolist() + [len(slot)], chk.tolist(), x.tolist()
+        for i in range(len(slots)):
+            a, b = bounds[i], bounds[i + 1]
+            chks[i] = self._count_run(chks[i], toks[i], cnts[i], chk_list[a:b], x_list[a:b])
         self.chk[slots], self.tok[slots], self.cnt[slots] = chks, toks, cnts
 
-    def _count_run(self, current: int, tok: list[int], cnt: list[int], items: list[tuple[int, int]]) -> int:
-        """Apply (check, token) updates in order to one slot given as lists (changed in place);
-        returns its final check. Same rule, same result as one :meth:`count` per update.
+    def _count_run(self, current: int, tok: list[int], cnt: list[int], chks: list[int], xs: list[int]) -> int:
+        """Apply the updates ``(chks[i], xs[i])`` in order to one slot given as lists (changed in
+        place); returns its final check. Same rule, same result as one :meth:`count` per update.
 
         ``where`` maps each counted token to its entry: a token has at most one entry with a
         count (a new entry is only made when it has none), which is the one :meth:`count` finds.
         """
         limit = self.limit
         where = _counted(tok, cnt)
-        for chk, x in items:
+        for chk, x in zip(chks, xs):
             if current != chk:
                 cnt[:], current, where = [0] * len(cnt), chk, {}
             k = where.get(x)
             if k is None:                                   # replace the first least counted entry
-                k = cnt.index(min(cnt))
-                if cnt[k]:
+                low = min(cnt)
+                k = cnt.index(low)
+                if low:
                     del where[tok[k]]
-                tok[k], cnt[k], where[x] = x, 1, k          # 1 <= limit: no halving
+                tok[k] = x
+                cnt[k] = 1                                  # 1 <= limit: no halving
+                where[x] = k
             else:
-                cnt[k] += 1
-                if cnt[k] > limit:                          # only the bumped entry can exceed it
+                n = cnt[k] = cnt[k] + 1
+                if n > limit:                               # only the bumped entry can exceed it
                     cnt[:] = [n >> 1 for n in cnt]
                     where = _counted(tok, cnt)
         return current
-
 
 # Confidence class of an n-gram context from its total count (cap 63) and determinism.
 _COUNT_CLASS = np.array([0, 0, 1, 2, 3, 3, 4, 4, 4] + [5] * 6 + [6] * 16 + [7] * 33)
@@ -144,6 +149,6 @@ _COUNT_CLASS = np.array([0, 0, 1, 2, 3, 3, 4, 4, 4] + [5] * 6 + [6] * 16 + [7] *
 def confidence(cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Total count (R, O) of each context's candidates ``cnt`` (R, O, slot_width), and its
     confidence class (-1: never seen): ``2 * class of the total + (one token only)``."""
-    total = cnt.sum(-1)
-    det = (cnt > 0).sum(-1) == 1
+    total = np.einsum("rok->ro", cnt)                 # (sum(-1) is slow on a short last axis)
+    det = np.einsum("rok->ro", (cnt > 0).view(np.int8)) == 1
     return total, np.where(total > 0, _COUNT_CLASS[np.minimum(total, 63)] * 2 + det, -1)
