@@ -188,12 +188,21 @@ def _encode_block(
 ) -> None:
     """Code targets (rows, T) (-1 = past the end of a row) with tables (rows, T, V), step-major."""
     live = targets >= 0
-    safe = np.where(live, targets, 0)
-    cdf = np.cumsum(tables, axis=-1)
-    freq = np.take_along_axis(tables, safe[..., None], -1)[..., 0]
-    cum = np.take_along_axis(cdf, safe[..., None], -1)[..., 0] - freq
+    cum, freq, total = table_terms(tables.reshape(-1, tables.shape[-1]), np.where(live, targets, 0).ravel())
     # Transpose so that the loop walks time outermost and chunks innermost.
-    _encode_terms(encoder, cum.T, freq.T, cdf[..., -1].T, live.T, stats)
+    shape = targets.shape
+    _encode_terms(encoder, cum.reshape(shape).T, freq.reshape(shape).T, total.reshape(shape).T, live.T, stats)
+
+
+def table_terms(tables: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cum, freq, total)`` (N,) int64 of tokens ``x`` (N,) in integer tables (N, V): one
+    summing pass over the tables, no cumulative table (which would be 8 bytes per entry)."""
+    n, vocab = tables.shape
+    starts = np.arange(0, n * vocab, vocab)
+    seg = np.add.reduceat(tables.reshape(-1), np.stack([starts, starts + x], 1).reshape(-1),
+                          dtype=np.int64).reshape(n, 2)
+    cum = np.where(x > 0, seg[:, 0], 0)                 # reduceat gives table[start] for an empty prefix
+    return cum, tables.reshape(-1)[starts + x].astype(np.int64), cum + seg[:, 1]
 
 
 def _encode_terms(encoder: ArithmeticEncoder, cum: np.ndarray, freq: np.ndarray, total: np.ndarray,

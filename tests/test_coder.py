@@ -378,3 +378,19 @@ def test_batched_calls_reject_what_single_calls_reject():
         ArithmeticDecoder(b"\xff" * 8).decode_rows(np.array([[0, 1, 2, 3]]) * np.array([[1, 1, 1, 2**20]]))
     with pytest.raises(ValueError):
         ArithmeticDecoder(b"").decode_rows(np.array([[0, 2**31]]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), vocab=st.integers(1, 300))
+def test_table_terms_equal_the_cumulative_table(seed, n, vocab):
+    """The encoder's terms of the coded tokens, without a cumulative table, equal what one gives."""
+    from llmzip.lockstep import table_terms
+
+    rng = np.random.default_rng(seed)
+    tables = rng.integers(1, 2 ** int(rng.integers(1, 29)), size=(n, vocab)).astype(np.int32)
+    x = rng.integers(0, vocab, n)
+    cum, freq, total = table_terms(tables, x)
+    cdf = np.cumsum(tables, axis=1, dtype=np.int64)
+    ar = np.arange(n)
+    assert np.array_equal(freq, tables[ar, x]) and np.array_equal(total, cdf[:, -1])
+    assert np.array_equal(cum, cdf[ar, x] - freq) and cum.dtype == freq.dtype == total.dtype == np.int64
