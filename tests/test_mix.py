@@ -358,3 +358,18 @@ def test_mixture_coding_terms_equal_its_tables(seed, vocab, rows, cols):
     ar = np.arange(rows)
     assert np.array_equal(freq, table[ar, x]) and np.array_equal(total, table.sum(1))
     assert np.array_equal(cum, table.cumsum(1)[ar, x] - freq)
+
+
+def test_ngram_records_hold_the_largest_token_and_count():
+    """Entries pack token | count << 21: the largest token and count_limit survive, and a
+    vocabulary the records cannot hold is refused."""
+    params = MixParams(orders=(0,), hash_bits=10, slot_width=2, count_limit=1023)
+    table, top = NgramTable(params), 2**21 - 1
+    for _ in range(1100):
+        table.count(np.array([3]), np.array([9]), np.array([top]))
+    table.count_runs(np.array([4] * 1100), np.array([9] * 1100), np.array([top] * 1100))
+    for s in (3, 4):
+        assert table.tok[s, 0] == top and 512 <= table.cnt[s, 0] <= 1023 and table.chk[s] == 9
+    Mixer(2**21, params, 8)
+    with pytest.raises(ValueError, match="vocabulary"):
+        Mixer(2**21 + 1, params, 8)
