@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llmzip.codec import TABLE_BUDGET  # noqa: E402
+from llmzip.lockstep import TABLE_BUDGET  # noqa: E402
 from llmzip.engine import ExactGPT2, GPT2Spec  # noqa: E402
 from llmzip.model import LoadedModel  # noqa: E402
 from llmzip.runtime import tune_allocator  # noqa: E402
