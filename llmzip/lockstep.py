@@ -27,6 +27,11 @@ PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFL
 PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (32 MiB of int32) per call
 DECODE_ROWS_PER_THREAD = 24        # decoder: a group of fewer rows per core decodes faster on one thread
+# Decoder: tables wider than this are searched by blocks of SEARCH_BLOCK entries instead of through
+# a cumulative table (128 rows per step, one core: 4096 entries 0.40 vs 0.63 ms, 8192 0.75 vs
+# 0.72, 32768 6.2 vs 1.6, 65536 10.9 vs 2.9 ms per step; the symbols are the same).
+BLOCKED_SEARCH_VOCAB = 8192
+SEARCH_BLOCK = 256
 
 
 class Predictor(Protocol):
@@ -311,9 +316,13 @@ def _decode_rows(decoder: ArithmeticDecoder, mixer: Mixer | None, tables: np.nda
     """Decode step ``t`` of rows ``first``... from their LM tables (R, V)."""
     if mixer is not None:
         tables = mixer.tables(tables, first)
-    cdf = np.empty((len(tables), tables.shape[-1] + 1), dtype=np.int64)
-    cdf[:, 0] = 0
-    np.cumsum(tables, axis=-1, out=cdf[:, 1:])
-    out[first : first + len(tables), t] = prev[first : first + len(tables)] = decoder.decode_rows(cdf)
+    if tables.shape[-1] > BLOCKED_SEARCH_VOCAB:
+        symbols = decoder.decode_rows_blocked(tables, SEARCH_BLOCK)
+    else:
+        cdf = np.empty((len(tables), tables.shape[-1] + 1), dtype=np.int64)
+        cdf[:, 0] = 0
+        np.cumsum(tables, axis=-1, out=cdf[:, 1:])
+        symbols = decoder.decode_rows(cdf)
+    out[first : first + len(tables), t] = prev[first : first + len(tables)] = symbols
     decoder.check_overread()   # a truncated or forged segment stops here, not at the end
 

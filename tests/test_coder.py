@@ -394,3 +394,20 @@ def test_table_terms_equal_the_cumulative_table(seed, n, vocab):
     ar = np.arange(n)
     assert np.array_equal(freq, tables[ar, x]) and np.array_equal(total, cdf[:, -1])
     assert np.array_equal(cum, cdf[ar, x] - freq) and cum.dtype == freq.dtype == total.dtype == np.int64
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 30), vocab=st.integers(1, 700), block=st.integers(1, 300))
+def test_search_by_blocks_equals_the_cumulative_search(seed, rows, vocab, block):
+    """decode_rows_blocked (no cumulative table) decodes what decode_rows does, to the same state,
+    whether or not the block size divides the table and from flat to very skewed tables."""
+    rng = np.random.default_rng(seed)
+    tables = rng.integers(1, 2 ** int(rng.integers(1, 30 - max(vocab, 2).bit_length())), size=(rows, vocab))
+    tables[rng.random(rows) < 0.3, int(rng.integers(0, vocab))] += 2**20   # a dominant symbol
+    cdfs = np.zeros((rows, vocab + 1), dtype=np.int64)
+    np.cumsum(tables, axis=1, out=cdfs[:, 1:])
+    symbols = rng.integers(0, vocab, rows)
+    blob = encode_all(list(cdfs), symbols)
+    blocked, full = ArithmeticDecoder(blob), ArithmeticDecoder(blob)
+    assert blocked.decode_rows_blocked(tables, block) == full.decode_rows(cdfs) == symbols.tolist()
+    assert (blocked._code, blocked._range, blocked._pos) == (full._code, full._range, full._pos)

@@ -373,3 +373,11 @@ def test_ngram_records_hold_the_largest_token_and_count():
     Mixer(2**21, params, 8)
     with pytest.raises(ValueError, match="vocabulary"):
         Mixer(2**21 + 1, params, 8)
+
+
+def test_golden_mix_archive_decodes_with_the_block_search(golden, monkeypatch):
+    """The decoder's search by blocks (large vocabularies) decodes what the cumulative search does."""
+    monkeypatch.setattr(lockstep, "BLOCKED_SEARCH_VOCAB", 0)
+    monkeypatch.setattr(lockstep, "SEARCH_BLOCK", 7)
+    blob = (DATA / MIX_GOLDEN_FILES[max(MIX_GOLDEN_FILES)]).read_bytes()
+    assert codec.decompress(blob, golden) == golden_input()
