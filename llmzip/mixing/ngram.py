@@ -118,8 +118,9 @@ class NgramTable:
         has = hit[ar, first]
         k = np.where(has, first, cnt.argmin(1))
         tok[ar, k] = x
-        cnt[ar, k] = np.where(has, cnt[ar, k] + 1, 1)
-        cnt[(cnt > self.limit).any(1)] >>= 1
+        bumped = cnt[ar, k] = np.where(has, cnt[ar, k] + 1, 1)
+        cnt[bumped > self.limit] >>= 1                      # stored counts are <= limit: only the
+                                                            # bumped entry can exceed it
         rec[:, 0] = chk
         np.bitwise_or(tok, cnt << TOKEN_BITS, out=rec[:, 1:])
         self.table[slot] = rec
