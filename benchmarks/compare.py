@@ -10,8 +10,10 @@ once, keeping the best of ``--repeats`` for each: a slow spell of a shared machi
 trees alike, so the ratio new/old is fair even when the absolute speeds are not.
 
 Archives must be byte-identical (the format is unchanged) unless ``--format-changed``; every
-decompression is checked against the input. Prints tokens/s and kB/s of each tree and the
-speed ratio new/old (> 1: this tree is faster); exits 1 if an archive differs or a round trip fails.
+decompression is checked against the input. Prints tokens/s and kB/s of each tree, the speed
+ratio new/old (> 1: this tree is faster) and the same ratio of the CPU time used (all threads:
+steadier than wall time on a contended machine); exits 1 if an archive differs or a round
+trip fails.
 """
 
 from __future__ import annotations
@@ -51,15 +53,15 @@ def worker_main(root: str, model_name: str, threads: int | None) -> None:
 def _serve(req: dict[str, Any], codec: Any, model: Any, settings: Any, blobs: dict[str, bytes]) -> dict[str, Any]:
     """Time one compress or decompress (the archive is kept for the decompression)."""
     data = Path(req["file"]).read_bytes()[: req["limit"]]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if req["op"] == "compress":
         blob = codec.compress(data, model, settings=settings)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         blobs[req["file"]] = blob
-        return {"seconds": seconds, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+        return {"seconds": seconds, "cpu": cpu, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                 "tokens": len(model.tokenizer.encode(data))}
     ok = codec.decompress(blobs[req["file"]], model, settings) == data
-    return {"seconds": time.perf_counter() - start, "ok": ok}
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "ok": ok}
 
 
 class Worker:
@@ -100,8 +102,9 @@ def baseline_tree(ref: str) -> Iterator[Path]:
 
 
 def measure(workers: dict[str, Worker], files: list[Path], repeats: int, limit: int | None) -> dict[str, Any]:
-    """Best times of every (tree, file, op), interleaving the trees; and what they produced."""
+    """Best wall and CPU times of every (tree, file, op), interleaving the trees; and what they produced."""
     best: dict[tuple[str, str, str], float] = {}
+    cpu: dict[tuple[str, str, str], float] = {}
     info: dict[tuple[str, str], dict[str, Any]] = {}
     for _ in range(repeats):
         for path in files:
@@ -110,15 +113,17 @@ def measure(workers: dict[str, Worker], files: list[Path], repeats: int, limit: 
                     reply = worker.ask(op=op, file=str(path), limit=limit)
                     key = (side, path.name, op)
                     best[key] = min(best.get(key, float("inf")), reply["seconds"])
-                    info.setdefault((side, path.name), {}).update({k: v for k, v in reply.items() if k != "seconds"})
-    return {"best": best, "info": info}
+                    cpu[key] = min(cpu.get(key, float("inf")), reply["cpu"])
+                    info.setdefault((side, path.name), {}).update(
+                        {k: v for k, v in reply.items() if k not in ("seconds", "cpu")})
+    return {"best": best, "cpu": cpu, "info": info}
 
 
 def report(files: list[Path], result: dict[str, Any], limit: int | None, format_changed: bool) -> bool:
     """Print the side-by-side table; True if every archive and round trip is as expected."""
-    best, info, good = result["best"], result["info"], True
-    print("| file | kB | tokens | op | new tok/s | old tok/s | new kB/s | old kB/s | new/old | archive |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    best, cpu, info, good = result["best"], result["cpu"], result["info"], True
+    print("| file | kB | tokens | op | new tok/s | old tok/s | new kB/s | old kB/s | new/old | CPU new/old | archive |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for path in files:
         size = min(path.stat().st_size, limit or path.stat().st_size)
         new, old = info[("new", path.name)], info[("old", path.name)]
@@ -128,9 +133,10 @@ def report(files: list[Path], result: dict[str, Any], limit: int | None, format_
         verdict = ("identical" if same else f"DIFFERENT ({new['bytes']} vs {old['bytes']} B)") + ("" if ok else ", ROUND TRIP FAILED")
         for op in ("compress", "decompress"):
             t_new, t_old = best[("new", path.name, op)], best[("old", path.name, op)]
+            c_new, c_old = cpu[("new", path.name, op)], cpu[("old", path.name, op)]
             print(f"| {path.name} | {size / 1e3:.1f} | {new['tokens']} | {op} | {new['tokens'] / t_new:,.0f} | "
                   f"{new['tokens'] / t_old:,.0f} | {size / 1e3 / t_new:.1f} | {size / 1e3 / t_old:.1f} | "
-                  f"{t_old / t_new:.2f}x | {verdict} |")
+                  f"{t_old / t_new:.2f}x | {c_old / c_new:.2f}x | {verdict} |")
     return good
 
 
