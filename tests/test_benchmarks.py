@@ -127,3 +127,25 @@ def test_every_benchmark_script_starts() -> None:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {}
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_compare_against_head_on_a_tiny_run(tmp_path: Path) -> None:
+    """benchmarks/compare.py checks HEAD out beside this tree, times both, finds the same archive
+    and leaves no worktree behind."""
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT)
+    def baselines() -> set[str]:
+        listing = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+        return {line.split()[0] for line in listing.splitlines() if "llmzip-baseline-" in line}
+
+    before = baselines()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "compare.py"), "--baseline", "HEAD", "--files", str(sample), "--limit", "300",
+         "--repeats", "1", "--model", str(REPO / "tests" / "data" / "golden-tiny")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| sample.txt |")]
+    assert len(rows) == 2 and all(row.endswith("| identical |") for row in rows)
+    assert baselines() <= before
