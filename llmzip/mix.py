@@ -32,7 +32,6 @@ gates and their learning) and :mod:`llmzip.mixing.mixture` (the integer mixture 
 :class:`Mixer` here is the step protocol that drives them in the codec's order.
 """
 
-
 from __future__ import annotations
 
 from typing import NamedTuple
