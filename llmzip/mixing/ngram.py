@@ -99,13 +99,14 @@ class NgramTable:
         live = chk > 0
         slots, chks = slot[live], chk[live]
         toks = np.broadcast_to(x[:, None], slot.shape)[live]
-        _, first = np.unique(slots, return_index=True)
-        first.sort()
+        order = np.argsort(slots, kind="stable")           # grouped by slot, row order within
+        head = np.ones(len(order), dtype=bool)
+        np.not_equal(slots[order[1:]], slots[order[:-1]], out=head[1:])
+        first = order[head]                                 # distinct slots: any order will do
         self.count(slots[first], chks[first], toks[first])
-        if len(first) < len(slots):                         # repeated slots: the rest, in row order
-            rest = np.ones(len(slots), dtype=bool)
-            rest[first] = False
-            self.count_runs(slots[rest], chks[rest], toks[rest])
+        if not head.all():                                  # repeated slots: the rest, in row order
+            rest = order[~head]
+            self._count_grouped(slots[rest], chks[rest], toks[rest])
 
     def count(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
         """Add x to distinct slots: bump its count, else replace the first least counted token."""
@@ -129,7 +130,10 @@ class NgramTable:
         """:meth:`count` for updates (in order) whose slots may repeat: each slot's updates are
         applied one by one, slots independently; every touched slot is read and written once."""
         order = np.argsort(slot, kind="stable")             # each slot's updates, still in order
-        slot, chk, x = slot[order], chk[order], x[order]
+        self._count_grouped(slot[order], chk[order], x[order])
+
+    def _count_grouped(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
+        """:meth:`count_runs` for updates already grouped by slot (in order within a slot)."""
         starts = np.flatnonzero(np.concatenate([[True], slot[1:] != slot[:-1]]))
         slots = slot[starts]
         rec = self.table[slots]
