@@ -98,6 +98,7 @@ STARTS = {
     "compare.py": "--help", "dynamic_eval.py": "--help", "engine_bench.py": "--help", "latency.py": "--help",
     "memory.py": "--help", "mix_study.py": "--help", "quant_sim.py": "--help", "run.py": "--help",
     "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
+    "roofline.py": "--help", "stage_timer.py": "import",
 }
 _START_ALL = textwrap.dedent("""
     import contextlib, io, json, os, runpy, sys
@@ -149,3 +150,32 @@ def test_compare_against_head_on_a_tiny_run(tmp_path: Path) -> None:
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| sample.txt |")]
     assert len(rows) == 2 and all(row.endswith("| identical |") for row in rows)
     assert baselines() <= before
+
+
+def test_roofline_quick(tmp_path: Path) -> None:
+    """benchmarks/roofline.py --quick on the golden tiny model and a tiny random Llama: every
+    stage is reported, shares add up, percentages of the peak are sane."""
+    from stage_timer import STAGES
+
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT + CODE)
+    tiny = REPO / "tests" / "data" / "golden-tiny"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "roofline.py"), "--quick", "--models", str(tiny), "--shapes", "llama-tiny",
+         "--tokenizer", str(tiny / "tokenizer.json"), "--files", str(sample), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "roofline.json").read_text())
+    assert all(result["peaks"][d]["peak_gops"] > 0 for d in ("int8", "fp32", "bf16"))
+    rows = result["rows"]
+    assert {(r["model"], r["mode"], r["op"]) for r in rows} == {
+        (m, mode, op) for m in ("golden-tiny", "llama-tiny") for mode in ("lm", "mix") for op in ("compress", "decompress")}
+    for r in rows:
+        assert set(r["stage_pct"]) == set(STAGES)
+        assert 95 <= sum(r["stage_pct"].values()) <= 105 and min(r["stage_pct"].values()) >= 0
+        assert r["tokens"] > 0 and 0 < r["pct_int8_peak"] < 100
+        assert r["stage_pct"]["linear_gemm"] > 0 and r["stage_pct"]["coder"] > 0
+        assert (r["stage_pct"]["mixer"] > 0) == (r["mode"] == "mix")
+    md = (tmp_path / "roofline.md").read_text()
+    assert "## Where the time goes" in md and "| llama-tiny | lm | decompress |" in md
