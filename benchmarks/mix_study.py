@@ -96,8 +96,8 @@ def loglinear(tables: np.ndarray, tokens: np.ndarray, chunk: int, group: int, et
     is looked up by (model, class, LM top-probability bucket) and follows the log-loss gradient.
     """
     mixer, bits = Mixer(tables.shape[1], MixParams(), chunk, len(tokens)), np.zeros(len(tokens))
-    em = mixer._entry_model
-    w = np.full((mixer._models, CLASSES, buckets), 0.5)
+    em = mixer.entry_model
+    w = np.full((mixer.model_count, CLASSES, buckets), 0.5)
     for rows, t, idx in steps(len(tokens), chunk, group):
         if t == 0:
             mixer.begin_group(rows)
@@ -106,7 +106,7 @@ def loglinear(tables: np.ndarray, tokens: np.ndarray, chunk: int, group: int, et
         p_lm /= p_lm.sum(1, keepdims=True)
         conf = np.minimum((p_lm.max(1) * buckets).astype(int), buckets - 1)[:, None]
         mixer.prepare(r)
-        tok, cnt, cls, totals = mixer._sparse(mixer._step.slot, mixer._step.chk, r)
+        tok, cnt, cls, totals = (getattr(mixer.prediction, k) for k in ("tok", "cnt", "cls", "totals"))
         valid = cnt > 0
         p_c = p_lm[np.arange(r)[:, None], tok]
         g = np.where(valid, np.log1p(cnt / np.maximum(totals[:, em], 1) / p_c), 0.0)
@@ -120,9 +120,7 @@ def loglinear(tables: np.ndarray, tokens: np.ndarray, chunk: int, group: int, et
         bits[idx] = -np.log2(p_lm[np.arange(r), x] * np.exp(bx) / z)
         grad = g * (hit - p_c * np.exp(boost) / z[:, None]) * valid
         np.add.at(w, (np.broadcast_to(em, grad.shape), ccls, np.broadcast_to(conf, grad.shape)), eta * grad)
-        mixer._coded.append((None, np.ones(r, dtype=np.int64)))          # the Mixer's bookkeeping
-        mixer._mixed = r
-        mixer.update(x)
+        mixer.learn(x, np.ones(r, dtype=np.int64))     # the in-file statistics follow the file
     return bits
 
 

@@ -28,6 +28,7 @@ carry handling: ``0 <= code < range`` holds for every valid stream.
 from __future__ import annotations
 
 from operator import index as _index
+from typing import Sequence
 
 import numpy as np
 
@@ -59,6 +60,15 @@ def _most_trailing_zeros(lo: int, hi: int) -> int | None:
         return 0
     shift = ((lo - 1) ^ hi).bit_length() - 1  # top bit where lo - 1 and hi differ
     return (hi >> shift) << shift
+
+
+def _int_list(values: np.ndarray | Sequence[int]) -> list[int]:
+    """Python ints of a flat integer array or sequence (a float array is refused, as encode() does)."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "iu":
+            raise TypeError(f"integer array expected, got {values.dtype}")
+        return values.ravel().tolist()
+    return [_index(v) for v in values]
 
 
 class ArithmeticEncoder:
@@ -97,6 +107,26 @@ class ArithmeticEncoder:
             low, rng = self._renormalize(low, rng)
         self._low = low
         self._range = rng
+
+    def encode_all(self, cum: np.ndarray, freq: np.ndarray, total: np.ndarray) -> None:
+        """:meth:`encode` of every symbol ``(cum[i], freq[i], total[i])`` in order (integer arrays
+        of one shape, or sequences of ints), in one loop: the same stream as one call each.
+
+        Raises:
+          ValueError: an interval is invalid (the symbols before it stay encoded).
+        """
+        low, rng = self._low, self._range
+        try:
+            for c, f, tot in zip(_int_list(cum), _int_list(freq), _int_list(total)):
+                if not (0 <= c and 0 < f and c + f <= tot <= _MAX_TOTAL):
+                    _check_interval(c, f, tot)
+                r = rng // tot
+                low += r * c
+                rng = r * f
+                if rng < _TOP:
+                    low, rng = self._renormalize(low, rng)
+        finally:
+            self._low, self._range = low, rng
 
     def _renormalize(self, low: int, rng: int) -> tuple[int, int]:
         """Shifts out top bytes of low until rng >= 2**56; returns (low, rng)."""
@@ -220,6 +250,56 @@ class ArithmeticDecoder:
         cum = _index(cdf.item(s))
         self._advance(cum, _index(cdf.item(s + 1)) - cum, total)
         return s
+
+    def decode_rows(self, cdf: np.ndarray) -> list[int]:
+        """:meth:`decode` of one symbol per row of a 2-D cumulative table ``cdf`` (R, n + 1),
+        in row order, in one loop (the same symbols and state as R calls)."""
+        totals = cdf[:, -1].tolist()
+        data, pos, size = self._data, self._pos, len(self._data)
+        code, rng = self._code, self._range
+        out = []
+        try:
+            for row, total in zip(cdf, totals):
+                if not 0 < total <= _MAX_TOTAL:
+                    raise ValueError(f"invalid table total {total}")
+                r = rng // total
+                v = code // r
+                if v >= total:
+                    raise CorruptArchiveError("arithmetic-coded stream is corrupt")
+                s = int(row.searchsorted(v, "right")) - 1
+                cum, end = row.item(s), row.item(s + 1)
+                if not 0 <= code - r * cum < r * (end - cum):   # only a malformed cdf fails here
+                    raise ValueError(f"symbol [{cum}, {end}) does not contain the target")
+                code, rng = code - r * cum, r * (end - cum)
+                while rng < _TOP:
+                    code = (code << 8) | (data[pos] if pos < size else 0)
+                    pos += 1
+                    rng <<= 8
+                out.append(s)
+        finally:
+            self._code, self._range, self._pos = code, rng, pos
+        return out
+
+    def decode_rows_blocked(self, tables: np.ndarray, block: int) -> list[int]:
+        """:meth:`decode_rows` of the tables (R, n) themselves (integer entries >= 1), without a
+        cumulative table: a row's symbol is searched among its sums of ``block`` entries, then
+        within one block. Same symbols and state; cheaper where n is large (see lockstep)."""
+        rows, n = tables.shape
+        sums = np.add.reduceat(tables, np.arange(0, n, block), axis=1, dtype=np.int64)
+        block_cdf = np.zeros((rows, sums.shape[1] + 1), dtype=np.int64)
+        np.cumsum(sums, axis=1, out=block_cdf[:, 1:])
+        out = []
+        for table, row_cdf in zip(tables, block_cdf):
+            total = row_cdf.item(-1)
+            v = self.target(total)
+            b = int(row_cdf.searchsorted(v, "right")) - 1
+            within = np.cumsum(table[b * block : (b + 1) * block])
+            j = int(within.searchsorted(v - row_cdf.item(b), "right"))
+            end = row_cdf.item(b) + within.item(j)
+            freq = table.item(b * block + j)
+            self._advance(end - freq, freq, total)
+            out.append(b * block + j)
+        return out
 
     def check_overread(self) -> None:
         """Raises CorruptArchiveError as soon as the decoder has read more than 8 bytes

@@ -52,20 +52,23 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
     dest = result.view()
     dest.shape = flat.shape   # raises rather than copy (and lose the writes) if out is not contiguous
     for i in range(0, len(flat), QUANT_ROWS):
-        dest[i : i + QUANT_ROWS] = _freqs_block(flat[i : i + QUANT_ROWS], freq_bits)
+        block = dest[i : i + QUANT_ROWS]
+        block[...] = _scaled_block(flat[i : i + QUANT_ROWS], freq_bits)   # the cast truncates: floor (>= 0)
+        block += 1
     return result
 
 
-def _freqs_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
-    """:func:`freqs_from_logits` for a (rows, V) block small enough to stay in cache; float64 out."""
+def _scaled_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
+    """``e * (2**freq_bits / sum(e))`` (float64, >= 0) for a (rows, V) block small enough to stay
+    in cache: :func:`freqs_from_logits` is its floor plus one, taken by the integer cast (one
+    pass over the output instead of two over float64)."""
     table = _exp_table_f64()
     x = np.clip(logits, -(1 << 30), 1 << 30).astype(np.float64, copy=False)   # exact: integers < 2**31
     np.subtract(x.max(-1, keepdims=True), x, out=x)                 # gap to the row's maximum
-    np.minimum(x, len(table) - 1, out=x)
-    e = np.take(table, x.astype(np.intp))
+    gap = np.empty(x.shape, dtype=np.intp)
+    np.minimum(x, len(table) - 1, out=gap, casting="unsafe")        # integers: the cast is exact
+    e = np.take(table, gap)
     e *= float(1 << freq_bits) / e.sum(-1, keepdims=True)
-    np.floor(e, out=e)
-    e += 1
     return e
 
 

@@ -1,10 +1,12 @@
-"""Smoke test of the benchmark suite (benchmarks/run.py) on a tiny corpus and the tiny model."""
+"""Smoke tests of the benchmark suite: every script starts, and benchmarks/run.py runs on a tiny
+corpus and the tiny model."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,93 @@ def test_classic_round_trip(comp: Compressor) -> None:
 def test_mismatch_is_reported() -> None:
     broken = Compressor("broken", {}, lambda d: d, lambda d: d[:-1])
     assert measure_classic(broken, "x", TEXT, repeats=1)["verified"] is False
+
+
+# How each script in benchmarks/ starts in CI: "--help" (a command-line script: parses its
+# options and exits), or "import" (a module of run.py, or a script without options, which would
+# run in full: importing it checks what breaks first, its imports).
+STARTS = {
+    "compare.py": "--help", "dynamic_eval.py": "--help", "engine_bench.py": "--help", "latency.py": "--help",
+    "memory.py": "--help", "mix_study.py": "--help", "quant_sim.py": "--help", "run.py": "--help",
+    "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
+    "roofline.py": "--help", "stage_timer.py": "import",
+}
+_START_ALL = textwrap.dedent("""
+    import contextlib, io, json, os, runpy, sys
+    failed = {}
+    for path, how in json.loads(sys.argv[1]).items():
+        sys.path.insert(0, os.path.dirname(path))        # as `python benchmarks/x.py` does
+        sys.argv, out = [path, "--help"], io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                runpy.run_path(path, run_name="__main__" if how == "--help" else "benchmark_start_check")
+            if how == "--help":
+                failed[path] = "--help did not exit"
+        except SystemExit as exc:
+            if how != "--help" or exc.code not in (0, None) or "usage" not in out.getvalue():
+                failed[path] = f"exit {exc.code}: {out.getvalue()[-300:]}"
+        except BaseException as exc:
+            failed[path] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(failed))
+""")
+
+
+def test_every_benchmark_script_starts() -> None:
+    """One process starts them all (torch is imported once): a broken import or option parser fails here."""
+    assert set(STARTS) == {p.name for p in BENCH.glob("*.py")}, "say in STARTS how a new script starts"
+    spec = json.dumps({str(BENCH / name): how for name, how in STARTS.items()})
+    proc = subprocess.run([sys.executable, "-c", _START_ALL, spec], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {}
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_compare_against_head_on_a_tiny_run(tmp_path: Path) -> None:
+    """benchmarks/compare.py checks HEAD out beside this tree, times both, finds the same archive
+    and leaves no worktree behind."""
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT)
+    def baselines() -> set[str]:
+        listing = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+        return {line.split()[0] for line in listing.splitlines() if "llmzip-baseline-" in line}
+
+    before = baselines()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "compare.py"), "--baseline", "HEAD", "--files", str(sample), "--limit", "300",
+         "--repeats", "1", "--model", str(REPO / "tests" / "data" / "golden-tiny")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| sample.txt |")]
+    assert len(rows) == 2 and all(row.endswith("| identical |") for row in rows)
+    assert baselines() <= before
+
+
+def test_roofline_quick(tmp_path: Path) -> None:
+    """benchmarks/roofline.py --quick on the golden tiny model and a tiny random Llama: every
+    stage is reported, shares add up, percentages of the peak are sane."""
+    from stage_timer import STAGES
+
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT + CODE)
+    tiny = REPO / "tests" / "data" / "golden-tiny"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "roofline.py"), "--quick", "--models", str(tiny), "--shapes", "llama-tiny",
+         "--tokenizer", str(tiny / "tokenizer.json"), "--files", str(sample), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "roofline.json").read_text())
+    assert all(result["peaks"][d]["peak_gops"] > 0 for d in ("int8", "fp32", "bf16"))
+    rows = result["rows"]
+    assert {(r["model"], r["mode"], r["op"]) for r in rows} == {
+        (m, mode, op) for m in ("golden-tiny", "llama-tiny") for mode in ("lm", "mix") for op in ("compress", "decompress")}
+    for r in rows:
+        assert set(r["stage_pct"]) == set(STAGES)
+        assert 95 <= sum(r["stage_pct"].values()) <= 105 and min(r["stage_pct"].values()) >= 0
+        assert r["tokens"] > 0 and 0 < r["pct_int8_peak"] < 100
+        assert r["stage_pct"]["linear_gemm"] > 0 and r["stage_pct"]["coder"] > 0
+        assert (r["stage_pct"]["mixer"] > 0) == (r["mode"] == "mix")
+    md = (tmp_path / "roofline.md").read_text()
+    assert "## Where the time goes" in md and "| llama-tiny | lm | decompress |" in md

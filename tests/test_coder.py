@@ -341,3 +341,73 @@ def test_size_compared_with_constriction():
     theirs = theirs_enc.get_compressed().nbytes
     print(f"llmzip.coder: {ours} bytes, constriction: {theirs} bytes")
     assert ours <= theirs * 1.01 + 16
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300))
+def test_batched_calls_equal_one_call_per_symbol(seed, n):
+    """encode_all / decode_rows (the codec's per-step loops) give the same stream, symbols and
+    decoder state as encode / decode one symbol at a time."""
+    rng = np.random.default_rng(seed)
+    vocab = int(rng.integers(1, 60))
+    freqs = rng.integers(1, 2 ** int(rng.integers(1, 23)), size=(n, vocab))
+    cdfs = np.zeros((n, vocab + 1), dtype=np.int64)
+    np.cumsum(freqs, axis=1, out=cdfs[:, 1:])
+    symbols = rng.integers(0, vocab, n)
+    ar = np.arange(n)
+    one = encode_all([c for c in cdfs], symbols)
+    batched = ArithmeticEncoder()
+    split = int(rng.integers(0, n + 1))                       # two calls: the state carries over
+    for part in (slice(0, split), slice(split, n)):
+        batched.encode_all(cdfs[ar, symbols][part], freqs[ar, symbols][part], cdfs[:, -1][part])
+    assert batched.finish() == one
+    dec, single = ArithmeticDecoder(one), ArithmeticDecoder(one)
+    got = dec.decode_rows(cdfs[:split]) + dec.decode_rows(cdfs[split:])
+    assert got == [single.decode(c) for c in cdfs] == symbols.tolist()
+    assert (dec._code, dec._range, dec._pos) == (single._code, single._range, single._pos)
+    dec.check_end()
+
+
+def test_batched_calls_reject_what_single_calls_reject():
+    enc = ArithmeticEncoder()
+    with pytest.raises(ValueError):
+        enc.encode_all(np.array([0, 5]), np.array([1, 1]), np.array([4, 4]))   # cum + freq > total
+    with pytest.raises(TypeError):
+        enc.encode_all(np.array([0.0]), np.array([1]), np.array([4]))
+    with pytest.raises(CorruptArchiveError):
+        ArithmeticDecoder(b"\xff" * 8).decode_rows(np.array([[0, 1, 2, 3]]) * np.array([[1, 1, 1, 2**20]]))
+    with pytest.raises(ValueError):
+        ArithmeticDecoder(b"").decode_rows(np.array([[0, 2**31]]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), vocab=st.integers(1, 300))
+def test_table_terms_equal_the_cumulative_table(seed, n, vocab):
+    """The encoder's terms of the coded tokens, without a cumulative table, equal what one gives."""
+    from llmzip.lockstep import table_terms
+
+    rng = np.random.default_rng(seed)
+    tables = rng.integers(1, 2 ** int(rng.integers(1, 29)), size=(n, vocab)).astype(np.int32)
+    x = rng.integers(0, vocab, n)
+    cum, freq, total = table_terms(tables, x)
+    cdf = np.cumsum(tables, axis=1, dtype=np.int64)
+    ar = np.arange(n)
+    assert np.array_equal(freq, tables[ar, x]) and np.array_equal(total, cdf[:, -1])
+    assert np.array_equal(cum, cdf[ar, x] - freq) and cum.dtype == freq.dtype == total.dtype == np.int64
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 30), vocab=st.integers(1, 700), block=st.integers(1, 300))
+def test_search_by_blocks_equals_the_cumulative_search(seed, rows, vocab, block):
+    """decode_rows_blocked (no cumulative table) decodes what decode_rows does, to the same state,
+    whether or not the block size divides the table and from flat to very skewed tables."""
+    rng = np.random.default_rng(seed)
+    tables = rng.integers(1, 2 ** int(rng.integers(1, 30 - max(vocab, 2).bit_length())), size=(rows, vocab))
+    tables[rng.random(rows) < 0.3, int(rng.integers(0, vocab))] += 2**20   # a dominant symbol
+    cdfs = np.zeros((rows, vocab + 1), dtype=np.int64)
+    np.cumsum(tables, axis=1, out=cdfs[:, 1:])
+    symbols = rng.integers(0, vocab, rows)
+    blob = encode_all(list(cdfs), symbols)
+    blocked, full = ArithmeticDecoder(blob), ArithmeticDecoder(blob)
+    assert blocked.decode_rows_blocked(tables, block) == full.decode_rows(cdfs) == symbols.tolist()
+    assert (blocked._code, blocked._range, blocked._pos) == (full._code, full._range, full._pos)

@@ -15,6 +15,10 @@ from llmzip import codec, lockstep
 from llmzip.container import read_archive, write_archive
 from llmzip.errors import CorruptArchiveError, UnsupportedFormatError
 from llmzip.mix import DEFAULT_MIX, PRESETS, Mixer, MixParams
+from llmzip.mixing import mixture
+from llmzip.mixing.gates import GateWeights
+from llmzip.mixing.match import MatchModel
+from llmzip.mixing.ngram import NgramTable
 from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 from predictors import CountingPredictor
 
@@ -145,7 +149,7 @@ def test_coding_terms_equal_the_tables(seed, vocab, rows, steps, alphabet):
         assert np.array_equal(total, cdf[:, -1])
         full.update(x)
         short.update(x)
-    assert np.array_equal(full._theta, short._theta)
+    assert np.array_equal(full.weights.theta, short.weights.theta)
 
 
 def test_tables_are_reproducible():
@@ -260,14 +264,14 @@ def test_a_run_of_updates_equals_one_update_at_a_time():
     """Repeated slots of a step are learnt as runs; the result must equal single updates."""
     rng = np.random.default_rng(7)
     params = MixParams(orders=(0, 1), hash_bits=10, slot_width=4, count_limit=5)
-    run, single = Mixer(50, params, 8), Mixer(50, params, 8)
+    run, single = NgramTable(params), NgramTable(params)
     for _ in range(300):
-        slot = int(rng.integers(0, 4))
-        items = [(int(rng.choice([3, 5])), int(rng.integers(0, 6))) for _ in range(int(rng.integers(1, 12)))]
-        run._count_run(slot, items)
-        for chk, x in items:                                       # the vectorised rule, one by one
-            single._count(np.array([slot]), np.array([chk]), np.array([x]))
-    for name in ("_slot_chk", "_slot_tok", "_slot_cnt"):
+        n = int(rng.integers(1, 24))
+        slot, chk, x = rng.integers(0, 4, n), rng.choice([3, 5], n), rng.integers(0, 6, n)
+        run.count_runs(slot, chk, x)
+        for s, c, t in zip(slot, chk, x):                          # the vectorised rule, one by one
+            single.count(np.array([s]), np.array([c]), np.array([t]))
+    for name in ("chk", "tok", "cnt"):
         assert np.array_equal(getattr(run, name), getattr(single, name)), name
 
 
@@ -290,3 +294,90 @@ def test_decoder_sizes_the_mixer_from_the_header_within_a_bound(golden, monkeypa
     monkeypatch.setattr(codec, "MIXER_PREALLOC", 7)
     assert codec.decompress(blob, golden) == data
     assert seen[-1] == 7
+
+
+# ---------------------------------------------------------------- the parts, alone
+
+def test_ngram_contexts_are_unchecked_until_the_row_is_long_enough():
+    table = NgramTable(SMALL)                                       # orders 0, 1, 2, 4
+    history = np.full((4, 3), 2**64 - 1, dtype=np.uint64)
+    history[0], history[1] = [7, 7, 8], [1, 1, 1]                   # rows 0 and 1 share their context
+    slot, chk = table.contexts(history, t=2)
+    assert slot.shape == chk.shape == (3, 4)
+    assert (chk[:, :3] > 0).all() and (chk[:, 3] == 0).all()       # order 4 needs 4 tokens
+    assert len(set(slot[:, 0])) == 1                                # order 0: one context for all rows
+    assert np.array_equal(slot[0], slot[1]) and slot[0, 1] != slot[2, 1]
+
+
+def test_ngram_lookup_returns_what_was_counted_in_row_order():
+    table = NgramTable(SMALL)
+    slot, chk = np.array([[5], [5], [5], [9]]), np.array([[11], [11], [11], [13]])
+    table.learn(slot, chk, np.array([3, 4, 3, 3]))
+    tok, cnt = table.lookup(np.array([[5], [9], [5]]), np.array([[11], [13], [12]]))
+    assert dict(zip(tok[0, 0].tolist(), cnt[0, 0].tolist())) | {0: 0} == {3: 2, 4: 1, 0: 0}
+    assert cnt[1, 0].sum() == 1 and cnt[2, 0].sum() == 0            # another check value: no counts
+
+
+def test_match_model_predicts_the_continuation_of_an_earlier_copy():
+    params = MixParams(orders=(0,), hash_bits=10, match_min=2, match_bits=10)
+    model, text = MatchModel(params, 64), [5, 6, 7, 8, 5, 6, 7, 8, 5]
+    model.begin_group(64, 1)
+    history = np.full((2, 1), 2**64 - 1, dtype=np.uint64)
+    predicted = []
+    for t, x in enumerate(text):
+        predicted.append(int(model.predict(1)[0][0]))
+        model.buffer[t] = x
+        history[1], history[0] = history[0], x
+        model.learn(np.array([x]), np.array([t]), history, t + 1)
+    assert predicted[:6] == [-1] * 6 and predicted[6:] == [7, 8, 5]
+    assert model.predict(1)[1][0] >= 0
+
+
+def test_gates_share_the_mass_among_the_predicting_models_and_learn():
+    weights = GateWeights((0, 1), gap=0, lr=8)
+    cls = np.array([[0, -1, 3, 5], [0, 2, -1, -1]])
+    mass = weights.masses(cls)
+    assert (mass[cls < 0] == 0).all() and (mass.sum(1) <= 2**28).all() and (mass.sum(1) > 2**28 - 4).all()
+    before = weights.theta.copy()
+    part = np.array([[0, 100, 0], [50, 0, 0]])                     # model 2 (row 0), model 1 (row 1) were right
+    weights.learn(cls, mass, part, np.array([100, 100]))
+    assert weights.theta[2, 3] > before[2, 3] and weights.theta[3, 5] < before[3, 5]
+    assert weights.theta[1, 2] != before[1, 2] and (weights.theta[0] == 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), vocab=st.integers(2, 200), rows=st.integers(1, 6), cols=st.integers(1, 9))
+def test_mixture_coding_terms_equal_its_tables(seed, vocab, rows, cols):
+    rng = np.random.default_rng(seed)
+    lm = _lm_tables(rng, int(rng.integers(0, 4)), rows, vocab)
+    mass = rng.integers(1, 2**28 + 1, rows)
+    tok, share = rng.integers(0, vocab, (rows, cols)), rng.integers(0, 2**20, (rows, cols))
+    x = rng.integers(0, vocab, rows)
+    table = mixture.tables(mixture.scaled_lm(lm, mass), tok, share)
+    cum, freq, total = mixture.coding_terms(mixture.scaled_lm(lm.astype(np.int32), mass), tok, share, x)
+    ar = np.arange(rows)
+    assert np.array_equal(freq, table[ar, x]) and np.array_equal(total, table.sum(1))
+    assert np.array_equal(cum, table.cumsum(1)[ar, x] - freq)
+
+
+def test_ngram_records_hold_the_largest_token_and_count():
+    """Entries pack token | count << 21: the largest token and count_limit survive, and a
+    vocabulary the records cannot hold is refused."""
+    params = MixParams(orders=(0,), hash_bits=10, slot_width=2, count_limit=1023)
+    table, top = NgramTable(params), 2**21 - 1
+    for _ in range(1100):
+        table.count(np.array([3]), np.array([9]), np.array([top]))
+    table.count_runs(np.array([4] * 1100), np.array([9] * 1100), np.array([top] * 1100))
+    for s in (3, 4):
+        assert table.tok[s, 0] == top and 512 <= table.cnt[s, 0] <= 1023 and table.chk[s] == 9
+    Mixer(2**21, params, 8)
+    with pytest.raises(ValueError, match="vocabulary"):
+        Mixer(2**21 + 1, params, 8)
+
+
+def test_golden_mix_archive_decodes_with_the_block_search(golden, monkeypatch):
+    """The decoder's search by blocks (large vocabularies) decodes what the cumulative search does."""
+    monkeypatch.setattr(lockstep, "BLOCKED_SEARCH_VOCAB", 0)
+    monkeypatch.setattr(lockstep, "SEARCH_BLOCK", 7)
+    blob = (DATA / MIX_GOLDEN_FILES[max(MIX_GOLDEN_FILES)]).read_bytes()
+    assert codec.decompress(blob, golden) == golden_input()
