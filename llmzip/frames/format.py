@@ -5,6 +5,7 @@ Layout (integers little-endian; varints are unsigned LEB128, minimal)::
     stream header   b"LLMZ" | format_version u8 = 2
     frame record    method u8 (1..255) | raw_size varint | payload_size varint
                     | checksum[16] (BLAKE2b-128 of the frame's original bytes)
+                    | payload_crc u32 (zlib.crc32 of the payload)
                     | record_crc u32 (zlib.crc32 of the record's bytes before it) | payload
     ...             (one record per frame, in input order)
     trailer         0x00 | frame_count varint | frame_count x (payload_size varint, raw_size varint)
@@ -18,6 +19,8 @@ end of the stream and every frame's offset from it, without decoding the frames 
 
 A method id names how a payload decodes (:mod:`llmzip.frames.methods`); the record's CRC comes
 first, so a damaged id is "corrupt", and only an intact unknown id asks to upgrade llmzip.
+The payload's CRC is checked before any decoder sees it: a damaged payload is reported as
+such, naming its frame, without running a decoder (or a model) on garbage.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class Frame:
 
     def record(self) -> bytes:
         """The frame's bytes in a stream: record header, CRC, payload."""
-        head = bytes([self.method]) + varint(self.raw_size) + varint(len(self.payload)) + self.checksum
+        head = (bytes([self.method]) + varint(self.raw_size) + varint(len(self.payload)) + self.checksum
+                + _U32.pack(zlib.crc32(self.payload)))
         return head + _U32.pack(zlib.crc32(head)) + self.payload
 
     @property
@@ -101,7 +105,7 @@ def payload_limit(raw_size: int) -> int:
 
 
 def record_header_size(raw_size: int, payload_size: int) -> int:
-    return 1 + len(varint(raw_size)) + len(varint(payload_size)) + CHECKSUM_SIZE + 4
+    return 1 + len(varint(raw_size)) + len(varint(payload_size)) + CHECKSUM_SIZE + 8
 
 
 @dataclass(frozen=True)
@@ -189,13 +193,16 @@ class RecordReader:
             self._read_trailer(head)
             return None
         raw_size, payload_size = self._varint(head), self._varint(head)
-        head += self._read(CHECKSUM_SIZE)
+        head += self._read(CHECKSUM_SIZE + 4)
         if zlib.crc32(head) != _U32.unpack(self._read(4))[0]:
             raise self._error("frame header checksum mismatch")
         if not 0 < raw_size <= MAX_FRAME_RAW or payload_size > payload_limit(raw_size):
             raise self._error(f"frame sizes out of range ({payload_size} bytes for {raw_size})")
-        digest = bytes(head[-CHECKSUM_SIZE:])
-        frame = Frame(head[0], raw_size, digest, self._read(payload_size))
+        digest = bytes(head[-CHECKSUM_SIZE - 4:-4])
+        payload = self._read(payload_size)
+        if zlib.crc32(payload) != _U32.unpack(head[-4:])[0]:
+            raise self._error("payload checksum mismatch")
+        frame = Frame(head[0], raw_size, digest, payload)
         info = FrameInfo(self.index, self.offset, self.input_offset, head[0], raw_size, payload_size)
         self._seen.append((payload_size, raw_size, digest))
         self.index, self.offset = self.index + 1, self.offset + len(head) + 4 + payload_size

@@ -16,7 +16,8 @@ the arithmetic, checks and limits of a format-1 archive.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from .. import codec
 from ..container import Header, read_archive, write_archive
@@ -30,7 +31,11 @@ def encode(data: bytes, model: codec.Model, mixing: codec.MixParams | None, chun
            settings: codec.Settings) -> bytes:
     """Code ``data`` with the model; the payload of an LM frame."""
     blob = codec.compress(data, model, chunk_tokens=chunk_tokens, settings=settings, mixing=mixing)
-    header, segments = read_archive(blob)
+    return pack(*read_archive(blob))
+
+
+def pack(header: Header, segments: Sequence[bytes | memoryview]) -> bytes:
+    """The LM payload of a format-1 header and its segments (size and checksum go to the frame)."""
     model_id = header.model_id.encode("utf-8")
     fields = [bytes([len(model_id)]), model_id, header.fingerprint, bytes([header.engine]),
               varint(header.vocab_size), varint(header.bos_id), bytes([header.freq_bits]),
@@ -62,8 +67,24 @@ class _Cursor:
         raise DecodeFailed("a language-model frame field is longer than 10 bytes")
 
 
-def read_header(payload: bytes, size: int, digest: bytes) -> tuple[Header, list[bytes]]:
-    """The format-1 header and segments an LM payload stands for (DecodeFailed if malformed)."""
+@dataclass(frozen=True)
+class LMFields:
+    """The fields an LM payload starts with (what ``llmzip list`` shows of an LM frame)."""
+
+    model_id: str
+    fingerprint: bytes
+    engine: int
+    vocab_size: int
+    bos_id: int
+    freq_bits: int
+    chunk_tokens: int
+    group_chunks: int
+    token_count: int
+    mix_params: bytes
+
+
+def read_fields(payload: bytes) -> tuple[LMFields, int]:
+    """The leading fields of an LM payload (or of its first ~1.4 KB) and where they end."""
     cur = _Cursor(payload)
     try:
         model_id = cur.take(cur.take(1)[0]).decode("utf-8")
@@ -73,13 +94,20 @@ def read_header(payload: bytes, size: int, digest: bytes) -> tuple[Header, list[
     vocab_size, bos_id, freq_bits = cur.varint(), cur.varint(), cur.take(1)[0]
     chunk_tokens, group_chunks, token_count = cur.varint(), cur.varint(), cur.varint()
     mix_params = cur.take(cur.varint())
+    return LMFields(model_id, fingerprint, engine, vocab_size, bos_id, freq_bits, chunk_tokens, group_chunks,
+                    token_count, mix_params), cur.pos
+
+
+def read_header(payload: bytes, size: int, digest: bytes) -> tuple[Header, list[bytes]]:
+    """The format-1 header and segments an LM payload stands for (DecodeFailed if malformed)."""
+    fields, pos = read_fields(payload)
     try:
-        header = Header(model_id=model_id, fingerprint=fingerprint, engine=engine, vocab_size=vocab_size,
-                        bos_id=bos_id, freq_bits=freq_bits, chunk_tokens=chunk_tokens,
-                        group_chunks=group_chunks, original_size=size, token_count=token_count,
-                        checksum=digest, mixing=bool(mix_params), mix_params=mix_params)
+        header = Header(**{**fields.__dict__, "original_size": size, "checksum": digest,
+                           "mixing": bool(fields.mix_params)})
     except (ValueError, TypeError) as exc:
         raise DecodeFailed(f"invalid language-model frame field: {exc}") from None
+    cur = _Cursor(payload)
+    cur.pos = pos
     count = cur.varint()
     if count != header.segment_count:
         raise DecodeFailed(f"{count} segments, expected {header.segment_count}")
