@@ -22,7 +22,7 @@ from .coding import DEFAULT_FRAME_SIZE, Options, decode_frame, encode_frame
 from .format import Frame, FrameInfo, join, read_index
 from .methods import IDS as METHOD_IDS
 from .methods import NAMES as METHOD_NAMES
-from .plan import BINARY, TEXT, Span, plan
+from .split import BINARY, TEXT, Span, plan
 from .stream import (StreamWriter, compress, compress_stream, decompress, decompress_stream, format_version,
                      read_frames)
 

@@ -214,7 +214,7 @@ class RecordReader:
         expected = trailer(self._seen)
         rest = self._read(len(expected) - 1)
         if bytes(head) + rest != expected:
-            raise CorruptArchiveError(f"trailer at offset {self.offset} does not match the frames "
+            raise CorruptArchiveError(f"trailer at offset {self.offset}: does not match the frames "
                                       "(damaged trailer, or frames lost or reordered)")
         if self._stream.read(1):
             raise CorruptArchiveError("trailing data after the trailer")

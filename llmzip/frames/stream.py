@@ -16,7 +16,7 @@ from ..errors import NotAnArchiveError
 from . import lm
 from .coding import LazyModel, ModelSource, Options, decode_frame, encode_frame
 from .format import STREAM_HEADER, Frame, FrameInfo, RecordReader, check_stream_header, trailer
-from .plan import iter_spans
+from .split import iter_spans
 
 OnFrame = Callable[[FrameInfo], None]
 
