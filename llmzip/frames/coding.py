@@ -13,6 +13,8 @@ fallback tried on it, and the model's time goes to frames it can win.
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +28,7 @@ DEFAULT_FRAME_SIZE = 1 << 20
 SAMPLE_MIN, SAMPLE_MAX = 4096, 16384   # model sample: 1/32 of the frame, within these bounds
 LM_SAMPLE_MARGIN = 1.0                 # the model codes the frame only if it beats the fallbacks on the sample
 
+PROBES, PROBE_SIZE = 8, 4096            # incompressible(): 8 slices of 4 KiB
 ModelSource = Callable[[], Any]        # loads the model for compression (called at most once)
 
 
@@ -64,8 +67,20 @@ def sample_size(length: int) -> int:
     return min(length, max(SAMPLE_MIN, min(SAMPLE_MAX, length // 32)))
 
 
-def _lm_payload(data: bytes, model: LazyModel, options: Options) -> bytes:
-    return lm.encode(data, model(), options.mixing, options.chunk_tokens, options.settings)
+def incompressible(data: bytes) -> bool:
+    """True when zlib at level 1 cannot shrink any of ``PROBES`` slices spread over ``data``
+    (random, encrypted or already compressed data): such a frame is stored without trying the
+    fallbacks, which never shrank such data in our measurements either (README, "Frames")."""
+    if len(data) < PROBES * PROBE_SIZE:
+        return False
+    step = (len(data) - PROBE_SIZE) // (PROBES - 1)
+    return all(len(zlib.compress(data[i * step:i * step + PROBE_SIZE], 1)) >= PROBE_SIZE for i in range(PROBES))
+
+
+def _lm_payload(data: bytes, model: LazyModel, options: Options, sample: bool = False) -> bytes:
+    # a sample is a trial: it is not the archive's, so it feeds no statistics and no progress bar
+    settings = dataclasses.replace(options.settings, stats=None, progress=None) if sample else options.settings
+    return lm.encode(data, model(), options.mixing, options.chunk_tokens, settings)
 
 
 def _choose(data: bytes, kind: str, model: LazyModel, options: Options) -> tuple[int, bytes]:
@@ -74,14 +89,17 @@ def _choose(data: bytes, kind: str, model: LazyModel, options: Options) -> tuple
     if options.method != "auto":
         forced = methods.IDS[options.method]
         return forced, methods.FALLBACKS[forced].encode(data)
+    if kind != TEXT and incompressible(data):
+        return methods.STORED, data
     best = methods.best_fallback(data)
     if kind != TEXT:
         return best
     n = sample_size(len(data))
     sample = data[:n]
-    lm_sample = _lm_payload(sample, model, options)
     if n == len(data):
-        return (methods.LM, lm_sample) if len(lm_sample) < len(best[1]) else best
+        whole = _lm_payload(data, model, options)
+        return (methods.LM, whole) if len(whole) < len(best[1]) else best
+    lm_sample = _lm_payload(sample, model, options, sample=True)
     if len(lm_sample) >= LM_SAMPLE_MARGIN * len(methods.best_fallback(sample)[1]):
         return best
     whole = _lm_payload(data, model, options)

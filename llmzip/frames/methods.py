@@ -23,7 +23,8 @@ IDS = {name: mid for mid, name in NAMES.items()}
 
 LZMA_PRESET = 6                    # measured: as small as 9e on every test file, 3x faster
 LZMA_DICT_LOG = (12, 23)           # dictionary 4 KiB .. 8 MiB, the smallest power of two >= the frame
-PPMD_ORDERS = ((6, 24), (10, 26))  # (order, log2 memory): 6 wins on prose and samples, 10 on markup
+PPMD_ORDERS = ((6, 4, 24), (10, 6, 26))  # (order, memory log2 over the frame's, at most): 6 wins on prose
+                                          # and sampled data, 10 on markup; small frames need little memory
 PPMD_MAX_MEM_LOG = 28
 
 
@@ -83,7 +84,8 @@ def ppmd_encode(data: bytes) -> bytes:
     import pyppmd
 
     best = b""
-    for order, mem_log in PPMD_ORDERS:
+    for order, extra, most in PPMD_ORDERS:
+        mem_log = min(most, max(20, len(data).bit_length() + extra))
         enc = pyppmd.Ppmd7Encoder(order, 1 << mem_log)
         payload = bytes([order, mem_log]) + enc.encode(data) + enc.flush()
         if not best or len(payload) < len(best):
