@@ -2,11 +2,12 @@
 """Choosing the default frame size: archive size against frame size on real text, and the CLI's
 peak memory against frame size.
 
-    python benchmarks/frame_size.py ratio [--model embedded] [--sizes-kb 64 256 1024] FILE...
+    python benchmarks/frame_size.py ratio [--model embedded] [--sizes-kb 64 256 1024] [--fixed] FILE...
     python benchmarks/frame_size.py memory [--model tests/data/golden-tiny] [--sizes-kb 256 1024 4096]
                                            [--input-mb 8] [--method lm]
 
-``ratio`` prints, per file and frame size, the archive's bytes (deterministic: no timing).
+``ratio`` prints, per file and frame size, the archive's bytes (deterministic: no timing);
+with ``--fixed`` also those of fixed-size frames (no cut where the content changes).
 ``memory`` runs ``llmzip compress`` and ``llmzip decompress`` on a text input built from the
 corpus, one child process per (frame size, direction), and prints each one's peak RSS.
 """
@@ -35,10 +36,13 @@ def ratio(args: argparse.Namespace) -> None:
     for path in args.files:
         data = path.read_bytes()
         for kb in args.sizes_kb:
-            blob = frames.compress(data, model, frames.Options(frame_size=kb << 10))
-            info = frames.read_index(io.BytesIO(blob), len(blob))
-            print(json.dumps({"file": path.name, "frame_kb": kb, "frames": len(info), "bytes": len(blob),
-                              "bits_per_byte": round(8 * len(blob) / len(data), 4)}), flush=True)
+            for content_aware in (True, False) if args.fixed else (True,):
+                blob = frames.compress(data, model, frames.Options(frame_size=kb << 10, content_aware=content_aware))
+                info = frames.read_index(io.BytesIO(blob), len(blob))
+                mix = ",".join(sorted({frames.METHOD_NAMES[f.method] for f in info}))
+                print(json.dumps({"file": path.name, "frame_kb": kb, "split": "content" if content_aware else "fixed",
+                                  "frames": len(info), "methods": mix, "bytes": len(blob),
+                                  "bits_per_byte": round(8 * len(blob) / len(data), 4)}), flush=True)
 
 
 def memory(args: argparse.Namespace) -> None:
@@ -65,6 +69,7 @@ def main() -> None:
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--model", default="embedded")
     r.add_argument("--sizes-kb", type=int, nargs="+", default=[64, 256, 1024])
+    r.add_argument("--fixed", action="store_true", help="also fixed-size frames")
     m = sub.add_parser("memory")
     m.add_argument("--model", default=str(HERE.parent / "tests" / "data" / "golden-tiny"))
     m.add_argument("--sizes-kb", type=int, nargs="+", default=[256, 1024, 4096])

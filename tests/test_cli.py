@@ -104,6 +104,20 @@ def test_real_shell_pipeline(tiny_model_dir, tmp_path):
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
 
 
+def test_real_pipeline_streams_frames(tmp_path):
+    """A scaled-down `head -c N /dev/urandom | llmzip compress -c | llmzip decompress -c | cmp`:
+    3 MB through pipes in 256 KiB frames (no model is loaded: random data is never text)."""
+    src = tmp_path / "random"
+    src.write_bytes(np.random.default_rng(11).bytes(3_000_000))
+    command = _python_llmzip()
+    pipeline = (f"cat {src} | {command} compress -c --frame-size 256K | tee {tmp_path}/a.llz "
+                f"| {command} decompress -c | cmp - {src}")
+    done = subprocess.run(["sh", "-c", pipeline], cwd=REPO, capture_output=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    info = llmzip.read_info((tmp_path / "a.llz").read_bytes())
+    assert len(info.frames) == 12 and set(info.method_mix()) == {"stored"}
+
+
 def test_real_process_exit_statuses(tiny_model_dir, tmp_path):
     usage = subprocess.run([sys.executable, "-m", "llmzip.cli", "compress", "--bogus"],
                            cwd=REPO, capture_output=True, timeout=60)
@@ -386,6 +400,23 @@ def test_damaged_archive(llz, archive, how, reason):
     assert re.fullmatch(rf"llmzip: {re.escape(str(archive))}: {reason}\n", err(result))
     assert "Traceback" not in result.output
     assert sorted(os.listdir(archive.parent)) == before      # no output, no temp file
+
+
+def test_damaged_last_frame_leaves_no_partial_output(llz, tmp_path):
+    """Earlier frames were decoded and written to the temp file when the last one fails."""
+    src = tmp_path / "mixed"
+    src.write_bytes(MIXED)
+    assert llz("compress", "--frame-size", "8K", str(src)).exit_code == 0
+    archive = Path(f"{src}.llz")
+    blob = bytearray(archive.read_bytes())
+    last = llmzip.read_info(bytes(blob)).frames[-1]
+    blob[last.offset + last.payload_size // 2 + 30] ^= 0x40
+    archive.write_bytes(bytes(blob))
+    src.unlink()
+    result = llz("decompress", str(archive))
+    assert (result.exit_code, err(result)) == (
+        1, f"llmzip: {archive}: corrupt archive: frame {last.index} at offset {last.offset}: payload checksum mismatch\n")
+    assert sorted(os.listdir(tmp_path)) == ["mixed.llz"]
 
 
 def test_debug_prints_a_traceback(llz, archive):

@@ -246,3 +246,25 @@ def test_payload_crc_guards_the_decoders():
     with pytest.raises(FrameError, match="payload checksum mismatch"):
         reader.next_frame()
     assert zlib.crc32(frame.payload) == int.from_bytes(frame.record()[-len(frame.payload) - 8:][:4], "little")
+
+
+def test_decompression_reads_a_frame_at_a_time():
+    data = np.random.default_rng(5).bytes(60_000) + bytes(40_000)
+    blob = frames.compress(data, options=frames.Options(frame_size=8192, method="bz2"))
+    largest = max(f.payload_size for f in frames.read_index(io.BytesIO(blob), len(blob)))
+    reads = []
+
+    class Recording(io.BytesIO):
+        def read(self, size=-1):
+            reads.append(size)
+            return super().read(size)
+
+    written = []
+
+    class Sink:
+        def write(self, chunk):
+            assert len(chunk) <= 8192
+            written.append(len(chunk))
+
+    assert frames.decompress_stream(Recording(blob), Sink()) == len(data) == sum(written)
+    assert 0 < max(reads) <= largest

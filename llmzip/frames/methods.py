@@ -2,10 +2,10 @@
 
 Each method turns a frame's bytes into a payload and back. The payload carries what the method
 needs to decode (e.g. the PPMd order and memory) so the id alone names the decoder. Which
-fallbacks ship was measured (``benchmarks/fallbacks.py``, README "Frames"): PPMd wins on text
-and some sampled data, LZMA on executables and object files, bzip2 on raw images and some
-audio; zstandard never won a file and brotli -11 won by at most ~1 % at 7x the time of all the
-others together, so neither ships.
+fallbacks ship was measured (``benchmarks/fallbacks.py``, ``benchmarks/results/fallbacks.md``):
+PPMd wins on text and some sampled data, LZMA on executables and object files, bzip2 on a raw
+image and audio; zstandard never won a file, and brotli -11 won five by at most 1.1 % at about
+2.5x the time of the three shipped coders together, so neither ships.
 """
 
 from __future__ import annotations
