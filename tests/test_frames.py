@@ -268,3 +268,23 @@ def test_decompression_reads_a_frame_at_a_time():
 
     assert frames.decompress_stream(Recording(blob), Sink()) == len(data) == sum(written)
     assert 0 < max(reads) <= largest
+
+
+def test_a_fallback_payload_that_does_not_decode_is_never_written(monkeypatch):
+    """As pyppmd's one-call encoder did on some files: a payload one byte short."""
+    text = some_text(20_000)
+    real = methods.FALLBACKS[methods.PPMD]
+    assert methods.best_fallback(text)[0] == methods.PPMD
+    broken = dataclasses.replace(real, encode=lambda data: real.encode(data)[:-1])
+    monkeypatch.setitem(methods.FALLBACKS, methods.PPMD, broken)
+    method, payload = methods.best_fallback(text)
+    assert method != methods.PPMD and methods.decode_fallback(method, payload, len(text)) == text
+
+
+def test_incompressible_frames_are_stored_without_trying_the_fallbacks(monkeypatch):
+    tried = []
+    monkeypatch.setattr(methods, "best_fallback", lambda *a: tried.append(1))
+    noise = np.random.default_rng(6).bytes(100_000)
+    assert frames.coding.incompressible(noise) and not frames.coding.incompressible(noise[:50_000] + bytes(50_000))
+    frame = frames.encode_frame(noise, frames.BINARY, model=_no_model)
+    assert (frame.method, frame.payload, tried) == (methods.STORED, noise, [])
