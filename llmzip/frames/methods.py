@@ -23,8 +23,11 @@ IDS = {name: mid for mid, name in NAMES.items()}
 
 LZMA_PRESET = 6                    # measured: as small as 9e on every test file, 3x faster
 LZMA_DICT_LOG = (12, 23)           # dictionary 4 KiB .. 8 MiB, the smallest power of two >= the frame
-PPMD_ORDERS = ((6, 4, 24), (10, 6, 26))  # (order, memory log2 over the frame's, at most): 6 wins on prose
-                                          # and sampled data, 10 on markup; small frames need little memory
+# (order, memory log2 over the frame's, at most): order 6 wins on prose and sampled data, 10 on
+# markup. Small frames need little memory; from 512 KiB on, both take at least 32 MiB, which
+# glibc serves with mmap and returns on free: measured, 16 MiB blocks (served from the heap)
+# grew a process by ~0.7 MB per frame, frame after frame, and 32/64 MiB ones did not.
+PPMD_ORDERS = ((6, 5, 25), (10, 6, 26))
 PPMD_MAX_MEM_LOG = 28
 
 
@@ -84,6 +87,24 @@ PPMD_PIECE = 8192   # pyppmd 1.3's encoder, given a large buffer in one call, ca
                     # wrote correct streams for all of them. Payloads are verified anyway (best_fallback).
 
 
+def _ppmd_stream(encoder: object, data: bytes) -> bytes:
+    """Feed ``data`` to a pyppmd encoder ``PPMD_PIECE`` bytes at a time, through one reused
+    buffer: pyppmd 1.3's ``encode`` keeps a reference to (and an export of) every object it is
+    given, so fresh slices would stay in memory for good (measured: the input's size per frame).
+    This way at most the buffer and the last short piece stay, about 16 KiB per frame."""
+    buffer = bytearray(PPMD_PIECE)
+    view = memoryview(buffer)
+    out = []
+    whole = len(data) - len(data) % PPMD_PIECE
+    for start in range(0, whole, PPMD_PIECE):
+        view[:] = data[start:start + PPMD_PIECE]
+        out.append(encoder.encode(buffer))
+    if whole < len(data):
+        out.append(encoder.encode(data[whole:]))
+    out.append(encoder.flush())
+    return b"".join(out)
+
+
 def ppmd_encode(data: bytes) -> bytes:
     """PPMd variant H with each shipped order; the smaller payload wins."""
     import pyppmd
@@ -91,9 +112,7 @@ def ppmd_encode(data: bytes) -> bytes:
     best = b""
     for order, extra, most in PPMD_ORDERS:
         mem_log = min(most, max(20, len(data).bit_length() + extra))
-        enc = pyppmd.Ppmd7Encoder(order, 1 << mem_log)
-        pieces = [enc.encode(data[i:i + PPMD_PIECE]) for i in range(0, len(data), PPMD_PIECE)]
-        payload = b"".join([bytes([order, mem_log]), *pieces, enc.flush()])
+        payload = bytes([order, mem_log]) + _ppmd_stream(pyppmd.Ppmd7Encoder(order, 1 << mem_log), data)
         if not best or len(payload) < len(best):
             best = payload
     return best
