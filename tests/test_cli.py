@@ -337,6 +337,12 @@ def test_list_text(llz, archive, tiny_model_dir, tmp_path):
                             "1", "lm", "100%", tiny_model_dir.resolve().name, str(archive)]
 
 
+def test_list_reads_a_pipe_too(llz, archive):
+    from_file = json.loads(llz("list", "--json", str(archive)).stdout)[0]
+    from_pipe = json.loads(llz("list", "--json", input=archive.read_bytes()).stdout)[0]
+    assert from_pipe == {**from_file, "file": "-"}
+
+
 def test_list_shows_the_method_mix(llz, tmp_path):
     src = tmp_path / "mixed"
     src.write_bytes(MIXED)

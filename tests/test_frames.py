@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llmzip
 from llmzip import frames
@@ -161,6 +163,8 @@ def test_unknown_method_asks_to_upgrade():
         frames.decompress(blob)
     with pytest.raises(UnsupportedFormatError, match="unsupported format version 9"):
         frames.decompress(b"LLMZ\x09" + blob[5:])
+    with pytest.raises(CorruptArchiveError, match="invalid format version 0"):
+        frames.decompress(b"LLMZ\x00" + blob[5:])
 
 
 def test_frames_moved_or_lost_are_detected():
@@ -288,3 +292,14 @@ def test_incompressible_frames_are_stored_without_trying_the_fallbacks(monkeypat
     assert frames.coding.incompressible(noise) and not frames.coding.incompressible(noise[:50_000] + bytes(50_000))
     frame = frames.encode_frame(noise, frames.BINARY, model=_no_model)
     assert (frame.method, frame.payload, tried) == (methods.STORED, noise, [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(pieces=st.lists(st.one_of(st.binary(max_size=3000), st.sampled_from([b"ab" * 700, bytes(2000)])), max_size=6),
+       frame_size=st.integers(1, 5000), method=st.sampled_from(["lzma", "bz2", "ppmd", "stored"]))
+def test_any_input_any_frame_size_round_trips(pieces, frame_size, method):
+    data = b"".join(pieces)
+    blob = frames.compress(data, options=frames.Options(frame_size=frame_size, method=method))
+    assert frames.decompress(blob, _no_model) == data
+    index = frames.read_index(io.BytesIO(blob), len(blob))
+    assert [f.raw_size for f in index] == [s.length for s in frames.plan(data, frame_size)]

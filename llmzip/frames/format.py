@@ -147,6 +147,8 @@ def check_stream_header(prefix: bytes) -> None:
         raise NotAnArchiveError("not an llmzip archive")
     if len(prefix) < len(STREAM_HEADER):
         raise CorruptArchiveError("truncated archive")
+    if prefix[4] == 0:
+        raise CorruptArchiveError("invalid format version 0")
     if prefix[4] != STREAM_VERSION:
         raise UnsupportedFormatError(f"unsupported format version {prefix[4]}")
 
