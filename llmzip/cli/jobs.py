@@ -93,7 +93,7 @@ def compress(src: BinaryIO, out: Any, label: str, opts: Options, verify: bool) -
 
 def decompress(src: BinaryIO, out: Any, label: str, opts: Options) -> Counts:
     """Decode the archive ``src`` (either format) to ``out`` (None: check it only)."""
-    from .. import codec, frames
+    from .. import frames
 
     prefix = src.read(5)
     reader = CountingReader(src, prefix)

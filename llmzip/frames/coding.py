@@ -7,8 +7,9 @@ first ``sample_size`` bytes) beside the best fallback on the same sample; only w
 wins the sample does it code the whole frame, and its payload is kept only if it is smaller
 than the best fallback's. Measured (``benchmarks/frame_choice.py``, embedded model): on every
 text frame of the corpus and the mixed set the model's sample was 0.56-0.79 of the best
-fallback's where it won the whole frame, 1.09 where it lost (a CSV of stock prices). So a frame is never larger than the best
-fallback tried on it, and the model's time goes to frames it can win.
+fallback's where it won the whole frame, 1.09 where it lost (a CSV of stock prices). So a
+frame is never larger than the best fallback tried on it, and the model's time goes to frames
+it can win. Frames that zlib cannot shrink anywhere (random, compressed) are stored at once.
 """
 
 from __future__ import annotations
