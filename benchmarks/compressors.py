@@ -67,8 +67,11 @@ def _ppmd7(order: int, mem_mb: int) -> tuple[Codec, Codec]:
     mem = mem_mb << 20
 
     def compress(data: bytes) -> bytes:
+        # 8 KiB at a time: pyppmd 1.3's encoder can lose the last byte of a stream written in
+        # one call (libz.a, order 6: the decoder then fails); in pieces its streams decode.
         enc = pyppmd.Ppmd7Encoder(order, mem)
-        return _varint(len(data)) + enc.encode(data) + enc.flush()
+        pieces = [enc.encode(data[i:i + 8192]) for i in range(0, len(data), 8192)]
+        return _varint(len(data)) + b"".join(pieces) + enc.flush()
 
     def decompress(blob: bytes) -> bytes:
         size, pos = _read_varint(blob)

@@ -2,14 +2,17 @@
 
 The parent (:func:`measure_llmzip`) starts ``python benchmarks/run.py --_llmzip-worker SPEC``;
 the child (:func:`worker_main`) loads the model and codes a short warm-up text (both timed
-apart: ``load_s``, ``warmup_s``), then compresses and decompresses the file once each under
-a BLAS thread limit, and writes its entry as JSON to the file SPEC names.
+apart: ``load_s``, ``warmup_s``), then compresses the file to a format-2 archive (frames: the
+model where it wins, the shipped fallbacks elsewhere, as ``llmzip compress`` does) and
+decompresses it under a BLAS thread limit, and writes its entry as JSON to the file SPEC names
+(with the frames and the method mix).
 A process per measurement makes ``peak_rss_mb`` (the child's ``ru_maxrss``) honest: it is the
 peak of exactly one model on one file, imports included, and nothing left from earlier runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -66,7 +69,7 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     """Load, compress, decompress; everything the entry needs, timed."""
-    from llmzip import codec, read_info
+    from llmzip import codec, frames, read_info
     from llmzip.errors import CorruptArchiveError, LlmzipError
     from llmzip.model import load_model
 
@@ -88,17 +91,19 @@ def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     warm = codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"])
     _, warmup_s = _timed(lambda: codec.decompress(codec.compress(WARMUP, model, settings=warm), model, warm))
     stats = codec.CodingStats()
-    blob, c_s = _timed(codec.compress, data, model, chunk_tokens=spec.get("chunk_tokens"),
-                       settings=codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"], stats=stats))
+    options = frames.Options(chunk_tokens=spec.get("chunk_tokens"),
+                             settings=codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"], stats=stats))
+    blob, c_s = _timed(frames.compress, data, model, options)
+    timing = dataclasses.replace(options, settings=warm)
     for _ in range(spec.get("runs", 1) - 1):   # best of several: this machine's timings are noisy
-        again, seconds = _timed(codec.compress, data, model, chunk_tokens=spec.get("chunk_tokens"), settings=warm)
+        again, seconds = _timed(frames.compress, data, model, timing)
         if again != blob:
             raise SystemExit("llmzip compressed the same input to two different archives")
         c_s = min(c_s, seconds)
 
     def decompress() -> bytes:
         try:
-            return codec.decompress(blob, model, warm)
+            return frames.decompress(blob, lambda _: model, warm)
         except CorruptArchiveError as exc:  # the codec's own checksum caught a mismatch
             print(f"llmzip round trip failed: {exc}", file=sys.stderr)
             return b""
@@ -107,23 +112,51 @@ def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     for _ in range(spec.get("runs", 1) - 1):
         again, seconds = _timed(decompress)
         back, d_s = (back, min(d_s, seconds)) if again == back else (b"", d_s)
-    header = read_info(blob)
     return {"model": model, "load_s": load_s, "warmup_s": warmup_s, "stats": stats, "blob": blob,
-            "back": back, "c_s": c_s, "d_s": d_s, "header": header}
+            "back": back, "c_s": c_s, "d_s": d_s, "info": read_info(blob)}
+
+
+def _default_frame_size() -> int:
+    from llmzip.frames import DEFAULT_FRAME_SIZE
+
+    return DEFAULT_FRAME_SIZE
+
+
+def format1_bytes(blob: bytes) -> int | None:
+    """What the archive would weigh in format 1 (one language-model stream per frame, as llmzip
+    wrote before frames): each model frame's format-1 archive is rebuilt exactly from its payload.
+    None unless every frame is a model frame."""
+    import io
+
+    from llmzip import frames
+    from llmzip.container import write_archive
+    from llmzip.frames import lm
+
+    coded = [frame for _, frame in frames.read_frames(io.BytesIO(blob))]
+    if not coded or any(f.method != frames.METHOD_IDS["lm"] for f in coded):
+        return None
+    return sum(len(write_archive(*lm.read_header(f.payload, f.raw_size, f.checksum))) for f in coded)
 
 
 def _entry(spec: dict[str, Any], data: bytes, r: dict[str, Any]) -> dict[str, Any]:
-    header, stats, model = r["header"], r["stats"], r["model"]
+    """The results.json entry. ``ideal_bits_per_byte`` and ``overhead_pct`` describe the model's
+    frames: the first is over the whole file (None if no frame used the model), the second is
+    the archive over the ideal only when every frame is a model frame."""
+    info, stats, model = r["info"], r["stats"], r["model"]
+    lm_fields = list(info.lm_fields.values())
     params = {"model": spec["model"], "threads": spec["threads"] or "default",
-              "batch_size": spec["batch_size"], "chunk_tokens": header.chunk_tokens,
-              "group_chunks": header.group_chunks, "freq_bits": header.freq_bits}
+              "batch_size": spec["batch_size"], "chunk_tokens": lm_fields[0].chunk_tokens if lm_fields else None,
+              "group_chunks": lm_fields[0].group_chunks if lm_fields else None, "freq_bits": model.freq_bits,
+              "frame_size": _default_frame_size()}
     entry = base_entry(Path(spec["file"]).name, spec["label"], params, len(data), len(r["blob"]),
                        r["c_s"], r["d_s"], r["back"] == data)
     archive_bits = 8.0 * len(r["blob"])
+    all_lm = bool(info.frames) and len(lm_fields) == len(info.frames)
     entry.update({
         "model": model.model_id, "fingerprint": model.fingerprint.hex(), "tokens": stats.tokens,
-        "ideal_bits_per_byte": stats.ideal_bits / len(data),
-        "overhead_pct": 100.0 * (archive_bits - stats.ideal_bits) / stats.ideal_bits if stats.ideal_bits else None,
+        "frames": len(info.frames), "methods": info.method_mix(), "format1_bytes": format1_bytes(r["blob"]),
+        "ideal_bits_per_byte": stats.ideal_bits / len(data) if stats.tokens else None,
+        "overhead_pct": 100.0 * (archive_bits - stats.ideal_bits) / stats.ideal_bits if all_lm else None,
         "compress_tokens_per_s": stats.tokens / r["c_s"] if r["c_s"] > 0 else None,
         "decompress_tokens_per_s": stats.tokens / r["d_s"] if r["d_s"] > 0 else None,
         "peak_rss_mb": _peak_rss_mb(), "load_s": r["load_s"], "warmup_s": r["warmup_s"],

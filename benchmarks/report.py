@@ -55,6 +55,10 @@ def matrix(entries: list[Entry], key: str, fmt: str, best: Callable[[list[float]
     return lines
 
 
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else f"{value:{fmt}}"
+
+
 def llmzip_table(entries: list[Entry]) -> list[str]:
     """Per (model, file): tokens, ideal vs real bits/byte, speed in tokens/s, memory, load time."""
     rows = [e for e in entries if "fingerprint" in e]
@@ -63,11 +67,57 @@ def llmzip_table(entries: list[Entry]) -> list[str]:
     lines = [head, "|---|---|" + "---:|" * 9]
     for e in rows:
         lines.append(
-            f"| {e['compressor']} | {e['file']} | {e['tokens']} | {e['ideal_bits_per_byte']:.3f} "
-            f"| {e['bits_per_byte']:.3f} | {e['overhead_pct']:.2f} | {e['compress_tokens_per_s']:.0f} "
-            f"| {e['decompress_tokens_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['load_s']:.2f} "
-            f"| {e['warmup_s']:.2f} |")
+            f"| {e['compressor']} | {e['file']} | {e['tokens']} | {_num(e['ideal_bits_per_byte'], '.3f')} "
+            f"| {e['bits_per_byte']:.3f} | {_num(e['overhead_pct'], '.2f')} "
+            f"| {_num(e['compress_tokens_per_s'], '.0f')} | {_num(e['decompress_tokens_per_s'], '.0f')} "
+            f"| {e['peak_rss_mb']:.0f} | {e['load_s']:.2f} | {e['warmup_s']:.2f} |")
     return lines if rows else []
+
+
+# The classic rows that are the same coders as the fallbacks llmzip ships (stored aside): an
+# llmzip archive must be no larger than the best of them, plus its framing.
+SHIPPED_FALLBACKS = ("bzip2 -9", "xz -9e", "ppmd -o6", "ppmd -o10")
+
+
+def methods_text(e: Entry) -> str:
+    total = e["original_bytes"]
+    return ", ".join(f"{m} {100 * v['original'] / total:.0f}%" for m, v in e.get("methods", {}).items())
+
+
+def frames_table(entries: list[Entry]) -> list[str]:
+    """Per (llmzip model, file): methods used, size against the best shipped fallback, seconds."""
+    classic = {(e["file"], e["compressor"]): e for e in entries if "fingerprint" not in e}
+    lines = ["| model | file | frames | methods (share of input) | llmzip bytes | best shipped fallback "
+             "| bytes | llmzip − best | compress s | decompress s | format 1 bytes | vs format 1 |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [e for e in entries if "methods" in e]
+    for e in rows:
+        fallbacks = [classic[(e["file"], c)] for c in SHIPPED_FALLBACKS if (e["file"], c) in classic]
+        best = min(fallbacks, key=lambda f: f["compressed_bytes"]) if fallbacks else None
+        name, size = (best["compressor"], best["compressed_bytes"]) if best else ("–", None)
+        diff = "–" if size is None else f"{e['compressed_bytes'] - size:+d}"
+        v1 = e.get("format1_bytes")
+        versus = "–" if not v1 else f"{100 * (e['compressed_bytes'] - v1) / v1:+.2f} %"
+        lines.append(f"| {e['compressor']} | {e['file']} | {e['frames']} | {methods_text(e)} | {e['compressed_bytes']} "
+                     f"| {name} | {_num(size, 'd')} | {diff} | {e['compress_s']:.2f} | {e['decompress_s']:.2f} "
+                     f"| {_num(v1, 'd')} | {versus} |")
+    return lines if rows else []
+
+
+def speed_ratio(entries: list[Entry]) -> list[str]:
+    """Compress speed per byte on files the model coded no frame of, against the file it coded
+    slowest per byte entirely (prose, code): how much faster non-winning data goes."""
+    rows = [e for e in entries if "methods" in e]
+    without = [e for e in rows if "lm" not in e["methods"]]
+    with_lm = [e for e in rows if set(e["methods"]) == {"lm"}]
+    if not without or not with_lm:
+        return []
+    fast = sum(e["original_bytes"] for e in without) / sum(e["compress_s"] for e in without) / 1000
+    lines = [f"Files coded without the model ({len(without)}): {fast:.0f} kB/s compress over all of them."]
+    for e in sorted(with_lm, key=lambda e: e["compress_kbps"]):
+        lines.append(f"{e['file']} (model only): {e['compress_kbps']:.1f} kB/s, so {fast / e['compress_kbps']:.0f}x "
+                     "faster per byte without the model.")
+    return lines
 
 
 def header_lines(machine: dict[str, Any]) -> list[str]:
@@ -102,6 +152,12 @@ def write_markdown(out: Path, entries: list[Entry], machine: dict[str, Any]) -> 
     detail = llmzip_table(entries)
     if detail:
         lines += ["", "## llmzip details", ""] + detail
+    table = frames_table(entries)
+    if table:
+        lines += ["", "## llmzip frames: methods and the best shipped fallback", ""] + table
+    ratio = speed_ratio(entries)
+    if ratio:
+        lines += ["", "## Speed without the model", ""] + [f"* {line}" for line in ratio]
     lines += ["", NOTES.format(repeats=machine["repeats"]["classic"],
                                    llmzip_runs=machine["repeats"].get("llmzip", 1)), ""]
     path = out / "results.md"

@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """llmzip against the classic compressors: size, speed and memory on a corpus.
 
-    python benchmarks/run.py [--corpus DIR] [--models NAME ...] [--quick] [--out DIR]
+    python benchmarks/run.py [--corpus DIR ...] [--models NAME ...] [--quick] [--out DIR]
                              [--threads T] [--batch-size N]
 
 For every corpus file and compressor: compressed bytes, bits per byte, compress and
 decompress throughput (kB/s of original data, wall clock; best of 3 for the classic
 compressors, one run for llmzip) and a verified round trip. For llmzip also the model's ideal
 cross-entropy, the archive's overhead over it, tokens/s, peak RSS and model load time, each
-(model, file) measured in a child process of its own.
+(model, file) measured in a child process of its own; and which methods its frames used, with
+llmzip's size against the best of the classic rows that are the fallbacks it ships.
 
 ``--quick`` codes only the first 8 KiB of each file (under 2 minutes with the embedded model).
-The corpus is every regular file of ``--corpus`` except hidden files and README*; the default
-is ``../shared/corpus`` next to the repository.
+The corpus is every regular file of each ``--corpus`` directory except hidden files and
+README*; the default is ``../shared/corpus`` next to the repository. A mixed set of other kinds
+of files: ``python benchmarks/mixed_set.py DIR``.
 
 Writes ``results.json``, ``results.md``, ``bpb_by_file.png`` and ``bpb_vs_speed.png`` to ``--out``.
 Exit status: 0 success; 1 a round trip did not give the original back (the reports are still
@@ -47,7 +49,8 @@ CLASSIC_REPEATS = 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="directory of files (default: %(default)s)")
+    p.add_argument("--corpus", type=Path, nargs="+", default=[DEFAULT_CORPUS],
+                   help="directories of files (default: %(default)s)")
     p.add_argument("--models", nargs="+", default=["embedded"], metavar="NAME",
                    help="llmzip models: 'embedded', a local model directory or a cached hub id (default: embedded)")
     p.add_argument("--quick", action="store_true", help=f"only the first {QUICK_BYTES} bytes of each file")
@@ -60,8 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llmzip-runs", type=int, default=1, metavar="N",
                    help="time llmzip's compress and decompress N times each and keep the best (default: 1)")
     args = p.parse_args(argv)
-    if not args.corpus.is_dir():
-        p.error(f"corpus directory not found: {args.corpus}")
+    for corpus in args.corpus:
+        if not corpus.is_dir():
+            p.error(f"corpus directory not found: {corpus}")
     for name in ("threads", "batch_size", "chunk_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -184,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [WORKER_FLAG]:
         return worker_main(argv[1])
     args = parse_args(argv)
-    files = corpus_files(args.corpus)
+    files = [f for corpus in args.corpus for f in corpus_files(corpus)]
     if not files:
-        print(f"run.py: no files to benchmark in {args.corpus}", file=sys.stderr)
+        print(f"run.py: no files to benchmark in {' '.join(map(str, args.corpus))}", file=sys.stderr)
+        return 2
+    if len({f.name for f in files}) != len(files):
+        print("run.py: two corpus files have the same name", file=sys.stderr)
         return 2
     machine = machine_info(args, [str(Path(__file__)), *argv])
     try:

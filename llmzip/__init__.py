@@ -5,6 +5,10 @@
 >>> llmzip.decompress(blob)
 b'hello, world\\n'
 
+Archives are format 2 (:mod:`llmzip.frames`): independent frames, each coded by the language
+model or by the fallback (stored, LZMA, bzip2, PPMd) that codes it smallest; format-1
+archives (one language-model stream) still decode.
+
 ``model`` may be a name (``"embedded"``, a local directory, a Hugging Face id) or a model
 object from :func:`llmzip.model.load_model`. Decompression loads the model the archive names
 unless one is given; either way its fingerprint must match the archive's.
@@ -12,6 +16,7 @@ unless one is given; either way its fingerprint must match the archive's.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from .errors import (
@@ -40,27 +45,49 @@ def _resolve(model: Any, allow_download: bool = False) -> Any:
 
 
 def compress(data: bytes, model: Any = None, *, allow_download: bool = False, **options: Any) -> bytes:
-    """Compress ``data``; ``options`` are those of :func:`llmzip.codec.compress`.
+    """Compress ``data`` to a format-2 archive; ``options`` are the fields of
+    :class:`llmzip.frames.Options` (``frame_size``, ``method``, ``mixing``, ``chunk_tokens``, ...).
 
-    A hub model is only downloaded when ``allow_download`` is true.
+    The model is loaded only if a frame is worth coding with it; a hub model is only
+    downloaded when ``allow_download`` is true.
     """
-    from . import codec
+    from . import frames
 
-    return codec.compress(bytes(data), _resolve(model, allow_download), **options)
+    out = io.BytesIO()
+    frames.compress_stream(io.BytesIO(bytes(data)), out, lambda: _resolve(model, allow_download),
+                           frames.Options(**options))
+    return out.getvalue()
 
 
 def decompress(blob: bytes, model: Any = None, *, allow_download: bool = False, **options: Any) -> bytes:
-    """Decompress an archive; loads the model the header names when ``model`` is None."""
-    from . import codec
+    """Decompress an archive of either format; loads the model an LM frame names when ``model``
+    is None (``options``: ``settings``)."""
+    from . import codec, frames
     from .container import read_header
 
-    if model is None:
-        model = read_header(blob)[0].model_id
-    return codec.decompress(bytes(blob), _resolve(model, allow_download), **options)
+    blob = bytes(blob)
+    if frames.format_version(blob[:5]) == 1:
+        if model is None:
+            model = read_header(blob)[0].model_id
+        return codec.decompress(blob, _resolve(model, allow_download), **options)
+    models: dict[str, Any] = {}
+
+    def model_for(model_id: str) -> Any:
+        if model_id not in models:
+            models[model_id] = _resolve(model if model is not None else model_id, allow_download)
+        return models[model_id]
+
+    return frames.decompress(blob, model_for, options.get("settings"))
 
 
 def read_info(blob: bytes) -> Any:
-    """The archive's header (a :class:`llmzip.container.Header`), validated, without decoding."""
+    """What an archive holds, validated, without decoding: a :class:`llmzip.container.Header`
+    for format 1, a :class:`llmzip.frames.info.StreamInfo` (frames, methods, LM fields) for 2."""
     from .container import read_header
+    from .frames import format_version
+    from .frames.info import stream_info
 
-    return read_header(blob)[0]
+    blob = bytes(blob)
+    if format_version(blob[:5]) == 1:
+        return read_header(blob)[0]
+    return stream_info(io.BytesIO(blob), len(blob))

@@ -33,3 +33,12 @@ class ModelLoadError(LlmzipError):
 
 class TokenizerError(ModelLoadError):
     """The tokenizer cannot map tokens to exact bytes, so it cannot be used losslessly."""
+
+
+class FrameError(CorruptArchiveError):
+    """A frame of a format-2 archive is damaged; ``index`` and ``offset`` (of its record in the
+    archive) say which."""
+
+    def __init__(self, reason: str, index: int, offset: int) -> None:
+        super().__init__(f"frame {index} at offset {offset}: {reason}")
+        self.reason, self.index, self.offset = reason, index, offset

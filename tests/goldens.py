@@ -23,6 +23,16 @@ def pinned_digest(name: str) -> str:
 
 
 def write_golden(name: str, blob: bytes) -> None:
-    """Rewrite archive ``name`` and its digest (by hand only, after a format or engine bump)."""
-    (DATA / name).write_bytes(blob)
+    """Write archive ``name`` and its digest (by hand only, after a format or engine bump).
+
+    A golden archive is history: an existing one is never changed. Writing the same bytes again
+    is a no-op; different bytes mean the format changed without a version bump, and fail.
+    """
+    path = DATA / name
+    if path.exists():
+        if path.read_bytes() != blob:
+            raise AssertionError(f"{name} exists with other bytes: a golden archive never changes "
+                                 "(bump the format, engine or preset and add a new file instead)")
+        return
+    path.write_bytes(blob)
     (DATA / f"{name}.sha256").write_text(f"{digest(blob)}  {name}\n")

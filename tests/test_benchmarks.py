@@ -60,9 +60,12 @@ def test_llmzip_entries(bench_run: tuple[Path, Path]) -> None:
     llm = [e for e in json.loads((out / "results.json").read_text())["results"] if "fingerprint" in e]
     assert len(llm) == 2
     for e in llm:
-        assert 0 < e["ideal_bits_per_byte"] <= e["bits_per_byte"]
-        assert e["overhead_pct"] >= 0
-        assert e["tokens"] > 0 and e["compress_tokens_per_s"] > 0 and e["decompress_tokens_per_s"] > 0
+        assert sum(m["original"] for m in e["methods"].values()) == e["original_bytes"]
+        assert sum(m["frames"] for m in e["methods"].values()) == e["frames"] >= 1
+        if "lm" in e["methods"]:
+            assert 0 < e["ideal_bits_per_byte"] and e["tokens"] > 0 and e["compress_tokens_per_s"] > 0
+        if set(e["methods"]) == {"lm"}:
+            assert e["ideal_bits_per_byte"] <= e["bits_per_byte"] and e["overhead_pct"] >= 0
         assert e["peak_rss_mb"] > 0 and e["load_s"] >= 0
         assert len(e["fingerprint"]) == 64 and e["params"]["threads"] == 1
 
@@ -76,6 +79,7 @@ def test_reports_written(bench_run: tuple[Path, Path]) -> None:
     assert "best of 2 for llmzip" in md
     assert "| prose.txt |" in md and "| code.py |" in md and "README" not in md
     assert "**" in md  # the best of each row is bold
+    assert "## llmzip frames: methods and the best shipped fallback" in md
     for png in ("bpb_by_file.png", "bpb_vs_speed.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +102,8 @@ STARTS = {
     "compare.py": "--help", "dynamic_eval.py": "--help", "engine_bench.py": "--help", "latency.py": "--help",
     "memory.py": "--help", "mix_study.py": "--help", "quant_sim.py": "--help", "run.py": "--help",
     "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
-    "roofline.py": "--help", "stage_timer.py": "import",
+    "roofline.py": "--help", "stage_timer.py": "import", "fallbacks.py": "--help", "frame_choice.py": "--help",
+    "frame_size.py": "--help", "mixed_set.py": "--help",
 }
 _START_ALL = textwrap.dedent("""
     import contextlib, io, json, os, runpy, sys

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from llmzip import __version__, cli
-from llmzip.container import content_checksum, read_archive, write_archive
+import llmzip
+from llmzip import __version__, cli, frames
+from llmzip.frames import lm
 from llmzip.errors import (CorruptArchiveError, ModelLoadError, ModelMismatchError, NotAnArchiveError,
                            TokenizerError, UnsupportedFormatError)
 from llmzip.engine import ENGINES
@@ -33,6 +34,7 @@ SAMPLES = {
     "invalid_utf8": b"caf\xc3 \xff\xfe\xed\xa0\x80 \xe2\x82 end\r",
 }
 PROSE = SAMPLES["prose"]
+MIXED = (REPO / "README.md").read_bytes()[:20_000] + np.random.default_rng(1).bytes(20_000)  # -> ppmd, stored
 
 
 @pytest.fixture
@@ -55,9 +57,14 @@ def prose_file(tmp_path):
 
 @pytest.fixture
 def archive(llz, prose_file):
-    """``prose.txt.llz`` next to ``prose.txt``."""
-    assert llz("compress", str(prose_file)).exit_code == 0
+    """``prose.txt.llz`` next to ``prose.txt``: one language-model frame (the tiny model, whose
+    random weights lose to every fallback, is forced)."""
+    assert llz("compress", "--method", "lm", str(prose_file)).exit_code == 0
     return Path(f"{prose_file}.llz")
+
+
+def lm_frames(blob: bytes) -> list[lm.LMFields]:
+    return list(llmzip.read_info(blob).lm_fields.values())
 
 
 def err(result) -> str:
@@ -71,7 +78,7 @@ def test_round_trip_through_files(llz, tmp_path, name):
     src, arc, out = tmp_path / name, tmp_path / f"{name}.archive", tmp_path / f"{name}.out"
     src.write_bytes(SAMPLES[name])
     assert llz("compress", str(src), "-o", str(arc)).exit_code == 0
-    assert read_archive(arc.read_bytes())[0].original_size == len(SAMPLES[name])
+    assert llmzip.read_info(arc.read_bytes()).original_size == len(SAMPLES[name])
     result = llz("decompress", str(arc), "-o", str(out))
     assert (result.exit_code, result.stdout_bytes, err(result)) == (0, b"", "")
     assert out.read_bytes() == SAMPLES[name]
@@ -96,6 +103,20 @@ def test_real_shell_pipeline(tiny_model_dir, tmp_path):
                 f"| {llmzip} decompress -c --model {tiny_model_dir} | cmp - {src}")
     done = subprocess.run(["sh", "-c", pipeline], cwd=REPO, capture_output=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+def test_real_pipeline_streams_frames(tmp_path):
+    """A scaled-down `head -c N /dev/urandom | llmzip compress -c | llmzip decompress -c | cmp`:
+    3 MB through pipes in 256 KiB frames (no model is loaded: random data is never text)."""
+    src = tmp_path / "random"
+    src.write_bytes(np.random.default_rng(11).bytes(3_000_000))
+    command = _python_llmzip()
+    pipeline = (f"cat {src} | {command} compress -c --frame-size 256K | tee {tmp_path}/a.llz "
+                f"| {command} decompress -c | cmp - {src}")
+    done = subprocess.run(["sh", "-c", pipeline], cwd=REPO, capture_output=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    info = llmzip.read_info((tmp_path / "a.llz").read_bytes())
+    assert len(info.frames) == 12 and set(info.method_mix()) == {"stored"}
 
 
 def test_real_process_exit_statuses(tiny_model_dir, tmp_path):
@@ -123,10 +144,10 @@ def test_threads_and_batch_size_do_not_change_the_archive(llz, prose_file):
 
 
 def test_chunk_tokens(llz, prose_file, tmp_path):
-    small = llz("compress", "-c", "--chunk-tokens", "10", str(prose_file)).stdout_bytes
-    assert read_archive(small)[0].chunk_tokens == 10
+    small = llz("compress", "-c", "--method", "lm", "--chunk-tokens", "10", str(prose_file)).stdout_bytes
+    assert [f.chunk_tokens for f in lm_frames(small)] == [10]
     assert llz("decompress", "-c", input=small).stdout_bytes == PROSE
-    result = llz("compress", "-c", "--chunk-tokens", "64", str(prose_file))
+    result = llz("compress", "-c", "--method", "lm", "--chunk-tokens", "64", str(prose_file))
     assert (result.exit_code, err(result)) == (
         1, f"llmzip: {prose_file}: --chunk-tokens must be at most 63 for this model\n")
 
@@ -219,13 +240,54 @@ def test_test_command(llz, archive, tmp_path):
     result = llz("test", "-v", str(archive))
     assert result.exit_code == 0 and result.stdout_bytes == b""
     size = archive.stat().st_size
-    assert re.fullmatch(rf"{re.escape(str(archive))}: {size} -> {len(PROSE)} bytes "
+    assert re.fullmatch(rf"  frame 0 at offset 5: lm, {len(PROSE)} -> \d+ bytes \(\d+\.\d\d bits/byte\)\n"
+                        rf"{re.escape(str(archive))}: {size} -> {len(PROSE)} bytes "
                         r"\(\d+\.\d\d bits/byte\) in \d+\.\d s OK\n", err(result))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prose.txt", "prose.txt.llz"]
     bad = tmp_path / "bad.llz"
     bad.write_bytes(archive.read_bytes()[:-1])
     result = llz("test", str(archive), str(bad))
-    assert (result.exit_code, err(result)) == (1, f"llmzip: {bad}: corrupt archive: truncated archive\n")
+    assert re.fullmatch(rf"llmzip: {re.escape(str(bad))}: corrupt archive: trailer at offset \d+: truncated archive\n",
+                        err(result))
+    assert result.exit_code == 1
+
+
+def test_test_verbose_lists_the_frames(llz, tmp_path):
+    src = tmp_path / "mixed"
+    src.write_bytes(MIXED)
+    assert llz("compress", "--frame-size", "8K", str(src)).exit_code == 0
+    result = llz("test", "-v", f"{src}.llz")
+    lines = err(result).splitlines()
+    assert result.exit_code == 0 and len(lines) >= 3
+    info = llmzip.read_info(Path(f"{src}.llz").read_bytes())
+    assert lines[:-1] == [f"  frame {f.index} at offset {f.offset}: {frames.METHOD_NAMES[f.method]}, "
+                          f"{f.raw_size} -> {f.payload_size} bytes ({8 * f.payload_size / f.raw_size:.2f} bits/byte)"
+                          for f in info.frames]
+    assert {"ppmd", "stored"} <= {frames.METHOD_NAMES[f.method] for f in info.frames}
+    assert lines[-1].endswith(" OK")
+
+
+def test_frame_size_never_changes_what_decodes(llz, tmp_path):
+    src = tmp_path / "mixed"
+    src.write_bytes(PROSE * 4 + SAMPLES["random"] + SAMPLES["binary"] * 4)
+    for size in ("500", "2000", "4K", "1M"):
+        blob = llz("compress", "-c", "--frame-size", size, str(src)).stdout_bytes
+        assert llz("decompress", "-c", input=blob).stdout_bytes == src.read_bytes()
+    small = llmzip.read_info(llz("compress", "-c", "--frame-size", "500", str(src)).stdout_bytes)
+    assert len(small.frames) >= len(src.read_bytes()) // 500
+    bad = llz("compress", "-c", "--frame-size", "2G", str(src))
+    assert bad.exit_code == 1 and "is not in 1 byte .. 1G" in err(bad)
+
+
+def test_format_1_archives_still_decode(llz, tmp_path):
+    from goldens import golden_input
+
+    out = tmp_path / "golden"
+    golden = REPO / "tests" / "data" / "golden-tiny-e3.llz"
+    assert llz("decompress", str(golden), "-o", str(out), model=REPO / "tests" / "data" / "golden-tiny").exit_code == 0
+    assert out.read_bytes() == golden_input()
+    listed = json.loads(llz("list", "--json", str(golden)).stdout)[0]
+    assert (listed["format_version"], listed["frames"], listed["model_id"]) == (1, 1, "golden-tiny")
 
 
 def test_verbose_line(llz, prose_file):
@@ -240,25 +302,28 @@ def test_list_json(llz, archive, tiny_model_dir):
     result = llz("list", "--json", str(archive))
     assert result.exit_code == 0
     [info] = json.loads(result.stdout)
-    header = read_archive(archive.read_bytes())[0]
-    size = archive.stat().st_size
+    blob = archive.read_bytes()
+    [fields] = lm_frames(blob)
+    size, payload = len(blob), llmzip.read_info(blob).frames[0].payload_size
+    fingerprint = load_model(str(tiny_model_dir)).fingerprint.hex()
+    mixing = {"preset": 1, "orders": [0, 1, 2, 3, 4, 6], "hash_bits": 20, "slot_width": 16, "count_limit": 30,
+              "match_min": 5, "match_bits": 20, "lr": 3, "init_gap": 0}
     assert info == {
-        "file": str(archive), "model_id": tiny_model_dir.resolve().name,
-        "fingerprint": load_model(str(tiny_model_dir)).fingerprint.hex(), "format_version": 1,
-        "engine": 3, "original_size": len(PROSE), "archive_size": size, "ratio": round(size / len(PROSE), 4),
-        "bits_per_byte": round(8 * size / len(PROSE), 4), "token_count": header.token_count,
-        "chunk_tokens": 63, "group_chunks": header.group_chunks, "segments": header.segment_count,
-        "checksum": content_checksum(PROSE).hex(),
-        "mixing": {"preset": 1, "orders": [0, 1, 2, 3, 4, 6], "hash_bits": 20, "slot_width": 16,
-                   "count_limit": 30, "match_min": 5, "match_bits": 20, "lr": 3, "init_gap": 0},
+        "file": str(archive), "format_version": 2, "original_size": len(PROSE), "archive_size": size,
+        "ratio": round(size / len(PROSE), 4), "bits_per_byte": round(8 * size / len(PROSE), 4), "frames": 1,
+        "methods": {"lm": {"frames": 1, "original": len(PROSE), "payload": payload}},
+        "models": [{"model_id": tiny_model_dir.resolve().name, "fingerprint": fingerprint, "engine": 3}],
+        "frame_list": [{"index": 0, "offset": 5, "input_offset": 0, "method": "lm", "original": len(PROSE),
+                        "payload": payload, "model_id": tiny_model_dir.resolve().name, "fingerprint": fingerprint,
+                        "engine": 3, "token_count": fields.token_count, "chunk_tokens": 63,
+                        "group_chunks": fields.group_chunks, "mixing": mixing}],
     }
 
 
 def test_list_names_the_mixing(llz, prose_file, tmp_path):
     out = tmp_path / "plain.llz"
-    assert llz("compress", "--no-mix", "-o", str(out), str(prose_file)).exit_code == 0
-    assert json.loads(llz("list", "--json", str(out)).stdout)[0]["mixing"] is None
-    assert llz("list", str(out)).stdout.splitlines()[1].split()[7] == "off"
+    assert llz("compress", "--method", "lm", "--no-mix", "-o", str(out), str(prose_file)).exit_code == 0
+    assert json.loads(llz("list", "--json", str(out)).stdout)[0]["frame_list"][0]["mixing"] is None
 
 
 def test_list_text(llz, archive, tiny_model_dir, tmp_path):
@@ -267,42 +332,72 @@ def test_list_text(llz, archive, tiny_model_dir, tmp_path):
     result = llz("list", str(archive), str(junk))
     assert (result.exit_code, err(result)) == (1, f"llmzip: {junk}: not an llmzip archive\n")
     head, line = result.stdout.splitlines()
-    assert head.split() == ["archive", "original", "ratio", "bits/B", "tokens", "chunking", "engine",
-                            "mixing", "fingerprint", "model", "file"]
-    header = read_archive(archive.read_bytes())[0]
+    assert head.split() == ["archive", "original", "ratio", "bits/B", "frames", "methods", "model", "file"]
     size = archive.stat().st_size
-    assert line.split() == [
-        str(size), str(len(PROSE)), f"{size / len(PROSE):.3f}", f"{8 * size / len(PROSE):.2f}",
-        str(header.token_count), f"63x{header.group_chunks}", "3", "p1", header.fingerprint.hex()[:16],
-        tiny_model_dir.resolve().name, str(archive)]
+    assert line.split() == [str(size), str(len(PROSE)), f"{size / len(PROSE):.3f}", f"{8 * size / len(PROSE):.2f}",
+                            "1", "lm", "100%", tiny_model_dir.resolve().name, str(archive)]
+
+
+def test_list_reads_a_pipe_too(llz, archive):
+    from_file = json.loads(llz("list", "--json", str(archive)).stdout)[0]
+    from_pipe = json.loads(llz("list", "--json", input=archive.read_bytes()).stdout)[0]
+    assert from_pipe == {**from_file, "file": "-"}
+
+
+def test_list_shows_the_method_mix(llz, tmp_path):
+    src = tmp_path / "mixed"
+    src.write_bytes(MIXED)
+    assert llz("compress", "--frame-size", "8K", str(src)).exit_code == 0
+    [info] = json.loads(llz("list", "--json", f"{src}.llz").stdout)
+    assert {"ppmd", "stored"} <= set(info["methods"])
+    assert sum(m["original"] for m in info["methods"].values()) == len(src.read_bytes())
+    assert sum(m["frames"] for m in info["methods"].values()) == info["frames"] == len(info["frame_list"])
+    line = llz("list", f"{src}.llz").stdout.splitlines()[1]
+    stored = info["methods"]["stored"]
+    assert stored["payload"] == stored["original"] >= 8192 and stored["frames"] >= 2   # random: stored, 8K frames
+    shares = ",".join(f"{m} {100 * v['original'] / len(MIXED):.0f}%" for m, v in info["methods"].items())
+    assert line.split()[5:-2] == shares.split()
 
 
 # --- damaged archives and wrong models -----------------------------------------------------------
 
+def _rewrite_first_frame(blob: bytes, **change) -> bytes:
+    """The archive with its first (LM) frame's fields changed, every checksum made valid again."""
+    coded = [f for _, f in frames.read_frames(io.BytesIO(blob))]
+    first = coded[0]
+    header, segments = lm.read_header(first.payload, first.raw_size, first.checksum)
+    coded[0] = frames.Frame(first.method, first.raw_size, first.checksum,
+                            lm.pack(dataclasses.replace(header, **change), segments))
+    return frames.join(coded)
+
+
 def _damaged(archive: Path, how: str) -> bytes:
     blob = bytearray(archive.read_bytes())
     if how == "flip":
-        blob[-3] ^= 0x10              # a payload byte
+        blob[40] ^= 0x10              # a payload byte (the LM frame's fingerprint)
     elif how == "truncate":
-        del blob[-5:]
+        del blob[60:]
     elif how == "version":
-        blob[4] = 2
-    elif how in ("preset", "engine"):  # a newer llmzip's setting, CRC intact
-        header, segments = read_archive(bytes(blob))
+        blob[4] = 3
+    elif how in ("preset", "engine"):  # a newer llmzip's setting, checksums intact
         change = {"mix_params": b"\x01\x85"} if how == "preset" else {"engine": max(ENGINES) + 1}
-        blob = bytearray(write_archive(dataclasses.replace(header, **change), segments))
+        blob = _rewrite_first_frame(bytes(blob), **change)
+    elif how == "method":
+        coded = [f for _, f in frames.read_frames(io.BytesIO(bytes(blob)))]
+        blob = frames.join([dataclasses.replace(coded[0], method=99)])
     else:
         blob[:4] = b"GZIP"
     return bytes(blob)
 
 
 @pytest.mark.parametrize("how, reason", [
-    ("flip", r"corrupt archive: .+"),
-    ("truncate", "corrupt archive: truncated archive"),
-    ("version", "unsupported format version 2"),
-    ("preset", "mixing preset 5 is newer than this llmzip \\(it knows 0-1\\): upgrade llmzip"),
-    ("engine", f"inference engine {max(ENGINES) + 1} is newer than this llmzip \\(it knows 1-{max(ENGINES)}\\): "
-               "upgrade llmzip"),
+    ("flip", r"corrupt archive: frame 0 at offset 5: payload checksum mismatch"),
+    ("truncate", "corrupt archive: frame 0 at offset 5: truncated archive"),
+    ("version", "unsupported format version 3"),
+    ("preset", "frame 0 at offset 5: mixing preset 5 is newer than this llmzip \\(it knows 0-1\\): upgrade llmzip"),
+    ("engine", f"frame 0 at offset 5: inference engine {max(ENGINES) + 1} is newer than this llmzip "
+               f"\\(it knows 1-{max(ENGINES)}\\): upgrade llmzip"),
+    ("method", "frame 0 at offset 5: unknown frame method 99: this archive needs a newer llmzip, upgrade llmzip"),
     ("magic", "not an llmzip archive"),
 ])
 def test_damaged_archive(llz, archive, how, reason):
@@ -316,11 +411,28 @@ def test_damaged_archive(llz, archive, how, reason):
     assert sorted(os.listdir(archive.parent)) == before      # no output, no temp file
 
 
+def test_damaged_last_frame_leaves_no_partial_output(llz, tmp_path):
+    """Earlier frames were decoded and written to the temp file when the last one fails."""
+    src = tmp_path / "mixed"
+    src.write_bytes(MIXED)
+    assert llz("compress", "--frame-size", "8K", str(src)).exit_code == 0
+    archive = Path(f"{src}.llz")
+    blob = bytearray(archive.read_bytes())
+    last = llmzip.read_info(bytes(blob)).frames[-1]
+    blob[last.offset + last.payload_size // 2 + 30] ^= 0x40
+    archive.write_bytes(bytes(blob))
+    src.unlink()
+    result = llz("decompress", str(archive))
+    assert (result.exit_code, err(result)) == (
+        1, f"llmzip: {archive}: corrupt archive: frame {last.index} at offset {last.offset}: payload checksum mismatch\n")
+    assert sorted(os.listdir(tmp_path)) == ["mixed.llz"]
+
+
 def test_debug_prints_a_traceback(llz, archive):
     archive.write_bytes(_damaged(archive, "truncate"))
     result = llz("test", "--debug", str(archive))
     assert result.exit_code == 1
-    assert "Traceback" in err(result) and err(result).endswith("corrupt archive: truncated archive\n")
+    assert "Traceback" in err(result) and err(result).endswith(": truncated archive\n")
 
 
 def test_model_mismatch(llz, archive, tiny_model_dir, other_model_dir, tmp_path):
@@ -409,10 +521,10 @@ def test_terminal_refusals(llz, archive, monkeypatch):
 
 
 def test_progress_goes_to_stderr_only(llz, prose_file, archive):
-    result = llz("compress", "--progress", "-c", str(prose_file))
+    result = llz("compress", "--progress", "--method", "lm", "-c", str(prose_file))
     assert result.exit_code == 0
     assert result.stdout_bytes == archive.read_bytes()
-    assert "tok" in err(result)
+    assert "prose.txt" in err(result) and "B" in err(result)
     silent = llz("compress", "--no-progress", "-c", str(prose_file))
     assert err(silent) == ""
 

@@ -13,6 +13,8 @@ import llmzip
 from llmzip import codec
 from llmzip.errors import ModelLoadError
 from llmzip.model import EMBEDDED_NAME, MODELS_DIR, load_model, shipped_models
+from llmzip.mixparams import PRESETS
+from goldens import write_golden
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -59,16 +61,17 @@ def test_round_trip_and_beats_gzip_on_prose(embedded):
 
 
 def test_default_api_uses_the_embedded_model():
-    blob = llmzip.compress(b"Hello, hello, hello world!\n")
-    assert llmzip.read_info(blob).model_id == EMBEDDED_NAME
-    assert llmzip.decompress(blob) == b"Hello, hello, hello world!\n"
+    data = _prose()
+    blob = llmzip.compress(data)
+    assert [f.model_id for f in llmzip.read_info(blob).lm_fields.values()] == [EMBEDDED_NAME]
+    assert llmzip.decompress(blob) == data
 
 
 V1 = "llmzip-gpt2-small-v1"
 # Archives of the same input, one per (model, engine, mixing parameters) that a release made
-# by default; each names its model, engine and parameters in its own header.
-EMBEDDED_GOLDEN = ["golden-embedded.llz", "golden-embedded-e2.llz", "golden-embedded-e3.llz",
-                   "golden-embedded-v2-e3.llz", "golden-embedded-v2-e3-p1.llz"]
+# by default; each names its model, engine and parameters in its own header. Every such file
+# in tests/data is pinned, so a regenerated one is covered as soon as it is written.
+EMBEDDED_GOLDEN = sorted(p.name for p in DATA.glob("golden-embedded*.llz"))
 
 
 def _identity(blob: bytes) -> tuple[str, int, bytes]:
@@ -95,14 +98,28 @@ def test_goldens_cover_every_shipped_model_and_the_default(embedded):
     pinned = {_identity((DATA / name).read_bytes()) for name in EMBEDDED_GOLDEN}
     assert {m for m, _, _ in pinned} == set(shipped_models())
     assert (EMBEDDED_NAME, embedded.engine_id, codec.DEFAULT_MIX.to_bytes()) in pinned, (
-        "the default model, engine and mixing have no golden archive: set LLMZIP_REGEN_GOLDEN=NAME")
+        "the default model, engine and mixing have no golden archive: run LLMZIP_REGEN_GOLDEN=1 pytest -k regenerate")
+
+
+def default_golden_name(model_id: str, engine: int, mixing: codec.MixParams | None) -> str:
+    """``golden-embedded-v2-e3-p1.llz``: the model's version suffix, the engine, the mixing preset."""
+    version = model_id.rsplit("-", 1)[-1]
+    preset = "" if mixing is None else f"-p{mixing.preset}" if mixing.preset is not None else "-custom"
+    return f"golden-embedded-{version}-e{engine}{preset}.llz"
+
+
+def test_default_golden_name_follows_the_existing_ones(embedded):
+    assert default_golden_name(EMBEDDED_NAME, 3, PRESETS[1]) == "golden-embedded-v2-e3-p1.llz"
 
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
 def test_regenerate_embedded_golden(embedded):  # pragma: no cover - run by hand only
-    """Writes the default archive (same input as the others) to tests/data/$LLMZIP_REGEN_GOLDEN."""
-    data = codec.decompress((DATA / EMBEDDED_GOLDEN[0]).read_bytes(), load_model(V1))
-    (DATA / os.environ["LLMZIP_REGEN_GOLDEN"]).write_bytes(codec.compress(data, embedded))
+    """Writes the archive of today's defaults (same input as the others) under the name
+    :func:`default_golden_name` gives; an existing golden is never changed (see write_golden)."""
+    data = codec.decompress((DATA / "golden-embedded.llz").read_bytes(), load_model(V1))
+    name = default_golden_name(embedded.model_id, embedded.engine_id, codec.DEFAULT_MIX)
+    blob = codec.compress(data, embedded)
+    write_golden(name, blob)
 
 
 def test_readme_python_examples_run():

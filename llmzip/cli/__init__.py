@@ -13,13 +13,13 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import click
 
 from .. import __version__
-from .files import (Options, check_output, is_terminal, plan_output, read_input, refuse_terminal,
-                    show_progress, write_all, write_output)
+from . import jobs, listing
+from .files import Options, check_output, is_terminal, open_input, open_output, plan_output, refuse_terminal, write_all
 from .status import (EXIT_ERROR, EXIT_OK, EXIT_WARNING, STDIO, Refused, SkipWarning, classify,
                      run_each, worse)
 
@@ -31,70 +31,29 @@ Exit status: 0 success; 1 error (also usage errors and Ctrl-C);
 2 warning (a file was skipped). With several files the worst one wins."""
 
 
-@functools.lru_cache(maxsize=4)
-def _load(name: str | None, allow_download: bool) -> Any:
-    from ..model import load_model
-
-    return load_model(name, allow_download=allow_download)
-
-
-@contextlib.contextmanager
-def _progress(opts: Options, total: int | None, label: str) -> Iterator[Callable[[int], Any] | None]:
-    if not show_progress(opts):
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="tok", desc=label, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
-        yield bar.update
-
-
-def transform(data: bytes, label: str, opts: Options, verify: bool) -> bytes:
-    """Run the codec on ``data``; with ``verify``, check that a new archive decodes to ``data``."""
-    from .. import codec
-    from ..container import read_header
-
-    if opts.mode == "compress":
-        model = _load(opts.model, opts.allow_download)
-        if opts.chunk_tokens is not None and opts.chunk_tokens > model.max_context - 1:
-            raise Refused(f"--chunk-tokens must be at most {model.max_context - 1} for this model")
-        total = len(model.tokenizer.encode(data)) * (2 if verify else 1) if show_progress(opts) else None
-    else:
-        header = read_header(data)[0]
-        model = _load(opts.model or header.model_id, opts.allow_download)
-        total = header.token_count
-    with _progress(opts, total, label) as tick:
-        settings = codec.Settings(batch_size=opts.batch_size, threads=opts.threads, progress=tick)
-        if opts.mode != "compress":
-            return codec.decompress(data, model, settings)
-        blob = codec.compress(data, model, chunk_tokens=opts.chunk_tokens, settings=settings,
-                              mixing=codec.DEFAULT_MIX if opts.mix else None)
-        if verify and codec.decompress(blob, model, settings) != data:
-            raise Refused("verification failed: the archive does not decode to the input (input kept)")
-        return blob
-
-
 def _rate(archive: int, original: int) -> str:
     return f"{8 * archive / original:.2f} bits/byte" if original else "empty input"
 
 
 def process(name: str, opts: Options) -> None:
-    """Compress, decompress or test one FILE (``-``: stdin); raises on any failure."""
+    """Compress, decompress or test one FILE (``-``: stdin), frame by frame; raises on any failure."""
     started = time.monotonic()
     dest = plan_output(name, opts)
-    data = read_input(name, opts)
-    if dest is not None:
-        check_output(dest, name, opts)
-    removing = dest not in (None, STDIO) and not opts.keep and name != STDIO
-    result = transform(data, name, opts, verify=removing)
-    if dest is not None:
-        write_output(dest, result, None if name == STDIO else name)
-        if removing and os.path.isfile(dest):    # never after writing to /dev/null or a pipe
-            os.unlink(name)
+    with open_input(name, opts) as src:
+        if dest is not None:
+            check_output(dest, name, opts)
+        removing = dest not in (None, STDIO) and not opts.keep and name != STDIO
+        with open_output(dest, None if name == STDIO else name) as out:
+            if opts.mode == "compress":
+                counts = jobs.compress(src, out, name, opts, verify=removing)
+            else:
+                counts = jobs.decompress(src, out, name, opts)
+    if removing and os.path.isfile(dest):    # never after writing to /dev/null or a pipe
+        os.unlink(name)
     if opts.verbosity >= 1:
-        archive, original = (len(result), len(data)) if opts.mode == "compress" else (len(data), len(result))
+        archive, original = (counts.written, counts.read) if opts.mode == "compress" else (counts.read, counts.written)
         tail = " OK" if opts.mode == "test" else ""
-        click.echo(f"{name}: {len(data)} -> {len(result)} bytes ({_rate(archive, original)}) "
+        click.echo(f"{name}: {counts.read} -> {counts.written} bytes ({_rate(archive, original)}) "
                    f"in {time.monotonic() - started:.1f} s{tail}", err=True)
 
 
@@ -133,6 +92,25 @@ class _Group(click.Group):
         sys.exit(status if isinstance(status, int) else EXIT_OK)
 
 
+class _Size(click.ParamType):
+    """A byte count with an optional binary suffix: 65536, 64K, 1M, 1G (1 byte .. 1 GiB)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            size = int(text[:-1] if scale > 1 else text) * scale
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 65536, 256K, 4M)", param, ctx)
+        if not 1 <= size <= 1 << 30:
+            self.fail(f"{value!r} is not in 1 byte .. 1G", param, ctx)
+        return size
+
+
+_SIZE = _Size()
+
 _OPTIONS: dict[str, Callable[[Any], Any]] = {
     "files": click.argument("files", nargs=-1, metavar="[FILE]..."),
     "stdout": click.option("-c", "--stdout", is_flag=True, help="Write to standard output."),
@@ -152,6 +130,12 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
                                help="Rows per forward pass (memory/speed only) [default: whole group]."),
     "chunk_tokens": click.option("--chunk-tokens", type=click.IntRange(min=1),
                                  help="Tokens per chunk [default: 255, at most the model's context - 1]."),
+    "frame_size": click.option("--frame-size", type=_SIZE, metavar="SIZE",
+                               help="Bytes per frame, e.g. 256K, 4M (compress; never changes what decodes) "
+                                    "[default: 1M]."),
+    "method": click.option("--method", type=click.Choice(["auto", "lm", "ppmd", "lzma", "bz2", "stored"]),
+                           default="auto", show_default=True,
+                           help="Code every frame with this method instead of the smallest one."),
     "mix": click.option("--mix/--no-mix", default=True,
                         help="Context mixing with in-file n-gram and match models.  [default: mix]"),
     "model": click.option("--model", envvar="LLMZIP_MODEL", metavar="NAME",
@@ -195,7 +179,8 @@ def main() -> None:
 
 
 @main.command(epilog=EPILOG)
-@_with("files", "stdout", "output", "force", "keep", "suffix", "chunk_tokens", "mix", *_CODEC_OPTIONS)
+@_with("files", "stdout", "output", "force", "keep", "suffix", "frame_size", "method", "chunk_tokens", "mix",
+       *_CODEC_OPTIONS)
 def compress(files: tuple[str, ...], **kw: Any) -> int:
     """Compress each FILE to FILE.llz (no FILE, or -: stdin to stdout)."""
     return _run("compress", files, **kw)
@@ -215,54 +200,17 @@ def test(files: tuple[str, ...], **kw: Any) -> int:
     return _run("test", files, **kw)
 
 
-def archive_info(name: str, force: bool) -> dict[str, Any]:
-    """The fields ``list`` shows for one archive (the payload length is checked too)."""
-    from ..container import read_archive
-    from ..mixparams import MixParams
-
-    blob = read_input(name, Options(mode="list", force=force))
-    header, segments = read_archive(blob)
-    original = header.original_size
-    return {
-        "file": name, "model_id": header.model_id, "fingerprint": header.fingerprint.hex(),
-        "format_version": header.format_version, "engine": header.engine, "original_size": original,
-        "archive_size": len(blob), "ratio": round(len(blob) / original, 4) if original else None,
-        "bits_per_byte": round(8 * len(blob) / original, 4) if original else None,
-        "token_count": header.token_count, "chunk_tokens": header.chunk_tokens,
-        "group_chunks": header.group_chunks, "segments": len(segments), "checksum": header.checksum.hex(),
-        "mixing": MixParams.from_bytes(header.mix_params).describe() if header.mixing else None,
-    }
-
-
-_LIST_HEAD = (f"{'archive':>10} {'original':>10} {'ratio':>6} {'bits/B':>6} {'tokens':>9} {'chunking':>9} "
-              f"{'engine':>6} {'mixing':>6}  {'fingerprint':<16}  model  file")
-
-
-def _mixing(i: dict[str, Any]) -> str:
-    """'off', 'p<preset>' or 'custom'."""
-    mixing = i["mixing"]
-    return "off" if mixing is None else "custom" if mixing["preset"] is None else f"p{mixing['preset']}"
-
-
-def _list_line(i: dict[str, Any]) -> str:
-    ratio, bpb = (f"{i['ratio']:.3f}", f"{i['bits_per_byte']:.2f}") if i["original_size"] else ("-", "-")
-    chunking = f"{i['chunk_tokens']}x{i['group_chunks']}"
-    return (f"{i['archive_size']:>10} {i['original_size']:>10} {ratio:>6} {bpb:>6} {i['token_count']:>9} "
-            f"{chunking:>9} {i['engine']:>6} {_mixing(i):>6}  {i['fingerprint'][:16]:<16}  {i['model_id']}  "
-            f"{i['file']}")
-
-
 @main.command("list", epilog=EPILOG)
 @_with("files", "force_read", "json", "debug")
 def list_(files: tuple[str, ...], force: bool, as_json: bool, debug: bool) -> int:
-    """Show each archive's header: sizes, ratio (archive/original), bits per byte, tokens,
-    chunking (tokens per chunk x chunks per group), engine, mixing (off, pN: preset N, or
-    custom; --json lists every parameter), model fingerprint and model id."""
+    """Show what each archive holds, from its index (nothing is decoded): sizes, ratio
+    (archive/original), bits per byte, frames, the methods that coded them (share of the
+    original bytes) and the model. --json adds every frame (offset, method, sizes; model,
+    engine, chunking and mixing parameters of language-model frames)."""
     infos: list[dict[str, Any]] = []
-    status = run_each(files, lambda name: infos.append(archive_info(name, force)), 0, debug)
+    status = run_each(files, lambda name: infos.append(listing.archive_info(name, force)), 0, debug)
     if as_json:
         click.echo(json.dumps(infos, indent=2))
     elif infos:
-        click.echo("\n".join([_LIST_HEAD, *map(_list_line, infos)]))
+        click.echo("\n".join([listing.LIST_HEAD, *map(listing.list_line, infos)]))
     return status
-

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from .status import STDIO, Refused, SkipWarning
 
@@ -32,6 +33,8 @@ class Options:
     threads: int | None = None
     batch_size: int | None = None
     chunk_tokens: int | None = None
+    frame_size: int | None = None    # compress: bytes per frame (None: the default)
+    method: str = "auto"             # compress: "auto" or a method forced on every frame
     mix: bool = True                 # context mixing (compress)
     model: str | None = None
     allow_download: bool = False
@@ -76,14 +79,31 @@ def plan_output(name: str, opts: Options) -> str | None:
     return name[: -len(opts.suffix)]
 
 
-def read_input(name: str, opts: Options) -> bytes:
-    """All bytes of the input file, or of stdin for ``-`` (archives never from a terminal)."""
+@contextlib.contextmanager
+def open_input(name: str, opts: Options) -> Iterator[BinaryIO]:
+    """The input file, or stdin for ``-`` (archives never from a terminal), for reading."""
     if name != STDIO:
         with open(name, "rb") as f:
-            return f.read()
+            yield f
+        return
     if opts.mode != "compress" and refuse_terminal(sys.stdin, opts.force):
         raise Refused("compressed data not read from a terminal; use -f to force")
-    return sys.stdin.buffer.read()
+    yield sys.stdin.buffer
+
+
+def read_input(name: str, opts: Options) -> bytes:
+    """All bytes of the input file, or of stdin for ``-`` (archives never from a terminal)."""
+    with open_input(name, opts) as f:
+        return f.read()
+
+
+def input_size(stream: BinaryIO) -> int | None:
+    """The size of a regular file being read from its start, else None (a pipe, a terminal)."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def check_output(dest: str, name: str, opts: Options) -> None:
@@ -120,8 +140,25 @@ def _copy_metadata(fd: int, like: str | None) -> None:
     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _write_atomic(dest: str, data: bytes, like: str | None) -> None:
-    """Write a temp file next to ``dest``, fsync it, rename it over ``dest``; never leave a partial file."""
+class FullWriter:
+    """A binary stream whose ``write`` writes everything (see :func:`write_all`) and counts it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self.written = stream, 0
+
+    def write(self, data: bytes) -> int:
+        write_all(self._stream, data, flush=False)
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+@contextlib.contextmanager
+def _atomic(dest: str, like: str | None) -> Iterator[FullWriter]:
+    """A temp file next to ``dest``, fsynced and renamed over ``dest`` once the block succeeds;
+    removed if it fails: never a partial file at ``dest``."""
     directory = os.path.dirname(os.path.abspath(dest))
     try:
         tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(dest)}.",
@@ -131,7 +168,8 @@ def _write_atomic(dest: str, data: bytes, like: str | None) -> None:
         raise
     try:
         with tmp:
-            write_all(tmp, data)
+            yield FullWriter(tmp)
+            tmp.flush()
             _copy_metadata(tmp.fileno(), like)
             os.fsync(tmp.fileno())
         os.replace(tmp.name, dest)
@@ -145,8 +183,8 @@ def _write_atomic(dest: str, data: bytes, like: str | None) -> None:
         os.close(fd)
 
 
-def write_all(stream: Any, data: bytes) -> None:
-    """Write all of ``data`` and flush: a buffered write may report a short count instead of
+def write_all(stream: Any, data: bytes, flush: bool = True) -> None:
+    """Write all of ``data`` (and flush): a buffered write may report a short count instead of
     raising (seen on Python 3.11 with EPIPE after a partial pipe write), so loop until done."""
     view = memoryview(data)
     while view:
@@ -154,17 +192,26 @@ def write_all(stream: Any, data: bytes) -> None:
         if not written:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         view = view[written:]
-    stream.flush()
+    if flush:
+        stream.flush()
 
 
-def write_output(dest: str, data: bytes, like: str | None) -> None:
-    """Write ``data`` to stdout, straight to a device or pipe, or atomically to a regular file."""
-    if dest == STDIO:
-        write_all(sys.stdout.buffer, data)
+@contextlib.contextmanager
+def open_output(dest: str | None, like: str | None) -> Iterator[FullWriter | None]:
+    """Where results are written as they come: stdout, straight to a device or pipe, or a temp
+    file renamed into place once complete (``like``: whose mode and times it gets); None for
+    ``test``, which writes nothing."""
+    if dest is None:
+        yield None
+    elif dest == STDIO:
+        out = FullWriter(sys.stdout.buffer)
+        yield out
+        out.flush()
     elif os.path.exists(dest) and not stat.S_ISREG(os.stat(dest).st_mode):
         with open(dest, "wb") as f:   # no temp-file trick for devices; errors still surface
-            write_all(f, data)
+            out = FullWriter(f)
+            yield out
+            out.flush()
     else:
-        _write_atomic(dest, data, like)
-
-
+        with _atomic(dest, like) as out:
+            yield out

@@ -1,0 +1,137 @@
+"""One file's compress, decompress or test, frame by frame from an input stream to an output.
+
+Format-2 archives are read and written a frame at a time, so memory stays bounded by the
+frame size and the model whatever the input's size; a format-1 archive is one language-model
+stream and is decoded whole, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator
+
+import click
+
+from .files import Options, input_size, show_progress
+from .status import Refused
+
+
+@functools.lru_cache(maxsize=4)
+def load(name: str | None, allow_download: bool) -> Any:
+    from ..model import load_model
+
+    return load_model(name, allow_download=allow_download)
+
+
+@dataclass
+class Counts:
+    """Bytes read and written by one job."""
+
+    read: int = 0
+    written: int = 0
+
+
+class CountingReader:
+    """Counts what is read through it; ``prefix`` is served first (bytes already read)."""
+
+    def __init__(self, stream: BinaryIO, prefix: bytes = b"") -> None:
+        self._stream, self._prefix, self.count = stream, prefix, len(prefix)
+
+    def read(self, size: int = -1) -> bytes:
+        head = b""
+        if self._prefix:
+            cut = len(self._prefix) if size < 0 else min(size, len(self._prefix))
+            head, self._prefix = self._prefix[:cut], self._prefix[cut:]
+            if 0 <= size == len(head):
+                return head
+            size = -1 if size < 0 else size - len(head)
+        rest = self._stream.read(size)
+        self.count += len(rest)
+        return head + rest
+
+
+@contextlib.contextmanager
+def _progress(opts: Options, total: int | None, label: str) -> Iterator[Callable[[int], Any] | None]:
+    if not show_progress(opts):
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False,
+              dynamic_ncols=True) as bar:
+        yield bar.update
+
+
+def _settings(opts: Options) -> Any:
+    from .. import codec
+
+    return codec.Settings(batch_size=opts.batch_size, threads=opts.threads)
+
+
+def compress(src: BinaryIO, out: Any, label: str, opts: Options, verify: bool) -> Counts:
+    """Write the archive of ``src`` to ``out``; with ``verify`` every frame is decoded and compared."""
+    from .. import codec, frames
+
+    def model() -> Any:
+        loaded = load(opts.model, opts.allow_download)
+        if opts.chunk_tokens is not None and opts.chunk_tokens > loaded.max_context - 1:
+            raise Refused(f"--chunk-tokens must be at most {loaded.max_context - 1} for this model")
+        return loaded
+
+    options = frames.Options(frame_size=opts.frame_size or frames.DEFAULT_FRAME_SIZE, method=opts.method,
+                             mixing=codec.DEFAULT_MIX if opts.mix else None, chunk_tokens=opts.chunk_tokens,
+                             settings=_settings(opts), verify=verify)
+    reader = CountingReader(src)
+    with _progress(opts, input_size(src), label) as tick:
+        on_frame = None if tick is None else (lambda info: tick(info.raw_size))
+        size = frames.compress_stream(reader, out, model, options, on_frame)
+    return Counts(reader.count, size)
+
+
+def decompress(src: BinaryIO, out: Any, label: str, opts: Options) -> Counts:
+    """Decode the archive ``src`` (either format) to ``out`` (None: check it only)."""
+    from .. import frames
+
+    prefix = src.read(5)
+    reader = CountingReader(src, prefix)
+    if frames.format_version(prefix) == 1:
+        return _decompress_v1(reader, out, label, opts)
+    listing = opts.mode == "test" and opts.verbosity >= 1
+    with _progress(opts, input_size(src), label) as tick:
+        def on_frame(info: frames.FrameInfo) -> None:
+            if tick is not None:
+                tick(info.payload_size)
+            if listing:
+                click.echo(frame_line(info), err=True)
+
+        total = frames.decompress_stream(reader, out, lambda model_id: load(opts.model or model_id, opts.allow_download),
+                                         _settings(opts), on_frame)
+    return Counts(reader.count, total)
+
+
+def frame_line(info: Any) -> str:
+    """``llmzip test -v``: one line per frame."""
+    from ..frames import METHOD_NAMES
+
+    method = METHOD_NAMES.get(info.method, str(info.method))
+    return (f"  frame {info.index} at offset {info.offset}: {method}, {info.raw_size} -> {info.payload_size} "
+            f"bytes ({8 * info.payload_size / info.raw_size:.2f} bits/byte)")
+
+
+def _decompress_v1(reader: CountingReader, out: Any, label: str, opts: Options) -> Counts:
+    from .. import codec
+    from ..container import read_header
+
+    blob = reader.read()
+    header = read_header(blob)[0]
+    model = load(opts.model or header.model_id, opts.allow_download)
+    with _progress(opts, len(blob), label) as tick:
+        data = codec.decompress(blob, model, _settings(opts))
+        if tick is not None:
+            tick(len(blob))
+    if out is not None:
+        out.write(data)
+    return Counts(len(blob), len(data))
