@@ -214,3 +214,20 @@ def list_(files: tuple[str, ...], force: bool, as_json: bool, debug: bool) -> in
     elif infos:
         click.echo("\n".join([listing.LIST_HEAD, *map(listing.list_line, infos)]))
     return status
+
+
+@main.command(epilog=EPILOG)
+@click.option("--shipped-only", is_flag=True, help="Leave out the local Hugging Face cache.")
+@_with("json")
+def models(shipped_only: bool, as_json: bool) -> int:
+    """List the models --model can name here: those shipped with llmzip and those in the local
+    Hugging Face cache that the exact engine runs (GPT-2, Llama, Mistral, Qwen2)."""
+    from ..catalog import available_models, describe
+
+    entries = available_models(include_cache=not shipped_only)
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+    else:
+        click.echo("\n".join(map(describe, entries)))
+    return 0
+
