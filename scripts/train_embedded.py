@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--batch", type=int, default=16, help="sequences per step")
     p.add_argument("--plan-tokens", type=float, default=300e6, help="planned training tokens (sets the schedule)")
+    p.add_argument("--plan-minutes", type=float,
+                   help="one-shot runs (e.g. a lent GPU): plan as many steps as fit this many minutes at the "
+                        "speed measured over the first steps, instead of --plan-tokens")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=300, help="warm-up steps (also after --init-from)")
     p.add_argument("--decay-frac", type=float, default=0.15, help="final fraction of the plan spent decaying")
@@ -194,6 +198,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, vocab: int, bos: int) -> None:
         self.args, self.device = args, args.device
         self.model = make_model(args, vocab, bos).to(self.device)
+        self.forward: torch.nn.Module = self.model
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
         self.step, self.tokens, self.warm_start = 0, 0, 0
         self.ckpt = args.work / "checkpoint.pt"
@@ -244,7 +249,7 @@ class Trainer:
         lr = lr_at(self.step, plan_steps, self.args, self.warm_start)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss, count = lm_loss(self.model, ids.to(self.device), self.device)
+        loss, count = lm_loss(self.forward, ids.to(self.device), self.device)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -252,6 +257,15 @@ class Trainer:
         self.step += 1
         self.tokens += count
         return loss.item(), lr
+
+
+TIMED_STEPS = 30   # --plan-minutes: steps timed before the plan is fixed (all inside the warm-up)
+
+
+def timed_plan(step: int, elapsed_s: float, minutes: float, warmup: int) -> int:
+    """Steps that fit ``minutes`` at the rate of the first ``step`` steps (10% kept for evaluations)."""
+    rate = step / max(elapsed_s, 1e-9)
+    return max(warmup + 1, int(rate * (minutes * 60 * 0.9)))
 
 
 def run(args: argparse.Namespace, tok_path: Path) -> Trainer:
@@ -264,12 +278,17 @@ def run(args: argparse.Namespace, tok_path: Path) -> Trainer:
     plan_steps = int(args.plan_tokens // (args.batch * (args.ctx - 1)))
     if args.export_only or trainer.step >= plan_steps:
         return trainer
+    if args.compile:   # the compiled wrapper runs the steps; checkpoints keep the plain module's names
+        trainer.forward = torch.compile(trainer.model)
     sampler = Sampler(args.work, args.seed, args.ctx, bos)
     held_out = HeldOut(args.work, args.ctx, bos, token_byte_lengths(tok_path))
     t0, start_tokens, log_path = time.time(), trainer.tokens, args.work / "log.jsonl"
     while trainer.step < plan_steps:
         loss, lr = trainer.train_step(sampler.batch(trainer.step, args.batch), plan_steps)
         step, elapsed = trainer.step, time.time() - t0
+        if args.plan_minutes and step == trainer.warm_start + TIMED_STEPS:
+            plan_steps = timed_plan(step, elapsed, args.plan_minutes, args.warmup)
+            print(f"planned {plan_steps} steps to fit {args.plan_minutes} minutes", flush=True)
         record = {"step": step, "tokens": trainer.tokens, "loss": round(loss, 4), "lr": round(lr, 6),
                   "tok_per_s": round((trainer.tokens - start_tokens) / elapsed), "elapsed_s": round(elapsed)}
         if step % args.eval_every == 0 or step == plan_steps:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,19 @@ def test_init_from_snapshot_continues_the_count(data_dir: Path, tmp_path: Path) 
     assert "initialised from" in out and "at step 2" in out
     last = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 4
+
+
+def test_device_script_plans_to_the_minutes_and_exports(data_dir: Path, tmp_path: Path) -> None:
+    """scripts/device_train.sh as a session with an accelerator would run it (here on the CPU, tiny)."""
+    (data_dir / "MANIFEST.md").write_text("tiny test data\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "DATA": str(data_dir), "WORK": str(tmp_path / "work")}
+    proc = subprocess.run(["bash", str(SCRIPTS / "device_train.sh"), "0.05", *TINY, "--eval-every", "1000"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    planned = re.search(r"planned (\d+) steps to fit 0.05 minutes", proc.stdout)
+    assert planned, proc.stdout[-2000:]
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == int(planned.group(1)) and "held_out_bpb" in last
+    assert (out / "model" / "model.safetensors").exists() and (out / "snapshot" / "llama-6x384.json").exists()

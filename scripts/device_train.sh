@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-shot training on a lent accelerator (the `device` tool), prepared so that a session that
+# draws one spends its minutes training, not debugging:
+#
+#     bash scripts/device_train.sh 8            # train for ~8 minutes, results in $OUT
+#
+# It tokenises the training data (../shared/train or ./shared/train, or $DATA), trains the
+# default Llama shape of train_embedded.py in bf16 with a schedule planned to fit MINUTES at
+# the speed measured over the first steps, and writes to $OUT: model/ (Hugging Face layout, the
+# same export the CPU runs make, for llmzip's exact CPU engine), snapshot/ (weights-only bf16,
+# resumable on the CPU with --init-from) and the training log. Extra arguments go to
+# train_embedded.py (e.g. --layers 8 --width 512).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES=${1:-8}
+shift || true
+OUT=${OUT:?set OUT to the directory that comes back}
+DEVICE=${DEVICE:-cuda}
+for candidate in "${DATA:-}" ../shared/train shared/train; do
+  if [ -n "$candidate" ] && [ -f "$candidate/MANIFEST.md" ]; then DATA=$candidate; break; fi
+done
+[ -f "${DATA:-}/MANIFEST.md" ] || { echo "no training data found (set DATA)" >&2; exit 2; }
+python - "$DEVICE" <<'PY'
+import sys, torch
+if sys.argv[1].startswith("cuda") and not torch.cuda.is_available():
+    sys.exit("torch sees no CUDA device")
+print("torch", torch.__version__, "device", sys.argv[1],
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+PY
+WORK=${WORK:-/tmp/llmzip-train-device}
+python scripts/train_embedded.py --data "$DATA" --work "$WORK" --device "$DEVICE" --threads "$(nproc)" \
+  --batch 128 --lr 2e-3 --warmup 300 --plan-minutes "$MINUTES" --minutes "$(python -c "print($MINUTES * 1.1)")" \
+  --eval-every 500 --ckpt-every 1000 --export "$OUT/model" \
+  --snapshot "$OUT/snapshot/llama-6x384.safetensors" "$@" 2>&1 | tee "$OUT/stdout.log"
+cp "$WORK/log.jsonl" "$OUT/log.jsonl"
