@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from llmzip import cli, codec, fixedpoint, frames, lockstep
 from llmzip.container import read_archive
-from llmzip.engine import LlamaSpec
+from llmzip.engine import ExactLlama, LlamaSpec
+from llmzip.engine.llama import GATE_CLIP, SWIGLU_BOUND
 from llmzip.frames import lm
 from llmzip.frames.methods import LM
 from llmzip.engine.rope import ROPE_FRAC, inverse_frequencies, rope_table
@@ -274,3 +275,25 @@ def test_rms_norm_is_close_to_float_rms_norm():
     out = fixedpoint.rms_norm(h_fixed, np.round(gamma * 2**14).astype(np.int64), 1e-5, 16, 12, 14)
     ref = h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-5) * gamma
     assert np.abs(out / 2**12 - ref).max() < 2e-3
+
+
+def test_swiglu_output_stays_within_the_bound_down_is_checked_for(family):
+    _, model = family
+    inner = model.engine.spec.n_inner
+    extreme = np.array([2**40, -(2**40), GATE_CLIP, -GATE_CLIP, 3, 0], dtype=np.int64)
+    gate, up = (a.ravel() for a in np.meshgrid(extreme, extreme))
+    gate_up = np.concatenate([np.resize(gate, inner), np.resize(up, inner)])[None]
+    assert np.abs(model.engine._swiglu(gate_up)).max() <= SWIGLU_BOUND
+
+
+def test_weights_whose_outputs_could_overflow_int64_are_refused():
+    """float64 -> int64 conversion of 2**63 or more differs between x86 and ARM: refused at load."""
+    from llmzip.model import _read_safetensors
+
+    config = SimpleNamespace(**json.loads((DATA / "golden-llama" / "config.json").read_text()))
+    state = _read_safetensors([DATA / "golden-llama" / "model.safetensors"])
+    ExactLlama(LlamaSpec.from_config(config), state)
+    key = "model.layers.1.mlp.down_proj.weight"
+    state[key] = state[key].astype(np.float64) * 2.0**18   # fine after a norm (ACT_CLIP), not behind SwiGLU
+    with pytest.raises(ValueError, match=r"layer 1 down_proj: outputs up to \d+ \(2\*\*6\d or more\) could overflow"):
+        ExactLlama(LlamaSpec.from_config(config), state)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
 from ..fixedpoint import clip_inplace, rshift_round, silu
+from ..linear8 import Linear8, output_bound
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, RMSNorm, fingerprint, inverse_sqrt, to_fixed
 from .rope import inverse_frequencies, rope_table, rotate
@@ -24,6 +25,8 @@ ARCHITECTURE = "llama"
 MODEL_TYPES = ("llama", "mistral", "qwen2")   # config.json model_type values computed by this module
 MAX_CONTEXT = 2048    # positions the engine runs (KV cache and rotary table are sized for it)
 GATE_CLIP = 2**24 - 1  # SwiGLU inputs (4096 real units): silu(g) * u < 2**48, then >> ACT_FRAC
+SWIGLU_BOUND = 2**36   # |silu(g) * u| >> ACT_FRAC (the input of `down`): |silu(g)| <= GATE_CLIP + 1, |u| <= GATE_CLIP
+OUTPUT_LIMIT = 2**62   # every linear output, proven at load (ExactLlama._check_output_bounds)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class ExactLlama:
         self.version.check_linear(max(spec.n_embd, spec.n_inner, spec.n_head * spec.head_dim))
         self.attention.check_bounds(spec.head_dim, spec.n_ctx)
         self._check_shapes()
+        self._check_output_bounds()
         self.rope = rope_table(spec.rope_theta, spec.head_dim, spec.rope_scaling, spec.n_ctx)
         self.fingerprint = fingerprint(f"llmzip-exact-llama/{self.engine_id}", spec, self._integer_arrays())
 
@@ -171,6 +175,28 @@ class ExactLlama:
         for name, (want, got) in expect.items():
             if tuple(got) != want:
                 raise ValueError(f"{name} weights have shape {tuple(got)}, the config implies {want}")
+
+    def _check_output_bounds(self) -> None:
+        """Raise ValueError unless every linear layer's output provably stays below OUTPUT_LIMIT.
+
+        :class:`~llmzip.linear8.Linear8` converts a float64 floor to int64, and values of 2**63 or
+        more convert differently on x86 and ARM: the bound comes from the weights and the bound of
+        each layer's input (ACT_CLIP after a norm, and out of attention, which averages values
+        clipped to ACT_CLIP; SWIGLU_BOUND into ``down``). Below 2**53 every float64 step is exact;
+        from 2**53 to 2**62 the bias addition may round (correctly rounded: the same everywhere),
+        but such a value saturates the clip that follows every layer (RESID_CLIP, ACT_CLIP and
+        GATE_CLIP are below 2**31; logits are clipped to 2**30) either way. The residual sum
+        ``h + y`` stays below 2**63.
+        """
+        layers = {"lm_head": (self.head, ACT_CLIP)}
+        for i, blk in enumerate(self.blocks):
+            layers |= {f"layer {i} q/k/v": (blk.qkv, ACT_CLIP), f"layer {i} o_proj": (blk.o_proj, ACT_CLIP),
+                       f"layer {i} gate/up": (blk.gate_up, ACT_CLIP), f"layer {i} down_proj": (blk.down, SWIGLU_BOUND)}
+        for name, (layer, input_bound) in layers.items():
+            bound = output_bound(cast(Linear8, layer), input_bound)   # engine 4's layers are Linear8
+            if bound >= OUTPUT_LIMIT:
+                raise ValueError(f"{name}: outputs up to {bound} (2**{bound.bit_length() - 1} or more) "
+                                 "could overflow int64; the weights are too large for the exact engine")
 
     def _integer_arrays(self) -> list[np.ndarray]:
         arrays = [self.embed]
