@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -297,3 +298,42 @@ def test_weights_whose_outputs_could_overflow_int64_are_refused():
     state[key] = state[key].astype(np.float64) * 2.0**18   # fine after a norm (ACT_CLIP), not behind SwiGLU
     with pytest.raises(ValueError, match=r"layer 1 down_proj: outputs up to \d+ \(2\*\*6\d or more\) could overflow"):
         ExactLlama(LlamaSpec.from_config(config), state)
+
+
+def _respelled(tmp_path: Path, kind: str, **spellings: str) -> Path:
+    """A copy of a golden model whose config.json writes rope numbers as given (raw JSON text)."""
+    out = _edited_copy(tmp_path, kind)
+    text = (out / "config.json").read_text()
+    for key, spelling in spellings.items():
+        text, found = re.subn(rf'"{key}": [^,}}]+', f'"{key}": {spelling}', text)
+        assert found == 1
+    (out / "config.json").write_text(text)
+    return out
+
+
+@pytest.mark.parametrize("kind, spellings", [
+    ("qwen2", [{"rope_theta": s} for s in ("10000", "10000.0", "1e4", "1.0E+4", '"10000"')]),
+    ("llama", [{"factor": "8", "original_max_position_embeddings": "16.0", "rope_theta": "5e5"},
+               {"factor": "8.0", "original_max_position_embeddings": "16", "rope_theta": "500000"}]),
+])
+def test_fingerprint_ignores_how_config_json_spells_rope_numbers(tmp_path, kind, spellings):
+    base = load_model(str(DATA / f"golden-{kind}")).fingerprint
+    for i, spelling in enumerate(spellings):
+        assert load_model(str(_respelled(tmp_path / str(i), kind, **spelling))).fingerprint == base
+
+
+def test_the_default_rope_theta_is_the_spelled_one():
+    spec = LlamaSpec.from_config(SimpleNamespace(**BASE))
+    assert spec == LlamaSpec.from_config(SimpleNamespace(**BASE, rope_theta=10000))
+    assert spec.rope_theta == "10000.0"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_theta": "ten"}, "rope_theta 'ten' is not a finite number"),
+    ({"rope_theta": float("inf")}, "rope_theta inf is not a finite number"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 16.5}}, "original_max_position_embeddings 16.5 is not an"),
+])
+def test_rope_numbers_that_are_not_numbers_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        LlamaSpec.from_config(SimpleNamespace(**{**BASE, **change}))

@@ -8,7 +8,7 @@ an exact table), residual. Final RMSNorm and a tied or untied head. Engine 4 (:m
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, cast
 
@@ -42,7 +42,7 @@ class LlamaSpec:
     n_ctx: int
     vocab_size: int
     eps: float
-    rope_theta: str                              # decimal string, exact in JSON and in Decimal
+    rope_theta: str                              # canonical decimal string (_canonical), exact in Decimal
     rope_scaling: tuple[tuple[str, str], ...]    # sorted (key, decimal string) pairs; () for none
 
     @classmethod
@@ -83,22 +83,40 @@ class LlamaSpec:
 
 
 def _rope_parameters(config: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """(theta, scaling) from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling``."""
+    """(theta, scaling) from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling``,
+    each number in its canonical spelling (:func:`_canonical`), so the fingerprint depends on the
+    numbers and not on how config.json writes them."""
     params = dict(getattr(config, "rope_parameters", None) or {})
     legacy = getattr(config, "rope_scaling", None) or {}
     params = {**legacy, **params}
     theta = params.pop("rope_theta", getattr(config, "rope_theta", 10000.0))
     kind = params.pop("rope_type", params.pop("type", "default"))
     keep = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
-    scaling = {} if kind == "default" else {k: v for k, v in params.items() if k in keep}
+    scaling = {} if kind == "default" else {k: _canonical(k, v) for k, v in params.items() if k in keep}
     if kind != "default":
-        scaling["rope_type"] = kind
-    return _decimal(theta), tuple(sorted((k, _decimal(v)) for k, v in scaling.items()))
+        scaling["rope_type"] = str(kind)
+    return _canonical("rope_theta", theta), tuple(sorted(scaling.items()))
 
 
-def _decimal(value: Any) -> str:
-    """A config number as the decimal string Python prints for it (round-trips exactly)."""
-    return value if isinstance(value, str) else json.dumps(value)
+def _canonical(key: str, value: Any) -> str:
+    """A rope number as one decimal string whatever its JSON spelling (10000, 10000.0 and 1e4 all
+    give "10000.0"): a position count as an integer, any other number as the shortest ``repr`` of
+    the float the float model computes with (exact in ``Decimal``).
+
+    Raises:
+        ValueError: not a finite number, or a position count that is not an integer.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError(f"{key} {value!r} is not a finite number")
+    if key != "original_max_position_embeddings":
+        return repr(number)
+    if not number.is_integer():
+        raise ValueError(f"{key} {value!r} is not an integer")
+    return str(int(number))
 
 
 @dataclass(frozen=True)
