@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,9 +23,9 @@ from llmzip.frames.methods import LM
 from llmzip.engine.rope import ROPE_FRAC, inverse_frequencies, rope_table
 from llmzip.errors import ModelLoadError, ModelMismatchError, UnsupportedFormatError
 from llmzip.model import load_model
+from conftest import table_digests_by_thread_count
 from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 
-REPO = Path(__file__).resolve().parents[1]
 GOLDEN_FILES = {"llama": "golden-llama-e4.llz", "qwen2": "golden-qwen2-e4.llz", "mistral": "golden-mistral-e4.llz"}
 
 
@@ -104,18 +102,7 @@ def test_tables_do_not_depend_on_batch_composition(family):
 
 def test_thread_count_does_not_change_tables():
     """OpenBLAS and torch with 1 and 2 threads, in separate processes, give the same bits."""
-    code = (
-        "import hashlib, numpy as np; from llmzip.model import load_model; "
-        f"m = load_model({str(DATA / 'golden-llama')!r}); m.prepare(1 << 20); rng = np.random.default_rng(3); "
-        "rows = rng.integers(0, m.vocab_size, size=(4, m.max_context)); "
-        "t = m.advance(m.start(4), rows); print(hashlib.sha256(t.tobytes()).hexdigest())"
-    )
-    digests = set()
-    for threads in ("1", "2"):
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PYTHONPATH=str(REPO))
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        digests.add(out.stdout.strip())
-    assert len(digests) == 1
+    assert len(table_digests_by_thread_count(DATA / "golden-llama")) == 1
 
 
 def test_int8_backends_agree(family, monkeypatch):
