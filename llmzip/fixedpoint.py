@@ -129,7 +129,8 @@ def gelu(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_rang
 
 
 @functools.lru_cache(maxsize=None)
-def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int, half_range: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int,
+                half_range: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-cell (base, slope) of :func:`gelu` over every cell of [-clip, clip], and the first cell."""
     table = activation_table(kind, step_bits, half_range, frac_bits)
     sub, n = frac_bits - step_bits, half_range << step_bits
@@ -141,7 +142,8 @@ def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int, half_range
     return base, slope, int(cells[0] - n)
 
 
-def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits: int = 6, half_range: int = 8) -> np.ndarray:
+def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits: int = 6,
+                 half_range: int = 8) -> np.ndarray:
     """:func:`gelu` for ``|u| <= clip``, bit-identical and about 3x faster.
 
     Every cell of ``2**-step_bits`` gets a (base, slope) pair, including the cells outside the
