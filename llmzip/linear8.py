@@ -76,7 +76,7 @@ def output_bound(layer: Linear8, input_bound: int) -> int:
     output ``j`` is at most ``127 * sum|W[:, j]| * M_j * 2**(e - D_j) + |b_j| + 1``.
     """
     e = max(int(input_bound).bit_length() - 7, 0)
-    gains = (Q_MAX * np.abs(layer.w.astype(np.int64)).sum(0) * layer.mult).tolist()   # < 2**46 each
+    gains = (Q_MAX * np.abs(layer.w).sum(0, dtype=np.int64) * layer.mult).tolist()   # < 2**46; |w| <= 127
     return max((g << (e - d) if e >= d else -(-g >> (d - e))) + abs(b) + 1
                for g, d, b in zip(gains, layer.shift.tolist(), layer.b.tolist()))
 
