@@ -129,7 +129,8 @@ def gelu(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_rang
 
 
 @functools.lru_cache(maxsize=None)
-def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int, half_range: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int,
+                half_range: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-cell (base, slope) of :func:`gelu` over every cell of [-clip, clip], and the first cell."""
     table = activation_table(kind, step_bits, half_range, frac_bits)
     sub, n = frac_bits - step_bits, half_range << step_bits
@@ -141,7 +142,8 @@ def _gelu_cells(kind: str, frac_bits: int, clip: int, step_bits: int, half_range
     return base, slope, int(cells[0] - n)
 
 
-def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits: int = 6, half_range: int = 8) -> np.ndarray:
+def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits: int = 6,
+                 half_range: int = 8) -> np.ndarray:
     """:func:`gelu` for ``|u| <= clip``, bit-identical and about 3x faster.
 
     Every cell of ``2**-step_bits`` gets a (base, slope) pair, including the cells outside the
@@ -181,49 +183,38 @@ def layer_norm(
 ) -> np.ndarray:
     """LayerNorm over the last axis of int64 ``h`` (``in_frac`` fraction bits) -> ``out_frac`` bits.
 
-    Mean and variance are exact integer sums. Each row is shifted right just enough that
-    its squared deviations cannot overflow int64 (a deterministic function of the row).
-    ``sigma = sqrt(var + eps)`` is a correctly rounded float64; ``2**g / sigma`` is floored
-    to an integer of 25 bits whatever the row's scale (``g`` follows sigma's exponent), so
-    the normalised value keeps ~24 significant bits. ``gamma`` has ``gamma_frac`` and
-    ``beta`` ``out_frac`` fraction bits.
+    The mean is an exact integer sum, rounded half up; the centred row goes through
+    :func:`_normalise`. ``gamma`` has ``gamma_frac`` and ``beta`` ``out_frac`` fraction bits.
     """
     d = h.shape[-1]
     mean = (2 * h.sum(-1, keepdims=True) + d) // (2 * d)
-    xc = h - mean
-    sq_bits = (62 - int(d - 1).bit_length()) // 2 - 1
-    shift = np.maximum(bit_length(np.abs(xc).max(-1, keepdims=True)) - sq_bits, 0)
-    xs = xc >> shift
-    var = (xs * xs).sum(-1, keepdims=True)
-    eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
-    sigma = np.sqrt(var.astype(np.float64) / d + eps_scaled)
-    g = 24 + np.frexp(sigma)[1].astype(np.int64)                    # sigma < 2**(g - 24)
-    inv = np.floor(np.ldexp(1.0, g) / sigma).astype(np.int64)       # in (2**24, 2**25]
-    z = rshift_round(xs * inv, g - out_frac)
+    z = _normalise(h - mean, eps, in_frac, out_frac)
     return rshift_round(z * gamma, gamma_frac) + beta
 
 
-def _row_shift(x: np.ndarray) -> np.ndarray:
-    """Per-row right shift that keeps a sum of squares over the last axis below 2**62."""
-    sq_bits = (62 - int(x.shape[-1] - 1).bit_length()) // 2 - 1
-    return np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - sq_bits, 0)
-
-
 def rms_norm(h: np.ndarray, gamma: np.ndarray, eps: float, in_frac: int, out_frac: int, gamma_frac: int) -> np.ndarray:
-    """RMSNorm over the last axis of int64 ``h`` (``in_frac`` fraction bits) -> ``out_frac`` bits.
+    """RMSNorm over the last axis of int64 ``h`` (``in_frac`` fraction bits) -> ``out_frac`` bits:
+    :func:`layer_norm` without the mean and the bias. ``gamma`` has ``gamma_frac`` fraction bits."""
+    return rshift_round(_normalise(h, eps, in_frac, out_frac) * gamma, gamma_frac)
 
-    :func:`layer_norm` without the mean and the bias: an exact integer sum of squares of the
-    row shifted right just enough to stay below 2**62, one correctly rounded ``sqrt`` and
-    division (``rms`` and ``2**g / rms`` are float64 ops IEEE-754 rounds correctly), and integer
-    products: ``|xs| < 2**sq_bits <= 2**29`` times ``inv <= 2**25`` stays below 2**54 in int64.
+
+def _normalise(x: np.ndarray, eps: float, in_frac: int, out_frac: int) -> np.ndarray:
+    """``x / sqrt(mean(x**2) + eps)`` over the last axis, ``in_frac`` -> ``out_frac`` fraction bits.
+
+    The shared integer core of both norms. Each row is shifted right just enough that its sum
+    of squares stays below 2**62 (a deterministic function of the row) and summed exactly.
+    ``rms = sqrt(ss / d + eps)`` is a correctly rounded float64 (IEEE-754 rounds division and
+    ``sqrt`` correctly); ``2**g / rms`` is floored to an integer of 25 bits whatever the row's
+    scale (``g`` follows rms's exponent), so the result keeps ~24 significant bits; the integer
+    product ``|xs| < 2**sq_bits <= 2**30`` times ``inv <= 2**25`` stays below 2**55.
     """
-    d = h.shape[-1]
-    shift = _row_shift(h)
-    xs = h >> shift
+    d = x.shape[-1]
+    sq_bits = (62 - int(d - 1).bit_length()) // 2 - 1
+    shift = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - sq_bits, 0)
+    xs = x >> shift
     ss = (xs * xs).sum(-1, keepdims=True)
     eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
     rms = np.sqrt(ss.astype(np.float64) / d + eps_scaled)
     g = 24 + np.frexp(rms)[1].astype(np.int64)                      # rms < 2**(g - 24)
     inv = np.floor(np.ldexp(1.0, g) / rms).astype(np.int64)         # in (2**24, 2**25]
-    z = rshift_round(xs * inv, g - out_frac)
-    return rshift_round(z * gamma, gamma_frac)
+    return rshift_round(xs * inv, g - out_frac)

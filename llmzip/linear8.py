@@ -69,6 +69,18 @@ def check_linear8(fan_in: int) -> None:
         raise ValueError("linear layers: int8 products could overflow int32")
 
 
+def output_bound(layer: Linear8, input_bound: int) -> int:
+    """An upper bound (exact integer arithmetic) on ``|layer(x)|`` for every row with ``|x| <= input_bound``.
+
+    :func:`quantize_rows` shifts such a row by ``e <= max(bit_length(input_bound) - 7, 0)``, so
+    output ``j`` is at most ``127 * sum|W[:, j]| * M_j * 2**(e - D_j) + |b_j| + 1``.
+    """
+    e = max(int(input_bound).bit_length() - 7, 0)
+    gains = (Q_MAX * np.abs(layer.w).sum(0, dtype=np.int64) * layer.mult).tolist()   # < 2**46; |w| <= 127
+    return max((g << (e - d) if e >= d else -(-g >> (d - e))) + abs(b) + 1
+               for g, d, b in zip(gains, layer.shift.tolist(), layer.b.tolist()))
+
+
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 rows ``q`` and shifts ``e`` (rows,) with ``q = clip(round_half_up(x / 2**e), +-127)``.
 

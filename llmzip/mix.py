@@ -83,7 +83,8 @@ class Mixer:
     def __init__(self, vocab_size: int, params: MixParams, chunk_tokens: int, token_count: int = 0) -> None:
         """``token_count`` (the file's, if known) sizes the position buffer once instead of doubling it."""
         if not 1 <= vocab_size <= MAX_VOCAB:
-            raise ValueError(f"the mixer's n-gram table holds tokens below {MAX_VOCAB}, not a vocabulary of {vocab_size}")
+            raise ValueError(f"the mixer's n-gram table holds tokens below {MAX_VOCAB}, "
+                             f"not a vocabulary of {vocab_size}")
         p = self.params = params
         self.vocab_size, self.chunk = vocab_size, chunk_tokens
         self.model_count = 2 + len(p.orders)                            # LM, orders..., match

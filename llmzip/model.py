@@ -148,7 +148,8 @@ class _Config:
 def _check_type(model_type: str, name: str) -> None:
     if model_type not in SUPPORTED_TYPES:
         raise ModelLoadError(
-            f"{name}: model type {model_type!r} is not supported by the exact engine (supported: {', '.join(SUPPORTED_TYPES)})"
+            f"{name}: model type {model_type!r} is not supported by the exact engine "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
         )
 
 
@@ -165,7 +166,8 @@ def _spec_and_state(config: Any, state: dict[str, np.ndarray]) -> tuple[Spec, di
     return LlamaSpec.from_config(config), state
 
 
-def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenizer: ByteTokenizer, bos: int) -> LoadedModel:
+def _assemble(model_id: str, config: Any, state: dict[str, np.ndarray], tokenizer: ByteTokenizer,
+              bos: int) -> LoadedModel:
     _check_type(config.model_type, model_id)
     try:
         spec, state = _spec_and_state(config, state)

@@ -99,7 +99,8 @@ class LoadedModel:
         dest = out.view()
         dest.shape = (len(flat), self.vocab_size)   # raises rather than copy if out is not contiguous
         for i in range(0, len(flat), HEAD_ROWS):   # head + quantiser in cache-sized blocks
-            freqs_from_logits(self.engine.float_logits(flat[i : i + HEAD_ROWS]), self.freq_bits, dest[i : i + HEAD_ROWS])
+            rows = slice(i, i + HEAD_ROWS)
+            freqs_from_logits(self.engine.float_logits(flat[rows]), self.freq_bits, dest[rows])
         return out
 
     def keep(self, state: Any, rows: np.ndarray) -> None:

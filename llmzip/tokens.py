@@ -71,11 +71,43 @@ def _patch_config(node: Any) -> None:
 
 
 def is_sentencepiece(config: dict[str, Any]) -> bool:
-    """Whether a tokenizer.json config is SentencePiece-style (byte fallback or ``<0xNN>`` pieces)."""
+    """Whether a tokenizer.json config is SentencePiece-style, decided by its front end: a ByteLevel
+    component means byte-level; a Metaspace, ByteFallback or ``▁`` replacement means SentencePiece;
+    with neither, the vocabulary decides (``byte_fallback`` or every ``<0xNN>`` piece).
+
+    Raises:
+        TokenizerError: the front end mixes both styles (how pieces spell bytes is ambiguous).
+    """
+    marks: set[str] = set()
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        _front_end_marks(config.get(part), marks)
+    sentencepiece = marks & {"Metaspace", "ByteFallback", SPACE_PIECE}
+    if "ByteLevel" in marks and sentencepiece:
+        found = ", ".join(sorted(sentencepiece))
+        raise TokenizerError(f"tokenizer mixes byte-level (ByteLevel) and SentencePiece ({found}) components: "
+                             "cannot tell how its pieces spell bytes, so it cannot be made exact")
+    if marks & {"ByteLevel", *sentencepiece}:
+        return bool(sentencepiece)
     model = config.get("model") or {}
     vocab = model.get("vocab")
     pieces = vocab if isinstance(vocab, dict) else {}
     return bool(model.get("byte_fallback")) or all(f"<0x{b:02X}>" in pieces for b in range(256))
+
+
+def _front_end_marks(node: Any, marks: set[str]) -> None:
+    """Add to ``marks`` the component types in ``node`` (nested sequences included), and ``▁`` for a
+    Replace or Prepend component that writes or reads SentencePiece's space piece."""
+    if isinstance(node, dict):
+        kind = node.get("type")
+        if isinstance(kind, str):
+            marks.add(kind)
+            if kind in ("Replace", "Prepend") and SPACE_PIECE in json.dumps(node, ensure_ascii=False):
+                marks.add(SPACE_PIECE)
+        for value in node.values():
+            _front_end_marks(value, marks)
+    elif isinstance(node, list):
+        for value in node:
+            _front_end_marks(value, marks)
 
 
 def _sentencepiece_config(config: dict[str, Any]) -> None:
@@ -83,6 +115,10 @@ def _sentencepiece_config(config: dict[str, Any]) -> None:
     no dummy prefix (Prepend normalizer, Metaspace ``prepend_scheme``), no other normalisation."""
     pre = config.get("pre_tokenizer")
     if isinstance(pre, dict) and pre.get("type") == "Metaspace":
+        if pre.get("replacement", SPACE_PIECE) != SPACE_PIECE:
+            raise TokenizerError(f"SentencePiece-style tokenizer whose Metaspace replacement is "
+                                 f"{pre['replacement']!r}, not {SPACE_PIECE!r}: llmzip reads only {SPACE_PIECE!r} "
+                                 "as a space in its pieces, so it cannot be made exact")
         pre["prepend_scheme"] = "never"
         if "add_prefix_space" in pre:   # tokenizers < 0.19 spelled it this way
             pre["add_prefix_space"] = False
@@ -131,11 +167,20 @@ def _piece_bytes_sentencepiece(piece: str, idx: int) -> bytes:
     return bytes([int(byte.group(1), 16)]) if byte else piece.replace(SPACE_PIECE, " ").encode("utf-8")
 
 
+def _added_bytes(token: dict[str, Any], sentencepiece: bool) -> bytes:
+    """An added token's bytes: its text; under SentencePiece a non-special token's ``▁`` is a space
+    (it matches the text after the space substitution, as the model's own pieces do)."""
+    content = str(token["content"])
+    if sentencepiece and not token.get("special"):
+        content = content.replace(SPACE_PIECE, " ")
+    return content.encode("utf-8")
+
+
 def _build_table(backend: tokenizers.Tokenizer, added: list[dict[str, Any]], sentencepiece: bool) -> list[bytes]:
     """Token id -> bytes for every id in ``[0, max id]``; raises TokenizerError if unusable."""
     piece_bytes = _piece_bytes_sentencepiece if sentencepiece else _piece_bytes_bytelevel
-    entries: dict[int, bytes] = {int(t["id"]): str(t["content"]).encode("utf-8") for t in added
-                                 if not (sentencepiece and _SP_BYTE.fullmatch(str(t["content"])))}
+    entries = {int(t["id"]): _added_bytes(t, sentencepiece) for t in added
+               if not (sentencepiece and _SP_BYTE.fullmatch(str(t["content"])))}
     for piece, idx in backend.get_vocab(with_added_tokens=False).items():
         if idx not in entries:   # added tokens take precedence over the model's own piece
             entries[idx] = piece_bytes(piece, idx)
@@ -158,10 +203,12 @@ def _byte_tokens(backend: tokenizers.Tokenizer, table: list[bytes], sentencepiec
         idx = vocab.get(piece)
         if idx is None or table[idx] != bytes([value]):
             idx = singles.get(value)
+        if idx is None and sentencepiece:
+            raise TokenizerError(f"SentencePiece tokenizer without byte fallback: no <0xNN> piece or single-byte "
+                                 f"token for byte 0x{value:02x}, so some inputs could not be coded exactly")
         if idx is None:
-            kind = "no <0xNN> byte-fallback piece" if sentencepiece else "not a byte-level BPE vocabulary"
-            raise TokenizerError(f"no single-byte token for byte 0x{value:02x} ({kind}): some inputs could "
-                                 "not be coded exactly")
+            raise TokenizerError(f"no single-byte token for byte 0x{value:02x} (not a byte-level BPE vocabulary): "
+                                 "some inputs could not be coded exactly")
         out[value] = idx
     return out
 

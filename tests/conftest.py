@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN_PARAGRAPHS = [
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
     "foolishness. The captain walked slowly up the beach, looking out to sea, and whistled to himself.\n",
@@ -39,6 +43,24 @@ def build_tokenizer() -> object:
     backend.train_from_iterator([training_text()], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
                                    eos_token="<|endoftext|>")
+
+
+def table_digests_by_thread_count(model_dir: Path, engine: int | None = None) -> set[str]:
+    """SHA-256 of a model's tables for 4 random rows of a full context, computed in a fresh process
+    with 1 and with 2 OpenBLAS / OpenMP threads: one digest means the thread count changed no bit."""
+    load = f"load_model({str(model_dir)!r})" + ("" if engine is None else f".with_engine({engine})")
+    code = (
+        "import hashlib, numpy as np; from llmzip.model import load_model; "
+        f"m = {load}; m.prepare(1 << 20); rng = np.random.default_rng(3); "
+        "rows = rng.integers(0, m.vocab_size, size=(4, m.max_context)); "
+        "t = m.advance(m.start(4), rows); print(hashlib.sha256(t.tobytes()).hexdigest())"
+    )
+    digests = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    return digests
 
 
 def sentencepiece_backend(vocab_size: int = 360, metaspace: bool = False, text: str | None = None) -> object:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +10,9 @@ import pytest
 
 from llmzip import fixedpoint
 from llmzip.quantize import freqs_from_logits
+from conftest import table_digests_by_thread_count
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden-tiny"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(model, n: int, length: int, seed: int = 0) -> np.ndarray:
@@ -79,18 +76,7 @@ def test_tables_are_valid_coding_tables(model):
 @pytest.mark.parametrize("engine", [1, 2, 3])
 def test_thread_count_does_not_change_tables(engine):
     """OpenBLAS (and torch) with 1 and 2 threads, in separate processes, give the same bits."""
-    code = (
-        "import hashlib, numpy as np; from llmzip.model import load_model; "
-        f"m = load_model({str(GOLDEN_DIR)!r}).with_engine({engine}); rng = np.random.default_rng(3); "
-        "rows = rng.integers(0, m.vocab_size, size=(4, m.max_context)); "
-        "t = m.advance(m.start(4), rows); print(hashlib.sha256(t.tobytes()).hexdigest())"
-    )
-    digests = set()
-    for threads in ("1", "2"):
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PYTHONPATH=str(REPO))
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        digests.add(out.stdout.strip())
-    assert len(digests) == 1
+    assert len(table_digests_by_thread_count(GOLDEN_DIR, engine)) == 1
 
 
 def test_exp_table_matches_exp():

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,15 +16,16 @@ from click.testing import CliRunner
 
 from llmzip import cli, codec, fixedpoint, frames, lockstep
 from llmzip.container import read_archive
-from llmzip.engine import LlamaSpec
+from llmzip.engine import ExactLlama, LlamaSpec
+from llmzip.engine.llama import GATE_CLIP, SWIGLU_BOUND
 from llmzip.frames import lm
 from llmzip.frames.methods import LM
 from llmzip.engine.rope import ROPE_FRAC, inverse_frequencies, rope_table
 from llmzip.errors import ModelLoadError, ModelMismatchError, UnsupportedFormatError
 from llmzip.model import load_model
+from conftest import table_digests_by_thread_count
 from goldens import DATA, digest, golden_input, pinned_digest, write_golden
 
-REPO = Path(__file__).resolve().parents[1]
 GOLDEN_FILES = {"llama": "golden-llama-e4.llz", "qwen2": "golden-qwen2-e4.llz", "mistral": "golden-mistral-e4.llz"}
 
 
@@ -102,18 +102,7 @@ def test_tables_do_not_depend_on_batch_composition(family):
 
 def test_thread_count_does_not_change_tables():
     """OpenBLAS and torch with 1 and 2 threads, in separate processes, give the same bits."""
-    code = (
-        "import hashlib, numpy as np; from llmzip.model import load_model; "
-        f"m = load_model({str(DATA / 'golden-llama')!r}); m.prepare(1 << 20); rng = np.random.default_rng(3); "
-        "rows = rng.integers(0, m.vocab_size, size=(4, m.max_context)); "
-        "t = m.advance(m.start(4), rows); print(hashlib.sha256(t.tobytes()).hexdigest())"
-    )
-    digests = set()
-    for threads in ("1", "2"):
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PYTHONPATH=str(REPO))
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        digests.add(out.stdout.strip())
-    assert len(digests) == 1
+    assert len(table_digests_by_thread_count(DATA / "golden-llama")) == 1
 
 
 def test_int8_backends_agree(family, monkeypatch):
@@ -274,3 +263,64 @@ def test_rms_norm_is_close_to_float_rms_norm():
     out = fixedpoint.rms_norm(h_fixed, np.round(gamma * 2**14).astype(np.int64), 1e-5, 16, 12, 14)
     ref = h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-5) * gamma
     assert np.abs(out / 2**12 - ref).max() < 2e-3
+
+
+def test_swiglu_output_stays_within_the_bound_down_is_checked_for(family):
+    _, model = family
+    inner = model.engine.spec.n_inner
+    extreme = np.array([2**40, -(2**40), GATE_CLIP, -GATE_CLIP, 3, 0], dtype=np.int64)
+    gate, up = (a.ravel() for a in np.meshgrid(extreme, extreme))
+    gate_up = np.concatenate([np.resize(gate, inner), np.resize(up, inner)])[None]
+    assert np.abs(model.engine._swiglu(gate_up)).max() <= SWIGLU_BOUND
+
+
+def test_weights_whose_outputs_could_overflow_int64_are_refused():
+    """float64 -> int64 conversion of 2**63 or more differs between x86 and ARM: refused at load."""
+    from llmzip.model import _read_safetensors
+
+    config = SimpleNamespace(**json.loads((DATA / "golden-llama" / "config.json").read_text()))
+    state = _read_safetensors([DATA / "golden-llama" / "model.safetensors"])
+    ExactLlama(LlamaSpec.from_config(config), state)
+    key = "model.layers.1.mlp.down_proj.weight"
+    state[key] = state[key].astype(np.float64) * 2.0**18   # fine after a norm (ACT_CLIP), not behind SwiGLU
+    with pytest.raises(ValueError, match=r"layer 1 down_proj: outputs up to \d+ \(2\*\*6\d or more\) could overflow"):
+        ExactLlama(LlamaSpec.from_config(config), state)
+
+
+def _respelled(tmp_path: Path, kind: str, **spellings: str) -> Path:
+    """A copy of a golden model whose config.json writes rope numbers as given (raw JSON text)."""
+    out = _edited_copy(tmp_path, kind)
+    text = (out / "config.json").read_text()
+    for key, spelling in spellings.items():
+        text, found = re.subn(rf'"{key}": [^,}}]+', f'"{key}": {spelling}', text)
+        assert found == 1
+    (out / "config.json").write_text(text)
+    return out
+
+
+@pytest.mark.parametrize("kind, spellings", [
+    ("qwen2", [{"rope_theta": s} for s in ("10000", "10000.0", "1e4", "1.0E+4", '"10000"')]),
+    ("llama", [{"factor": "8", "original_max_position_embeddings": "16.0", "rope_theta": "5e5"},
+               {"factor": "8.0", "original_max_position_embeddings": "16", "rope_theta": "500000"}]),
+])
+def test_fingerprint_ignores_how_config_json_spells_rope_numbers(tmp_path, kind, spellings):
+    base = load_model(str(DATA / f"golden-{kind}")).fingerprint
+    for i, spelling in enumerate(spellings):
+        assert load_model(str(_respelled(tmp_path / str(i), kind, **spelling))).fingerprint == base
+
+
+def test_the_default_rope_theta_is_the_spelled_one():
+    spec = LlamaSpec.from_config(SimpleNamespace(**BASE))
+    assert spec == LlamaSpec.from_config(SimpleNamespace(**BASE, rope_theta=10000))
+    assert spec.rope_theta == "10000.0"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_theta": "ten"}, "rope_theta 'ten' is not a finite number"),
+    ({"rope_theta": float("inf")}, "rope_theta inf is not a finite number"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 16.5}}, "original_max_position_embeddings 16.5 is not an"),
+])
+def test_rope_numbers_that_are_not_numbers_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        LlamaSpec.from_config(SimpleNamespace(**{**BASE, **change}))

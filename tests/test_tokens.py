@@ -5,6 +5,8 @@ All tokenizers are trained here on a few KB of text (no network, well under a se
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -289,8 +291,50 @@ def test_sentencepiece_table(sp: ByteTokenizer, sp_backend: Tokenizer) -> None:
 
 def test_sentencepiece_without_every_byte_is_refused() -> None:
     tok = Tokenizer(models.BPE({"<unk>": 0, "\u2581": 1, "a": 2, "<0x00>": 3}, [], unk_token="<unk>", byte_fallback=True))
-    with pytest.raises(TokenizerError, match="no single-byte token for byte 0x01 \\(no <0xNN> byte-fallback piece\\)"):
+    with pytest.raises(TokenizerError, match="SentencePiece tokenizer without byte fallback: no <0xNN> piece or single-byte "
+                                             "token for byte 0x01"):
         ByteTokenizer(tok)
+
+
+def test_sentencepiece_layout_without_byte_fallback_is_named() -> None:
+    """A Metaspace front end means SentencePiece even without the byte_fallback flag or <0xNN> pieces."""
+    tok = Tokenizer(models.BPE({"<unk>": 0, "\u2581": 1, "a": 2, "b": 3}, [], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    with pytest.raises(TokenizerError, match="SentencePiece tokenizer without byte fallback: .* byte 0x00"):
+        ByteTokenizer(tok)
+
+
+def test_byte_level_layout_wins_over_the_byte_fallback_flag() -> None:
+    config = json.loads(_train().to_str())
+    config["model"]["byte_fallback"] = True
+    tok = ByteTokenizer(Tokenizer.from_str(json.dumps(config)))
+    assert not tok.sentencepiece
+    _check(tok, ENGLISH.encode() + b"\xff\x00")
+
+
+def test_mixed_byte_level_and_sentencepiece_front_ends_are_refused(sp_backend: Tokenizer) -> None:
+    tok = Tokenizer.from_str(sp_backend.to_str())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    with pytest.raises(TokenizerError, match="mixes byte-level \\(ByteLevel\\) and SentencePiece \\(ByteFallback"):
+        ByteTokenizer(tok)
+
+
+def test_metaspace_replacement_other_than_the_space_piece_is_refused(sp_backend: Tokenizer) -> None:
+    tok = Tokenizer.from_str(sp_backend.to_str())
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="_", prepend_scheme="first")
+    with pytest.raises(TokenizerError, match="Metaspace replacement is '_', not '\u2581'"):
+        ByteTokenizer(tok)
+
+
+def test_sentencepiece_added_token_spells_its_space_piece_as_a_space(sp_backend: Tokenizer) -> None:
+    tok = Tokenizer.from_str(sp_backend.to_str())
+    tok.add_tokens([AddedToken("\u2581Trelawney", special=False)])
+    tok.add_special_tokens([AddedToken("\u2581<sep>", special=True)])
+    bt = ByteTokenizer(tok)
+    assert bt.token_bytes(tok.token_to_id("\u2581Trelawney")) == b" Trelawney"
+    assert bt.token_bytes(tok.token_to_id("\u2581<sep>")) == "\u2581<sep>".encode()   # special: its text
+    assert tok.token_to_id("\u2581Trelawney") in _check(bt, b"Squire Trelawney, \xe2\x96\x81Trelawney")
 
 
 def test_sentencepiece_with_unknown_space_marking_is_refused(sp_backend: Tokenizer) -> None:

@@ -107,8 +107,10 @@ def decompress(src: BinaryIO, out: Any, label: str, opts: Options) -> Counts:
             if listing:
                 click.echo(frame_line(info), err=True)
 
-        total = frames.decompress_stream(reader, out, lambda model_id: load(opts.model or model_id, opts.allow_download),
-                                         _settings(opts), on_frame)
+        def model_for(model_id: str) -> Any:
+            return load(opts.model or model_id, opts.allow_download)
+
+        total = frames.decompress_stream(reader, out, model_for, _settings(opts), on_frame)
     return Counts(reader.count, total)
 
 

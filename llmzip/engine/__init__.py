@@ -38,7 +38,8 @@ __all__ = ["ENGINES", "EngineVersion", "ExactEngine", "ExactGPT2", "ExactLlama",
            "MODEL_TYPES", "build_engine", "engine_version", "newest_engine", "Spec"]
 
 Spec = Union[GPT2Spec, LlamaSpec]
-MODEL_TYPES: Mapping[str, str] = {"gpt2": "gpt2", **{t: "llama" for t in LLAMA_MODEL_TYPES}}   # HF model_type -> architecture
+# Hugging Face model_type -> architecture
+MODEL_TYPES: Mapping[str, str] = {"gpt2": "gpt2", **{t: "llama" for t in LLAMA_MODEL_TYPES}}
 
 
 class ExactEngine(Protocol):

@@ -8,13 +8,14 @@ an exact table), residual. Final RMSNorm and a tied or untied head. Engine 4 (:m
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
 from ..fixedpoint import clip_inplace, rshift_round, silu
+from ..linear8 import Linear8, output_bound
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, RMSNorm, fingerprint, inverse_sqrt, to_fixed
 from .rope import inverse_frequencies, rope_table, rotate
@@ -24,6 +25,8 @@ ARCHITECTURE = "llama"
 MODEL_TYPES = ("llama", "mistral", "qwen2")   # config.json model_type values computed by this module
 MAX_CONTEXT = 2048    # positions the engine runs (KV cache and rotary table are sized for it)
 GATE_CLIP = 2**24 - 1  # SwiGLU inputs (4096 real units): silu(g) * u < 2**48, then >> ACT_FRAC
+SWIGLU_BOUND = 2**36   # |silu(g) * u| >> ACT_FRAC (the input of `down`): |silu(g)| <= GATE_CLIP + 1, |u| <= GATE_CLIP
+OUTPUT_LIMIT = 2**62   # every linear output, proven at load (ExactLlama._check_output_bounds)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class LlamaSpec:
     n_ctx: int
     vocab_size: int
     eps: float
-    rope_theta: str                              # decimal string, exact in JSON and in Decimal
+    rope_theta: str                              # canonical decimal string (_canonical), exact in Decimal
     rope_scaling: tuple[tuple[str, str], ...]    # sorted (key, decimal string) pairs; () for none
 
     @classmethod
@@ -80,22 +83,40 @@ class LlamaSpec:
 
 
 def _rope_parameters(config: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """(theta, scaling) from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling``."""
+    """(theta, scaling) from ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling``,
+    each number in its canonical spelling (:func:`_canonical`), so the fingerprint depends on the
+    numbers and not on how config.json writes them."""
     params = dict(getattr(config, "rope_parameters", None) or {})
     legacy = getattr(config, "rope_scaling", None) or {}
     params = {**legacy, **params}
     theta = params.pop("rope_theta", getattr(config, "rope_theta", 10000.0))
     kind = params.pop("rope_type", params.pop("type", "default"))
     keep = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
-    scaling = {} if kind == "default" else {k: v for k, v in params.items() if k in keep}
+    scaling = {} if kind == "default" else {k: _canonical(k, v) for k, v in params.items() if k in keep}
     if kind != "default":
-        scaling["rope_type"] = kind
-    return _decimal(theta), tuple(sorted((k, _decimal(v)) for k, v in scaling.items()))
+        scaling["rope_type"] = str(kind)
+    return _canonical("rope_theta", theta), tuple(sorted(scaling.items()))
 
 
-def _decimal(value: Any) -> str:
-    """A config number as the decimal string Python prints for it (round-trips exactly)."""
-    return value if isinstance(value, str) else json.dumps(value)
+def _canonical(key: str, value: Any) -> str:
+    """A rope number as one decimal string whatever its JSON spelling (10000, 10000.0 and 1e4 all
+    give "10000.0"): a position count as an integer, any other number as the shortest ``repr`` of
+    the float the float model computes with (exact in ``Decimal``).
+
+    Raises:
+        ValueError: not a finite number, or a position count that is not an integer.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError(f"{key} {value!r} is not a finite number")
+    if key != "original_max_position_embeddings":
+        return repr(number)
+    if not number.is_integer():
+        raise ValueError(f"{key} {value!r} is not an integer")
+    return str(int(number))
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,7 @@ class ExactLlama:
         self.version.check_linear(max(spec.n_embd, spec.n_inner, spec.n_head * spec.head_dim))
         self.attention.check_bounds(spec.head_dim, spec.n_ctx)
         self._check_shapes()
+        self._check_output_bounds()
         self.rope = rope_table(spec.rope_theta, spec.head_dim, spec.rope_scaling, spec.n_ctx)
         self.fingerprint = fingerprint(f"llmzip-exact-llama/{self.engine_id}", spec, self._integer_arrays())
 
@@ -171,6 +193,28 @@ class ExactLlama:
         for name, (want, got) in expect.items():
             if tuple(got) != want:
                 raise ValueError(f"{name} weights have shape {tuple(got)}, the config implies {want}")
+
+    def _check_output_bounds(self) -> None:
+        """Raise ValueError unless every linear layer's output provably stays below OUTPUT_LIMIT.
+
+        :class:`~llmzip.linear8.Linear8` converts a float64 floor to int64, and values of 2**63 or
+        more convert differently on x86 and ARM: the bound comes from the weights and the bound of
+        each layer's input (ACT_CLIP after a norm, and out of attention, which averages values
+        clipped to ACT_CLIP; SWIGLU_BOUND into ``down``). Below 2**53 every float64 step is exact;
+        from 2**53 to 2**62 the bias addition may round (correctly rounded: the same everywhere),
+        but such a value saturates the clip that follows every layer (RESID_CLIP, ACT_CLIP and
+        GATE_CLIP are below 2**31; logits are clipped to 2**30) either way. The residual sum
+        ``h + y`` stays below 2**63.
+        """
+        layers = {"lm_head": (self.head, ACT_CLIP)}
+        for i, blk in enumerate(self.blocks):
+            layers |= {f"layer {i} q/k/v": (blk.qkv, ACT_CLIP), f"layer {i} o_proj": (blk.o_proj, ACT_CLIP),
+                       f"layer {i} gate/up": (blk.gate_up, ACT_CLIP), f"layer {i} down_proj": (blk.down, SWIGLU_BOUND)}
+        for name, (layer, input_bound) in layers.items():
+            bound = output_bound(cast(Linear8, layer), input_bound)   # engine 4's layers are Linear8
+            if bound >= OUTPUT_LIMIT:
+                raise ValueError(f"{name}: outputs up to {bound} (2**{bound.bit_length() - 1} or more) "
+                                 "could overflow int64; the weights are too large for the exact engine")
 
     def _integer_arrays(self) -> list[np.ndarray]:
         arrays = [self.embed]

@@ -62,7 +62,8 @@ def inverse_frequencies(theta: str, head_dim: int, scaling: tuple[tuple[str, str
 
 
 @functools.lru_cache(maxsize=8)
-def rope_table(theta: str, head_dim: int, scaling: tuple[tuple[str, str], ...], positions: int) -> tuple[np.ndarray, np.ndarray]:
+def rope_table(theta: str, head_dim: int, scaling: tuple[tuple[str, str], ...],
+               positions: int) -> tuple[np.ndarray, np.ndarray]:
     """int64 (positions, head_dim / 2) cosines and sines with ROPE_FRAC fraction bits."""
     half = head_dim // 2
     cos = np.empty((positions, half), dtype=np.int64)

@@ -5,6 +5,13 @@ arithmetic (a rounding, a table, a fixed-point format) is a new entry beside the
 and each architecture writes the newest entry that lists it. The architectures ask their
 entry for its parts (how to quantise a linear layer, which attention) instead of comparing
 version numbers, so a new entry inherits nothing by accident.
+
+An entry's arithmetic is more than the parts it lists: it includes the constants and tables its
+architecture modules compute with. Engine 4 is also ``llama.MAX_CONTEXT``, ``llama.GATE_CLIP``,
+``rope.ROPE_FRAC`` and the decimal rotary tables, the SiLU table (``fixedpoint.SILU_HALF_RANGE``,
+cells of 2**-6) and its interpolation, ``fixedpoint.rms_norm`` and the fixed-point formats of
+:mod:`.common` (tests/test_engine4_pins.py pins them by value). Those belong to engine 4: changing
+any of them is a new entry, with engine 4 keeping the old ones.
 """
 
 from __future__ import annotations
