@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -259,7 +260,7 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     """The Markdown report (and, with ``out``, roofline.md and roofline.json written there)."""
     m, peaks = result["machine"], result["peaks"]
     lines = [f"# Roofline: `{result['command']}`", "",
-             f"{m['date']}, {m['cpu']}, {m['cores']} cores, codec workers: {m['workers']}, Python {m['python']}, "
+             f"{m['date']}, tree {m['tree'] or 'unknown'}, {m['cpu']}, {m['cores']} cores, codec workers: {m['workers']}, Python {m['python']}, "
              f"torch {m['torch']}; first {result['kb']} KB of {', '.join(result['files'])}."
              + (" **Contended**: the machine was busy with other jobs while this ran; compare ratios "
                 "within this run, not absolute numbers across runs." if m["contended"] else ""), "",
@@ -311,7 +312,17 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "tree": _tree()}
+
+
+def _tree() -> str:
+    """The measured tree: its git commit, with "+changes" if the working tree differs ("" outside git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+changes" if head and git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main() -> None:
