@@ -280,26 +280,31 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {r['ops_per_token'] / 1e6:.1f} | {r['mode']} | {r['op']} | {r['tokens']:,} | "
                      f"{r['tok_s']:,.0f} | {r['kb_s']:.1f} | {r['gops']:.1f} | {r['pct_int8_peak']:.2f} |")
-    lines += ["", "## Where the time goes", "",
-              "Share of the process's CPU time (all threads) per stage, from a second, instrumented run "
-              "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage). "
-              "CPU/wall: cores kept busy. GEMM GOPS/core: the GEMMs' own rate per CPU-second, to compare with "
-              "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time.", "",
-              "| model | mode | op | " + " | ".join(c for _, c in STAGE_COLUMNS) + " | CPU/wall | GEMM GOPS/core | overhead |",
-              "|---|---|---|" + "---:|" * (len(STAGE_COLUMNS) + 3)]
-    for r in result["rows"]:
-        shares = " | ".join(f"{r['stage_pct'][s]:.1f}" for s, _ in STAGE_COLUMNS)
-        lines.append(f"| {r['model']} | {r['mode']} | {r['op']} | {shares} | {r['cpu'] / r['wall']:.2f} | "
-                     f"{r['gemm_gops_per_core']:.0f} | {r['timer_overhead_pct']:+.0f}% |")
-    from stage_timer import DESCRIPTIONS
-
-    lines += ["", "Stages:", ""] + [f"* {c}: {DESCRIPTIONS[s]}" for s, c in STAGE_COLUMNS]
+    lines += _breakdown_lines(result["rows"])
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "roofline.md").write_text(text)
         (out / "roofline.json").write_text(json.dumps(result, indent=1))
     return text
+
+
+def _breakdown_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's stage table and the stages' descriptions."""
+    from stage_timer import DESCRIPTIONS
+
+    lines = ["", "## Where the time goes", "",
+             "Share of the process's CPU time (all threads) per stage, from a second, instrumented run "
+             "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage). "
+             "CPU/wall: cores kept busy. GEMM GOPS/core: the GEMMs' own rate per CPU-second, to compare with "
+             "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time.", "",
+             "| model | mode | op | " + " | ".join(c for _, c in STAGE_COLUMNS) + " | CPU/wall | GEMM GOPS/core | overhead |",
+             "|---|---|---|" + "---:|" * (len(STAGE_COLUMNS) + 3)]
+    for r in rows:
+        shares = " | ".join(f"{r['stage_pct'][s]:.1f}" for s, _ in STAGE_COLUMNS)
+        lines.append(f"| {r['model']} | {r['mode']} | {r['op']} | {shares} | {r['cpu'] / r['wall']:.2f} | "
+                     f"{r['gemm_gops_per_core']:.0f} | {r['timer_overhead_pct']:+.0f}% |")
+    return lines + ["", "Stages:", ""] + [f"* {c}: {DESCRIPTIONS[s]}" for s, c in STAGE_COLUMNS]
 
 
 def machine() -> dict[str, Any]:
