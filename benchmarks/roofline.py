@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -259,7 +260,7 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     """The Markdown report (and, with ``out``, roofline.md and roofline.json written there)."""
     m, peaks = result["machine"], result["peaks"]
     lines = [f"# Roofline: `{result['command']}`", "",
-             f"{m['date']}, {m['cpu']}, {m['cores']} cores, codec workers: {m['workers']}, Python {m['python']}, "
+             f"{m['date']}, tree {m['tree'] or 'unknown'}, {m['cpu']}, {m['cores']} cores, codec workers: {m['workers']}, Python {m['python']}, "
              f"torch {m['torch']}; first {result['kb']} KB of {', '.join(result['files'])}."
              + (" **Contended**: the machine was busy with other jobs while this ran; compare ratios "
                 "within this run, not absolute numbers across runs." if m["contended"] else ""), "",
@@ -279,26 +280,31 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {r['ops_per_token'] / 1e6:.1f} | {r['mode']} | {r['op']} | {r['tokens']:,} | "
                      f"{r['tok_s']:,.0f} | {r['kb_s']:.1f} | {r['gops']:.1f} | {r['pct_int8_peak']:.2f} |")
-    lines += ["", "## Where the time goes", "",
-              "Share of the process's CPU time (all threads) per stage, from a second, instrumented run "
-              "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage). "
-              "CPU/wall: cores kept busy. GEMM GOPS/core: the GEMMs' own rate per CPU-second, to compare with "
-              "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time.", "",
-              "| model | mode | op | " + " | ".join(c for _, c in STAGE_COLUMNS) + " | CPU/wall | GEMM GOPS/core | overhead |",
-              "|---|---|---|" + "---:|" * (len(STAGE_COLUMNS) + 3)]
-    for r in result["rows"]:
-        shares = " | ".join(f"{r['stage_pct'][s]:.1f}" for s, _ in STAGE_COLUMNS)
-        lines.append(f"| {r['model']} | {r['mode']} | {r['op']} | {shares} | {r['cpu'] / r['wall']:.2f} | "
-                     f"{r['gemm_gops_per_core']:.0f} | {r['timer_overhead_pct']:+.0f}% |")
-    from stage_timer import DESCRIPTIONS
-
-    lines += ["", "Stages:", ""] + [f"* {c}: {DESCRIPTIONS[s]}" for s, c in STAGE_COLUMNS]
+    lines += _breakdown_lines(result["rows"])
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "roofline.md").write_text(text)
         (out / "roofline.json").write_text(json.dumps(result, indent=1))
     return text
+
+
+def _breakdown_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's stage table and the stages' descriptions."""
+    from stage_timer import DESCRIPTIONS
+
+    lines = ["", "## Where the time goes", "",
+             "Share of the process's CPU time (all threads) per stage, from a second, instrumented run "
+             "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage). "
+             "CPU/wall: cores kept busy. GEMM GOPS/core: the GEMMs' own rate per CPU-second, to compare with "
+             "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time.", "",
+             "| model | mode | op | " + " | ".join(c for _, c in STAGE_COLUMNS) + " | CPU/wall | GEMM GOPS/core | overhead |",
+             "|---|---|---|" + "---:|" * (len(STAGE_COLUMNS) + 3)]
+    for r in rows:
+        shares = " | ".join(f"{r['stage_pct'][s]:.1f}" for s, _ in STAGE_COLUMNS)
+        lines.append(f"| {r['model']} | {r['mode']} | {r['op']} | {shares} | {r['cpu'] / r['wall']:.2f} | "
+                     f"{r['gemm_gops_per_core']:.0f} | {r['timer_overhead_pct']:+.0f}% |")
+    return lines + ["", "Stages:", ""] + [f"* {c}: {DESCRIPTIONS[s]}" for s, c in STAGE_COLUMNS]
 
 
 def machine() -> dict[str, Any]:
@@ -311,7 +317,17 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "tree": _tree()}
+
+
+def _tree() -> str:
+    """The measured tree: its git commit, with "+changes" if the working tree differs ("" outside git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+changes" if head and git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main() -> None:

@@ -88,7 +88,6 @@ class StageTimer:
         self._threads: list[dict[str, int]] = []
         self._lock = threading.Lock()
         self._saved: list[tuple[Any, str, Any]] = []
-        self.calls = 0
         self.cpu = 0.0
         self.wall = 0.0
 
@@ -125,7 +124,6 @@ class StageTimer:
                 clock.registered = True
                 with self._lock:
                     self._threads.append(clock.charged)
-            self.calls += 1   # approximate under threads (unlocked), only used to size the overhead
             stack = clock.stack
             now = time.thread_time_ns()
             if stack:

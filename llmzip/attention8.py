@@ -38,6 +38,10 @@ ATT_FRAC = 8             # attention scores: 1/256 nat
 ATT_WEIGHT_BITS = 15     # attention weights: exp(0) == 2**15 (high byte <= 128)
 SPAN = 512               # positions per value GEMM: 255 * 127 * 512 < 2**24 keeps float32 exact
 ATTEND_BUDGET = 1 << 22  # entries of the largest (rows, heads, T, S) temporary (speed/memory only)
+# Score of a masked (future) position: far below every real score (|score| < 2**37: quantised
+# queries below 2**37, keys below 2**21, at most 2**11 terms, over 2**32), and its gap to the
+# row's maximum still fits an int64.
+MASKED = -float(2**62)
 
 
 def check_bounds(head_dim: int) -> None:
@@ -122,32 +126,47 @@ def attend(q: np.ndarray, cache: KVCache8, layer: int, start: int) -> np.ndarray
 def _attend_rows(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,
                  start: int, end: int) -> np.ndarray:
     """Queries (R, kv_heads, G * T, hd), G query heads of T positions each per key/value head."""
-    keys = cache.keys[layer][part, :, :end]
-    dot = np.matmul(q8.astype(np.float32), keys.swapaxes(-1, -2).astype(np.float32))   # exact
-    scores = dot.astype(np.float64)
-    scores *= np.ldexp(1.0, eq)[..., None]
-    scores *= cache.key_scale[layer][part, :, None, :end]
-    scores += 0.5
-    np.floor(scores, out=scores)
-    t_new, group = end - start, q8.shape[2] // (end - start)
-    if t_new > 1:                                   # a single new token sees every key
-        position = start + np.arange(group * t_new) % t_new
-        future = np.arange(end)[None, :] > position[:, None]
-        scores[..., future] = -np.inf
-    table = _weight_table()
-    gap = scores.max(-1, keepdims=True) - scores
-    np.minimum(gap, len(table) - 1, out=gap)        # -inf gaps (masked) become the last entry, 0
-    weights = np.take(table, gap.astype(np.intp))   # int32, <= 2**15
+    weights = _attention_weights(q8, eq, cache, layer, part, start, end)
     den = weights.sum(-1, dtype=np.int64)[..., None]
+    group = q8.shape[2] // (end - start)
     top = cache.value_max[layer][part, :, start:end]                               # E per query
     top = (np.tile(top, (1, 1, group)) if group > 1 else top)[..., None]
-    shift = top - cache.value_exp[layer][part, :, None, :end]   # < 0 only where the weight is 0
-    np.maximum(shift, 0, out=shift)
-    np.minimum(shift, 31, out=shift)
-    weights >>= shift.astype(np.int32)
+    # w >> (E - e_s). The shift is < 0 only where the weight is 0 (future positions), and numpy's
+    # shifts are defined for any count (a count < 0 or >= 32 gives 0 for w >= 0), so no clipping.
+    weights >>= top.astype(np.int32) - cache.value_exp[layer][part, :, None, :end].astype(np.int32)
     num = _weighted_values(weights, cache.values[layer][part, :, :end])
     num <<= top
     return (2 * num + den) // (2 * den)
+
+
+def _attention_weights(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,
+                       start: int, end: int) -> np.ndarray:
+    """int32 weights ``round(2**15 * exp(score - max))`` (R, kv_heads, G * T, end), 0 where masked.
+
+    ``2**eq`` is folded into the float32 queries: every term of a dot product carries the same
+    power of two, so the sums stay exact (integers below 2**24 times 2**eq) and equal to
+    ``dot * 2**eq`` taken afterwards in float64.
+    """
+    keys = cache.keys[layer][part, :, :end]
+    queries = np.ldexp(q8.astype(np.float32), eq[..., None])
+    scores = np.matmul(queries, keys.swapaxes(-1, -2).astype(np.float32)).astype(np.float64)
+    scores *= cache.key_scale[layer][part, :, None, :end]
+    scores += _round_or_mask(q8.shape[2] // (end - start), start, end)
+    np.floor(scores, out=scores)
+    np.subtract(scores.max(-1, keepdims=True), scores, out=scores)   # the gaps to each row's maximum
+    # Gaps past the table (masked positions among them) take its last entry, 0.
+    return np.take(_weight_table(), scores.astype(np.intp), mode="clip")
+
+
+def _round_or_mask(group: int, start: int, end: int) -> np.ndarray | float:
+    """What to add to the scores of query rows (G heads x positions ``start``...``end - 1``) over
+    keys ``0..end - 1`` before the floor: 1/2 (rounding) where a key is visible, ``MASKED`` where
+    it is in the query's future. ``MASKED + score`` stays below ``-2**61``: still masked."""
+    t_new = end - start
+    if t_new == 1:                                  # a single new token sees every key
+        return 0.5
+    position = start + np.arange(group * t_new) % t_new
+    return np.where(np.arange(end)[None, :] > position[:, None], MASKED, 0.5)
 
 
 def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -156,7 +175,9 @@ def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     total = np.zeros(weights.shape[:-1] + (values.shape[-1],), dtype=np.int64)
     for s0 in range(0, values.shape[-2], SPAN):
         w = weights[..., s0 : s0 + SPAN]
-        both = np.concatenate([w >> 8, w & 255], axis=-2).astype(np.float32)
+        both = np.empty(w.shape[:-2] + (2 * t_new, w.shape[-1]), dtype=np.float32)
+        np.right_shift(w, 8, out=both[..., :t_new, :], casting="unsafe")     # high bytes, then low bytes
+        np.bitwise_and(w, 255, out=both[..., t_new:, :], casting="unsafe")
         prod = np.matmul(both, values[..., s0 : s0 + SPAN, :].astype(np.float32)).astype(np.int64)
         total += prod[..., :t_new, :] << 8
         total += prod[..., t_new:, :]

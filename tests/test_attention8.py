@@ -91,3 +91,24 @@ def test_bytes_per_row_counts_every_array_of_the_cache():
     held = sum(a.nbytes for arrays in (cache.keys, cache.values, cache.key_scale, cache.value_exp,
                                        cache.value_max) for a in arrays)
     assert KVCache8.bytes_per_row(3, 4, 16, 8) * 2 == held
+
+
+def test_masking_and_value_shifts_rely_on_zero_weights():
+    """Gaps past the weight table (masked positions among them) are clipped to its last entry,
+    which must be 0; weights are shifted by counts that can be negative (only where the weight is
+    0: future positions) or >= 32, which numpy defines as 0 for non-negative weights."""
+    assert attention8._weight_table()[-1] == 0
+    weights = np.array([0, 0, 5, 2**15, 2**15], dtype=np.int32)
+    counts = np.array([-7, -40, 40, 31, 15], dtype=np.int32)
+    assert (weights >> counts).tolist() == [0, 0, 0, 0, 1]
+
+
+def test_masked_positions_get_no_weight():
+    """A block of new positions: each query's weights over its future keys are exactly 0."""
+    q, k, v = _qkv(2, 2, 12, 64, seed=4)
+    cache = KVCache8(1, 2, 2, 12, 64)
+    store(cache, 0, k, v, 0, SHIFT)
+    q8, eq = attention8.quantize_vectors(q * 8192)
+    weights = attention8._attention_weights(q8, eq, cache, 0, slice(0, 2), 0, 12)
+    future = np.triu(np.ones((12, 12), dtype=bool), 1)
+    assert not weights[..., future].any() and weights[..., ~future].max() == 2**15
