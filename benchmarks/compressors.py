@@ -13,6 +13,7 @@ import lzma
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Codec = Callable[[bytes], bytes]
@@ -135,3 +136,11 @@ def measure_classic(comp: Compressor, file: str, data: bytes, repeats: int) -> d
     blob, c_s = best_time(comp.compress, data, repeats)
     back, d_s = best_time(comp.decompress, blob, repeats)
     return base_entry(file, comp.name, comp.params, len(data), len(blob), c_s, d_s, back == data)
+
+
+def files_of(paths: list[Path]) -> list[Path]:
+    """The given files, and the files of the given directories (sorted; README* describe, not data)."""
+    out: list[Path] = []
+    for p in paths:
+        out += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("README")) if p.is_dir() else [p]
+    return out

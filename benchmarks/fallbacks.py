@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from compressors import files_of
+
 Codec = Callable[[bytes], bytes]
 
 
@@ -47,13 +49,6 @@ def candidates() -> dict[str, Codec]:
         "brotli 9": lambda d: brotli.compress(d, quality=9, lgwin=24),
         "zstd 19": zstandard.ZstdCompressor(level=19).compress,
     }
-
-
-def files_of(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        out += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("README")) if p.is_dir() else [p]
-    return out
 
 
 def main() -> int:

@@ -23,13 +23,7 @@ sys.path.insert(0, str(REPO))
 from llmzip import codec  # noqa: E402
 from llmzip.frames import coding, lm, methods, split  # noqa: E402
 from llmzip.model import load_model  # noqa: E402
-
-
-def files_of(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        out += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("README")) if p.is_dir() else [p]
-    return out
+from compressors import files_of  # noqa: E402
 
 
 def main() -> int:
