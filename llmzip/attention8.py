@@ -1,9 +1,10 @@
 """8-bit attention for the exact engine, engines 3 and later.
 
 Decoding is bound by reading the KV cache: at every step each row reads all its earlier keys
-and values. Version 2 kept them as float64 (8 bytes per number); this version keeps them as
-int8 with a power-of-two exponent per vector (1 byte), and computes both attention products
-as float32 GEMMs on small integers, which are exact in any summation order:
+and values. This arithmetic quantises them to int8 with a power-of-two exponent per vector and
+computes both attention products as float32 GEMMs on small integers, which are exact in any
+summation order. The cache holds them as those float32 numbers (converted once, when stored,
+rather than at every step):
 
 * query (already multiplied by ``round(2**16 / sqrt(head_dim))``), key and value vectors are
   quantised per (row, head, position) by :func:`llmzip.linear8.quantize_rows`: ``x ~ q * 2**e``
@@ -36,6 +37,7 @@ from .linear8 import Q_MAX, quantize_rows
 
 ATT_FRAC = 8             # attention scores: 1/256 nat
 ATT_WEIGHT_BITS = 15     # attention weights: exp(0) == 2**15 (high byte <= 128)
+FIRST_CAPACITY = 64      # positions a new KV cache has room for before it grows (memory only)
 SPAN = 512               # positions per value GEMM: 255 * 127 * 512 < 2**24 keeps float32 exact
 ATTEND_BUDGET = 1 << 22  # entries of the largest (rows, heads, T, S) temporary (speed/memory only)
 # Score of a masked (future) position: far below every real score (|score| < 2**37: quantised
@@ -51,27 +53,53 @@ def check_bounds(head_dim: int) -> None:
 
 
 class KVCache8:
-    """Keys and values of every layer as int8 vectors with one exponent each.
+    """Keys and values of every layer, quantised to int8 vectors with one exponent each, held as
+    the float32 numbers the attention GEMMs read (every int8 value times a power of two is exact
+    in float32), so a decoding step never converts the prefix again.
 
-    ``keys[l]``, ``values[l]``: int8 (rows, heads, capacity, head_dim). ``key_scale[l]``:
-    float64 (rows, heads, capacity), ``2**(e_k - score_shift)``. ``value_exp[l]``: int64
-    (rows, heads, capacity), and ``value_max[l]`` its running maximum along positions.
+    ``keys[l]``: float32 (rows, heads, capacity, head_dim), ``q_k * 2**(e_k - score_shift)``.
+    ``values[l]``: float32 (rows, heads, capacity, head_dim), ``q_v``. ``value_exp[l]``: int64
+    (rows, heads, capacity), ``e_v``, and ``value_max[l]`` its running maximum along positions.
+
+    The arrays start with room for :data:`FIRST_CAPACITY` positions and double as positions are
+    stored, up to ``capacity``: a chunk shorter than the model's context holds no more than it needs.
     """
 
     def __init__(self, n_layer: int, rows: int, n_head: int, capacity: int, head_dim: int) -> None:
-        shape = (rows, n_head, capacity)
-        self.keys = [np.zeros(shape + (head_dim,), dtype=np.int8) for _ in range(n_layer)]
-        self.values = [np.zeros(shape + (head_dim,), dtype=np.int8) for _ in range(n_layer)]
-        self.key_scale = [np.zeros(shape) for _ in range(n_layer)]
+        self.limit = capacity
+        shape = (rows, n_head, min(capacity, FIRST_CAPACITY))
+        self.keys = [np.zeros(shape + (head_dim,), dtype=np.float32) for _ in range(n_layer)]
+        self.values = [np.zeros(shape + (head_dim,), dtype=np.float32) for _ in range(n_layer)]
         self.value_exp = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
         self.value_max = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
         self.length = 0
 
+    def reserve(self, end: int) -> None:
+        """Make room for positions up to ``end`` (at most the capacity given at construction)."""
+        held = self.keys[0].shape[2]
+        if end <= held:
+            return
+        if end > self.limit:
+            raise ValueError(f"KV cache: position {end} beyond its capacity of {self.limit}")
+        size = min(self.limit, max(end, 2 * held))
+        for arrays in (self.keys, self.values, self.value_exp, self.value_max):
+            for i, a in enumerate(arrays):
+                grown = np.zeros(a.shape[:2] + (size,) + a.shape[3:], dtype=a.dtype)
+                grown[:, :, :held] = a
+                arrays[i] = grown
+
     @staticmethod
     def bytes_per_row(n_layer: int, n_head: int, capacity: int, head_dim: int) -> int:
-        """Bytes one row of this cache holds: int8 keys and values, three 8-byte numbers per
-        (head, position)."""
+        """The cache size by which the codec sizes its groups (``codec.default_group``), so part of
+        the archive format: int8 keys and values and three 8-byte numbers per (head, position).
+        Never change it. The arrays held are larger (:meth:`held_bytes_per_row`)."""
         return n_layer * n_head * capacity * (2 * head_dim + 24)
+
+    @staticmethod
+    def held_bytes_per_row(n_layer: int, n_head: int, capacity: int, head_dim: int) -> int:
+        """Bytes one row of this cache really holds: float32 keys and values, two int64 numbers per
+        (head, position)."""
+        return n_layer * n_head * capacity * (8 * head_dim + 16)
 
     @property
     def rows(self) -> int:
@@ -79,7 +107,7 @@ class KVCache8:
 
     def keep(self, rows: np.ndarray) -> None:
         """Drop every row not listed in ``rows`` (e.g. chunks that have ended)."""
-        for arrays in (self.keys, self.values, self.key_scale, self.value_exp, self.value_max):
+        for arrays in (self.keys, self.values, self.value_exp, self.value_max):
             arrays[:] = [a[rows] for a in arrays]
 
 
@@ -90,13 +118,19 @@ def quantize_vectors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def store(cache: KVCache8, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
-    """Quantise keys and values (rows, H, T, hd) and append them at positions ``start``..."""
+    """Quantise keys and values (rows, H, T, hd) and append them at positions ``start``...
+
+    Keys are stored times ``2**(e_k - score_shift)``, a power of two from 2**-score_shift up to
+    2**(e_k - score_shift) < 2**31 (``e_k`` < 63): exact in float32 (see :func:`_attention_weights`).
+    """
     end = start + k.shape[2]
+    cache.reserve(end)
     k8, ek = quantize_vectors(k)
     v8, ev = quantize_vectors(v)
-    cache.keys[layer][:, :, start:end] = k8
+    keys = cache.keys[layer][:, :, start:end]
+    keys[...] = k8
+    np.ldexp(keys, (ek - score_shift).astype(np.int32)[..., None], out=keys)
     cache.values[layer][:, :, start:end] = v8
-    cache.key_scale[layer][:, :, start:end] = np.ldexp(1.0, ek - score_shift)
     cache.value_exp[layer][:, :, start:end] = ev
     running = np.maximum.accumulate(ev, axis=-1)
     if start:
@@ -143,14 +177,14 @@ def _attention_weights(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: i
                        start: int, end: int) -> np.ndarray:
     """int32 weights ``round(2**15 * exp(score - max))`` (R, kv_heads, G * T, end), 0 where masked.
 
-    ``2**eq`` is folded into the float32 queries: every term of a dot product carries the same
-    power of two, so the sums stay exact (integers below 2**24 times 2**eq) and equal to
-    ``dot * 2**eq`` taken afterwards in float64.
+    ``2**eq`` is folded into the float32 queries and ``2**(e_k - SHIFT)`` into the stored keys:
+    every term of a dot product carries the same power of two, so each float32 sum is an integer
+    below 2**24 times ``2**(eq + e_k - SHIFT)`` (``e_q, e_k < 63``: between 2**-SHIFT and 2**117, inside
+    float32's normal range), exact whatever the summation order, and equal to ``dot * 2**(eq + e_k - SHIFT)``
+    taken in float64.
     """
-    keys = cache.keys[layer][part, :, :end]
-    queries = np.ldexp(q8.astype(np.float32), eq[..., None])
-    scores = np.matmul(queries, keys.swapaxes(-1, -2).astype(np.float32)).astype(np.float64)
-    scores *= cache.key_scale[layer][part, :, None, :end]
+    queries = np.ldexp(q8.astype(np.float32), eq[..., None].astype(np.int32))
+    scores = np.matmul(queries, cache.keys[layer][part, :, :end].swapaxes(-1, -2)).astype(np.float64)
     scores += _round_or_mask(q8.shape[2] // (end - start), start, end)
     np.floor(scores, out=scores)
     np.subtract(scores.max(-1, keepdims=True), scores, out=scores)   # the gaps to each row's maximum
@@ -158,19 +192,24 @@ def _attention_weights(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: i
     return np.take(_weight_table(), scores.astype(np.intp), mode="clip")
 
 
+@functools.lru_cache(maxsize=16)
 def _round_or_mask(group: int, start: int, end: int) -> np.ndarray | float:
     """What to add to the scores of query rows (G heads x positions ``start``...``end - 1``) over
     keys ``0..end - 1`` before the floor: 1/2 (rounding) where a key is visible, ``MASKED`` where
-    it is in the query's future. ``MASKED + score`` stays below ``-2**61``: still masked."""
+    it is in the query's future. ``MASKED + score`` stays below ``-2**61``: still masked.
+    Cached (read-only): every layer of a forward call adds the same one."""
     t_new = end - start
     if t_new == 1:                                  # a single new token sees every key
         return 0.5
     position = start + np.arange(group * t_new) % t_new
-    return np.where(np.arange(end)[None, :] > position[:, None], MASKED, 0.5)
+    mask = np.where(np.arange(end)[None, :] > position[:, None], MASKED, 0.5)
+    mask.setflags(write=False)
+    return mask
 
 
 def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Exact ``weights @ values`` (int32 <= 2**15 by int8) as int64, via byte-split float32 GEMMs."""
+    """Exact ``weights @ values`` (int32 <= 2**15 by int8 values held as float32) as int64, via
+    byte-split float32 GEMMs."""
     t_new = weights.shape[-2]
     total = np.zeros(weights.shape[:-1] + (values.shape[-1],), dtype=np.int64)
     for s0 in range(0, values.shape[-2], SPAN):
@@ -178,7 +217,7 @@ def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
         both = np.empty(w.shape[:-2] + (2 * t_new, w.shape[-1]), dtype=np.float32)
         np.right_shift(w, 8, out=both[..., :t_new, :], casting="unsafe")     # high bytes, then low bytes
         np.bitwise_and(w, 255, out=both[..., t_new:, :], casting="unsafe")
-        prod = np.matmul(both, values[..., s0 : s0 + SPAN, :].astype(np.float32)).astype(np.int64)
+        prod = np.matmul(both, values[..., s0 : s0 + SPAN, :]).astype(np.int64)
         total += prod[..., :t_new, :] << 8
         total += prod[..., t_new:, :]
     return total

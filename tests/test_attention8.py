@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
+import attention8_reference
 from llmzip import attention8
 from llmzip.attention8 import KVCache8, attend, store
 
@@ -17,16 +20,32 @@ def _qkv(rows: int, heads: int, length: int, head_dim: int, seed: int) -> tuple[
     return tuple(rng.integers(-(2**19), 2**19, size=(rows, heads, length, head_dim)) >> scale for _ in range(3))
 
 
-def _run(q: np.ndarray, k: np.ndarray, v: np.ndarray, step: int) -> np.ndarray:
+def _run(q: np.ndarray, k: np.ndarray, v: np.ndarray, step: int, module: Any = attention8) -> np.ndarray:
     """Attention over the whole sequence, feeding ``step`` positions per call."""
     rows, heads, length, head_dim = q.shape
-    cache = KVCache8(1, rows, heads, length, head_dim)
+    cache = module.KVCache8(1, rows, k.shape[1], length, head_dim)
     parts = []
     for t0 in range(0, length, step):
         sl = slice(t0, t0 + step)
-        store(cache, 0, k[:, :, sl], v[:, :, sl], t0, SHIFT)
-        parts.append(attend(q[:, :, sl] * 8192, cache, 0, t0))   # 8192: 2**16 / sqrt(64)
+        module.store(cache, 0, k[:, :, sl], v[:, :, sl], t0, SHIFT)
+        parts.append(module.attend(q[:, :, sl] * 8192, cache, 0, t0))   # 8192: 2**16 / sqrt(64)
     return np.concatenate(parts, axis=2)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_same_numbers_as_the_reference_implementation(seed):
+    """The cache of float32 numbers gives exactly the results of the frozen first version (int8
+    cache converted at every step), for grouped heads, any step size and activations of any
+    size the engines produce (queries times the scale below 2**37, keys and values below 2**31)."""
+    rng = np.random.default_rng(seed)
+    rows, kv_heads, group = (int(x) for x in rng.integers(1, 4, size=3))
+    head_dim, length = int(rng.choice([2, 8, 64, 128])), int(rng.integers(1, 70))
+    bits = int(rng.choice([8, 20, 31]))
+    sizes = rng.integers(0, bits, size=(rows, 1, length, 1))       # vectors of very different sizes
+    q = (rng.integers(-(2**bits), 2**bits, size=(rows, kv_heads * group, length, head_dim)) >> sizes) >> 14
+    k, v = (rng.integers(-(2**bits), 2**bits, size=(rows, kv_heads, length, head_dim)) >> sizes for _ in "kv")
+    step = int(rng.integers(1, length + 1))
+    assert np.array_equal(_run(q, k, v, step), _run(q, k, v, step, attention8_reference))
 
 
 def test_weighted_values_is_exact_beyond_one_span(monkeypatch):
@@ -76,7 +95,7 @@ def test_keep_drops_rows_of_every_array():
     assert cache.rows == 2
     single = KVCache8(1, 1, 2, 10, 64)
     store(single, 0, k[2:3], v[2:3], 0, SHIFT)
-    for name in ("keys", "values", "key_scale", "value_exp", "value_max"):
+    for name in ("keys", "values", "value_exp", "value_max"):
         assert np.array_equal(getattr(cache, name)[0][0], getattr(single, name)[0][0]), name
 
 
@@ -86,11 +105,15 @@ def test_head_size_that_would_overflow_float32_is_refused():
         attention8.check_bounds(1041)
 
 
-def test_bytes_per_row_counts_every_array_of_the_cache():
+def test_held_bytes_per_row_counts_every_array_of_the_cache():
     cache = KVCache8(3, 2, 4, 16, 8)
-    held = sum(a.nbytes for arrays in (cache.keys, cache.values, cache.key_scale, cache.value_exp,
-                                       cache.value_max) for a in arrays)
-    assert KVCache8.bytes_per_row(3, 4, 16, 8) * 2 == held
+    held = sum(a.nbytes for arrays in (cache.keys, cache.values, cache.value_exp, cache.value_max) for a in arrays)
+    assert KVCache8.held_bytes_per_row(3, 4, 16, 8) * 2 == held
+
+
+def test_bytes_per_row_is_the_frozen_group_sizing_formula():
+    """codec.default_group sizes groups by it, and groups shape archives: its value never changes."""
+    assert KVCache8.bytes_per_row(3, 4, 16, 8) == 3 * 4 * 16 * (2 * 8 + 24)
 
 
 def test_masking_and_value_shifts_rely_on_zero_weights():
@@ -112,3 +135,15 @@ def test_masked_positions_get_no_weight():
     weights = attention8._attention_weights(q8, eq, cache, 0, slice(0, 2), 0, 12)
     future = np.triu(np.ones((12, 12), dtype=bool), 1)
     assert not weights[..., future].any() and weights[..., ~future].max() == 2**15
+
+
+def test_cache_grows_as_positions_are_stored_and_refuses_past_its_capacity():
+    q, k, v = _qkv(2, 2, 150, 8, seed=6)
+    cache = KVCache8(2, 2, 2, 150, 8)
+    assert cache.keys[0].shape[2] == attention8.FIRST_CAPACITY
+    store(cache, 1, k[:, :, :100], v[:, :, :100], 0, SHIFT)
+    assert cache.keys[0].shape[2] == cache.values[1].shape[2] == 128
+    store(cache, 1, k[:, :, 100:], v[:, :, 100:], 100, SHIFT)
+    assert cache.value_max[0].shape[2] == 150
+    with pytest.raises(ValueError, match="capacity"):
+        cache.reserve(151)

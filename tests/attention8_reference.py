@@ -1,0 +1,194 @@
+"""Test oracle: llmzip.attention8 as first written (int8 cache converted to float32 at every
+step). Frozen here, never optimised, so that the faster module can be compared with it on
+random inputs (tests/test_attention8.py). Do not edit.
+
+8-bit attention for the exact engine, engines 3 and later.
+
+Decoding is bound by reading the KV cache: at every step each row reads all its earlier keys
+and values. Version 2 kept them as float64 (8 bytes per number); this version keeps them as
+int8 with a power-of-two exponent per vector (1 byte), and computes both attention products
+as float32 GEMMs on small integers, which are exact in any summation order:
+
+* query (already multiplied by ``round(2**16 / sqrt(head_dim))``), key and value vectors are
+  quantised per (row, head, position) by :func:`llmzip.linear8.quantize_rows`: ``x ~ q * 2**e``
+  with ``|q| <= 127``;
+* scores: ``dot = q_q . q_k`` is an integer with ``|dot| <= head_dim * 127**2 < 2**24``, so a
+  float32 GEMM computes it exactly; ``round(dot * 2**(e_q + e_k - 32))`` (1/256 nat) is exact
+  in float64 (a power-of-two multiple of a 21-bit integer, plus 1/2);
+* weights ``w = round(2**15 * exp(score - max))`` from an exact table;
+* values of a position ``s`` enter with ``w_s >> (E - e_s)``, where ``E`` is the largest value
+  exponent among the positions the query sees (a running maximum, so a full pass and an
+  incremental pass agree). Those weights are split into bytes, ``w = 256 * hi + lo``, and
+  ``hi @ q_v`` and ``lo @ q_v`` are float32 GEMMs over at most :data:`SPAN` positions each,
+  every sum below ``255 * 127 * 512 < 2**24``: exact;
+* the output is ``round(2**E * (256 * HI + LO) / sum(w))`` in int64.
+
+Masked positions get weight exactly 0, so every query's result depends only on its prefix.
+Grouped-query attention (fewer key/value heads than query heads) runs the query heads that share
+a key/value head as extra query rows of that head: every number is the same as with one key/value
+head per query head holding copies.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from llmzip.fixedpoint import exp_table
+from llmzip.linear8 import Q_MAX, quantize_rows
+
+ATT_FRAC = 8             # attention scores: 1/256 nat
+ATT_WEIGHT_BITS = 15     # attention weights: exp(0) == 2**15 (high byte <= 128)
+SPAN = 512               # positions per value GEMM: 255 * 127 * 512 < 2**24 keeps float32 exact
+ATTEND_BUDGET = 1 << 22  # entries of the largest (rows, heads, T, S) temporary (speed/memory only)
+# Score of a masked (future) position: far below every real score (|score| < 2**37: quantised
+# queries below 2**37, keys below 2**21, at most 2**11 terms, over 2**32), and its gap to the
+# row's maximum still fits an int64.
+MASKED = -float(2**62)
+
+
+def check_bounds(head_dim: int) -> None:
+    """Raise ValueError unless the float32 score GEMM is exact for this head size."""
+    if head_dim * Q_MAX * Q_MAX >= 2**24:
+        raise ValueError(f"attention scores: head_dim {head_dim} too large for exact float32 sums")
+
+
+class KVCache8:
+    """Keys and values of every layer as int8 vectors with one exponent each.
+
+    ``keys[l]``, ``values[l]``: int8 (rows, heads, capacity, head_dim). ``key_scale[l]``:
+    float64 (rows, heads, capacity), ``2**(e_k - score_shift)``. ``value_exp[l]``: int64
+    (rows, heads, capacity), and ``value_max[l]`` its running maximum along positions.
+    """
+
+    def __init__(self, n_layer: int, rows: int, n_head: int, capacity: int, head_dim: int) -> None:
+        shape = (rows, n_head, capacity)
+        self.keys = [np.zeros(shape + (head_dim,), dtype=np.int8) for _ in range(n_layer)]
+        self.values = [np.zeros(shape + (head_dim,), dtype=np.int8) for _ in range(n_layer)]
+        self.key_scale = [np.zeros(shape) for _ in range(n_layer)]
+        self.value_exp = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
+        self.value_max = [np.zeros(shape, dtype=np.int64) for _ in range(n_layer)]
+        self.length = 0
+
+    @staticmethod
+    def bytes_per_row(n_layer: int, n_head: int, capacity: int, head_dim: int) -> int:
+        """Bytes one row of this cache holds: int8 keys and values, three 8-byte numbers per
+        (head, position)."""
+        return n_layer * n_head * capacity * (2 * head_dim + 24)
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0]
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Drop every row not listed in ``rows`` (e.g. chunks that have ended)."""
+        for arrays in (self.keys, self.values, self.key_scale, self.value_exp, self.value_max):
+            arrays[:] = [a[rows] for a in arrays]
+
+
+def quantize_vectors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 vectors and exponents for int64 ``x`` (..., n): ``x ~ q * 2**e`` per vector."""
+    q, e = quantize_rows(x.reshape(-1, x.shape[-1]))
+    return q.reshape(x.shape), e.reshape(x.shape[:-1])
+
+
+def store(cache: KVCache8, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
+    """Quantise keys and values (rows, H, T, hd) and append them at positions ``start``..."""
+    end = start + k.shape[2]
+    k8, ek = quantize_vectors(k)
+    v8, ev = quantize_vectors(v)
+    cache.keys[layer][:, :, start:end] = k8
+    cache.values[layer][:, :, start:end] = v8
+    cache.key_scale[layer][:, :, start:end] = np.ldexp(1.0, ek - score_shift)
+    cache.value_exp[layer][:, :, start:end] = ev
+    running = np.maximum.accumulate(ev, axis=-1)
+    if start:
+        np.maximum(running, cache.value_max[layer][:, :, start - 1 : start], out=running)
+    cache.value_max[layer][:, :, start:end] = running
+
+
+def attend(q: np.ndarray, cache: KVCache8, layer: int, start: int) -> np.ndarray:
+    """Causal attention of queries (rows, H, T, hd) at positions ``start``...; int64 (rows, H, T, hd).
+
+    ``q`` must already carry the 1/sqrt(head_dim) factor (see module docstring). ``H`` is a
+    multiple of the cache's key/value heads; query head ``h`` reads key/value head
+    ``h // (H / kv_heads)`` (the Hugging Face layout of grouped-query attention).
+    """
+    rows, heads, t_new, head_dim = q.shape
+    kv_heads = cache.keys[layer].shape[1]
+    end = start + t_new
+    q8, eq = quantize_vectors(q.reshape(rows, kv_heads, heads // kv_heads * t_new, head_dim))
+    out = np.empty(q8.shape, dtype=np.int64)
+    step = max(1, ATTEND_BUDGET // (heads * t_new * end))
+    for r in range(0, rows, step):
+        part = slice(r, r + step)
+        out[part] = _attend_rows(q8[part], eq[part], cache, layer, part, start, end)
+    return out.reshape(q.shape)
+
+
+def _attend_rows(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,
+                 start: int, end: int) -> np.ndarray:
+    """Queries (R, kv_heads, G * T, hd), G query heads of T positions each per key/value head."""
+    weights = _attention_weights(q8, eq, cache, layer, part, start, end)
+    den = weights.sum(-1, dtype=np.int64)[..., None]
+    group = q8.shape[2] // (end - start)
+    top = cache.value_max[layer][part, :, start:end]                               # E per query
+    top = (np.tile(top, (1, 1, group)) if group > 1 else top)[..., None]
+    # w >> (E - e_s). The shift is < 0 only where the weight is 0 (future positions), and numpy's
+    # shifts are defined for any count (a count < 0 or >= 32 gives 0 for w >= 0), so no clipping.
+    weights >>= top.astype(np.int32) - cache.value_exp[layer][part, :, None, :end].astype(np.int32)
+    num = _weighted_values(weights, cache.values[layer][part, :, :end])
+    num <<= top
+    return (2 * num + den) // (2 * den)
+
+
+def _attention_weights(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,
+                       start: int, end: int) -> np.ndarray:
+    """int32 weights ``round(2**15 * exp(score - max))`` (R, kv_heads, G * T, end), 0 where masked.
+
+    ``2**eq`` is folded into the float32 queries: every term of a dot product carries the same
+    power of two, so the sums stay exact (integers below 2**24 times 2**eq) and equal to
+    ``dot * 2**eq`` taken afterwards in float64.
+    """
+    keys = cache.keys[layer][part, :, :end]
+    queries = np.ldexp(q8.astype(np.float32), eq[..., None])
+    scores = np.matmul(queries, keys.swapaxes(-1, -2).astype(np.float32)).astype(np.float64)
+    scores *= cache.key_scale[layer][part, :, None, :end]
+    scores += _round_or_mask(q8.shape[2] // (end - start), start, end)
+    np.floor(scores, out=scores)
+    np.subtract(scores.max(-1, keepdims=True), scores, out=scores)   # the gaps to each row's maximum
+    # Gaps past the table (masked positions among them) take its last entry, 0.
+    return np.take(_weight_table(), scores.astype(np.intp), mode="clip")
+
+
+def _round_or_mask(group: int, start: int, end: int) -> np.ndarray | float:
+    """What to add to the scores of query rows (G heads x positions ``start``...``end - 1``) over
+    keys ``0..end - 1`` before the floor: 1/2 (rounding) where a key is visible, ``MASKED`` where
+    it is in the query's future. ``MASKED + score`` stays below ``-2**61``: still masked."""
+    t_new = end - start
+    if t_new == 1:                                  # a single new token sees every key
+        return 0.5
+    position = start + np.arange(group * t_new) % t_new
+    return np.where(np.arange(end)[None, :] > position[:, None], MASKED, 0.5)
+
+
+def _weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Exact ``weights @ values`` (int32 <= 2**15 by int8) as int64, via byte-split float32 GEMMs."""
+    t_new = weights.shape[-2]
+    total = np.zeros(weights.shape[:-1] + (values.shape[-1],), dtype=np.int64)
+    for s0 in range(0, values.shape[-2], SPAN):
+        w = weights[..., s0 : s0 + SPAN]
+        both = np.empty(w.shape[:-2] + (2 * t_new, w.shape[-1]), dtype=np.float32)
+        np.right_shift(w, 8, out=both[..., :t_new, :], casting="unsafe")     # high bytes, then low bytes
+        np.bitwise_and(w, 255, out=both[..., t_new:, :], casting="unsafe")
+        prod = np.matmul(both, values[..., s0 : s0 + SPAN, :].astype(np.float32)).astype(np.int64)
+        total += prod[..., :t_new, :] << 8
+        total += prod[..., t_new:, :]
+    return total
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_table() -> np.ndarray:
+    return exp_table(ATT_FRAC, ATT_WEIGHT_BITS, 12.0).astype(np.int32)
+
