@@ -34,10 +34,8 @@ def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def clip_inplace(a: np.ndarray, bound: int) -> np.ndarray:
-    """Clip ``a`` to ``[-bound, bound]`` in place and return it (np.clip costs more on small integer arrays)."""
-    np.minimum(a, bound, out=a)
-    np.maximum(a, -bound, out=a)
-    return a
+    """Clip ``a`` to ``[-bound, bound]`` in place and return it (one pass over ``a``)."""
+    return np.clip(a, -bound, bound, out=a)
 
 
 def check_gemm_bound(k: int, max_x: int, max_w: int, what: str) -> None:
@@ -164,13 +162,34 @@ def gelu_clipped(u: np.ndarray, kind: str, frac_bits: int, clip: int, step_bits:
 def silu(u: np.ndarray, frac_bits: int) -> np.ndarray:
     """SiLU of int64 fixed-point ``u`` (``frac_bits`` fraction bits, |u| < 2**62): the table's
     linear interpolation (cells of 2**-6) inside [-16, 16], ``u`` above and 0 below."""
-    limit = SILU_HALF_RANGE << frac_bits
-    c = clip_inplace(u.copy(), limit)
-    y = gelu_clipped(c, "silu", frac_bits, limit, half_range=SILU_HALF_RANGE)   # y(limit) = limit, y(-limit) = 0
-    c -= u
-    np.minimum(c, 0, out=c)          # limit - u where u > limit, else 0
-    y -= c                           # so y = u above the range and 0 below it
+    return activation_lookup(u, "silu", frac_bits, half_range=SILU_HALF_RANGE)
+
+
+def activation_lookup(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_range: int = 8) -> np.ndarray:
+    """:func:`gelu_clipped` of int64 ``u`` for any clip (|u| < 2**62), bit-identical: one read of
+    a table holding its value at every input of the table's range, ``u`` above it, 0 below it.
+
+    Inside the range the interpolation takes ~10 passes over ``u``; the full table (2**17 + 1
+    entries for SiLU at 12 fraction bits, 1 MiB) takes one.
+    """
+    limit = half_range << frac_bits
+    idx = np.clip(u, -limit, limit)
+    idx += limit
+    y = np.take(_activation_values(kind, frac_bits, step_bits, half_range), idx)
+    np.copyto(y, u, where=u > limit)      # the identity above the range
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _activation_values(kind: str, frac_bits: int, step_bits: int, half_range: int) -> np.ndarray:
+    """:func:`gelu_clipped` at every input ``-limit..limit`` (read-only). Its first entry is the
+    value below the range too, so it must be 0 (it is for GELU and SiLU: below 2**-20)."""
+    limit = half_range << frac_bits
+    table = gelu_clipped(np.arange(-limit, limit + 1, dtype=np.int64), kind, frac_bits, limit, step_bits, half_range)
+    if table[0] != 0:
+        raise ValueError(f"{kind}: the table's value at -{half_range} is not 0")
+    table.setflags(write=False)
+    return table
 
 
 def bit_length(a: np.ndarray) -> np.ndarray:
@@ -189,13 +208,23 @@ def layer_norm(
     d = h.shape[-1]
     mean = (2 * h.sum(-1, keepdims=True) + d) // (2 * d)
     z = _normalise(h - mean, eps, in_frac, out_frac)
-    return rshift_round(z * gamma, gamma_frac) + beta
+    _scale_round(z, gamma, gamma_frac)
+    z += beta
+    return z
 
 
 def rms_norm(h: np.ndarray, gamma: np.ndarray, eps: float, in_frac: int, out_frac: int, gamma_frac: int) -> np.ndarray:
     """RMSNorm over the last axis of int64 ``h`` (``in_frac`` fraction bits) -> ``out_frac`` bits:
     :func:`layer_norm` without the mean and the bias. ``gamma`` has ``gamma_frac`` fraction bits."""
-    return rshift_round(_normalise(h, eps, in_frac, out_frac) * gamma, gamma_frac)
+    return _scale_round(_normalise(h, eps, in_frac, out_frac), gamma, gamma_frac)
+
+
+def _scale_round(z: np.ndarray, factor: np.ndarray, shift: int | np.ndarray) -> np.ndarray:
+    """``z = rshift_round(z * factor, shift)`` in place (``shift`` >= 1); returns ``z``."""
+    z *= factor
+    z += np.int64(1) << (np.asarray(shift, dtype=np.int64) - 1)
+    z >>= shift
+    return z
 
 
 def _normalise(x: np.ndarray, eps: float, in_frac: int, out_frac: int) -> np.ndarray:
@@ -207,14 +236,16 @@ def _normalise(x: np.ndarray, eps: float, in_frac: int, out_frac: int) -> np.nda
     ``sqrt`` correctly); ``2**g / rms`` is floored to an integer of 25 bits whatever the row's
     scale (``g`` follows rms's exponent), so the result keeps ~24 significant bits; the integer
     product ``|xs| < 2**sq_bits <= 2**30`` times ``inv <= 2**25`` stays below 2**55.
+    Returns a new array (``x`` is not modified).
     """
     d = x.shape[-1]
     sq_bits = (62 - int(d - 1).bit_length()) // 2 - 1
-    shift = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - sq_bits, 0)
+    peak = np.maximum(x.max(-1, keepdims=True), -x.min(-1, keepdims=True))    # max |x|, no |x| array
+    shift = np.maximum(bit_length(peak) - sq_bits, 0)
     xs = x >> shift
-    ss = (xs * xs).sum(-1, keepdims=True)
+    ss = np.einsum("...i,...i->...", xs, xs)[..., None]                      # exact int64 sums of squares
     eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
     rms = np.sqrt(ss.astype(np.float64) / d + eps_scaled)
     g = 24 + np.frexp(rms)[1].astype(np.int64)                      # rms < 2**(g - 24)
     inv = np.floor(np.ldexp(1.0, g) / rms).astype(np.int64)         # in (2**24, 2**25]
-    return rshift_round(xs * inv, g - out_frac)
+    return _scale_round(xs, inv, g - out_frac)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fixedpoint import bit_length, clip_inplace
+from .fixedpoint import bit_length
 
 Q_MAX = 127          # int8 range used on both sides (never -128: the product bound stays symmetric)
 MULT_BITS = 15       # per-column dequantisation multiplier: 2**14 <= M < 2**15
@@ -85,13 +85,13 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 rows ``q`` and shifts ``e`` (rows,) with ``q = clip(round_half_up(x / 2**e), +-127)``.
 
     ``e`` is the smallest shift with ``max|x| >> e <= 127``; rounding half up may still reach
-    128, which is clipped.
+    128, which is clipped. ``|x| < 2**62``.
     """
-    peak = np.abs(x).max(-1)
+    peak = np.maximum(x.max(-1), -x.min(-1))      # max |x| per row, without an |x| array
     e = np.maximum(bit_length(peak) - 7, 0)         # peak < 2**(e + 7): peak >> e <= 127
-    half = (np.int64(1) << e) >> 1
-    q = (x + half[:, None]) >> e[:, None]
-    clip_inplace(q, Q_MAX)                          # rounding can reach +-128
+    q = x + (((np.int64(1) << e) >> 1)[:, None])
+    q >>= e[:, None]
+    np.clip(q, -Q_MAX, Q_MAX, out=q)                # rounding can reach +-128
     return q.astype(np.int8), e
 
 

@@ -102,6 +102,24 @@ def test_gelu_clipped_equals_gelu_on_every_input(kind):
     assert np.array_equal(fixedpoint.gelu_clipped(u, kind, 12, clip), fixedpoint.gelu(u, kind, 12))
 
 
+@pytest.mark.parametrize("kind", ["gelu_new", "gelu"])
+def test_activation_lookup_equals_gelu_clipped_on_every_input(kind):
+    clip = 2**20 - 1                                   # the engine's ACT_CLIP: every input it can see
+    u = np.arange(-clip, clip + 1, dtype=np.int64)
+    assert np.array_equal(fixedpoint.activation_lookup(u, kind, 12), fixedpoint.gelu_clipped(u, kind, 12, clip))
+
+
+def test_silu_lookup_equals_the_interpolation_on_every_input_near_the_table():
+    """silu is a lookup now: the same numbers as the interpolation it replaced, on every input of
+    +-24 real units and on far-away ones (GATE_CLIP = 2**24 - 1 and beyond)."""
+    limit = 24 << 12
+    u = np.concatenate([np.arange(-limit, limit + 1), [-(2**24 - 1), 2**24 - 1, -(2**40), 2**40]]).astype(np.int64)
+    table_range = fixedpoint.SILU_HALF_RANGE << 12
+    inside = fixedpoint.gelu_clipped(np.clip(u, -table_range, table_range), "silu", 12, table_range, half_range=16)
+    expect = np.where(u > table_range, u, np.where(u < -table_range, 0, inside))
+    assert np.array_equal(fixedpoint.silu(u, 12), expect)
+
+
 def test_linear_float_out_equals_integer_rounding(golden):
     lin = golden.with_engine(1).engine.blocks[0].fc
     x = np.random.default_rng(1).integers(-2**20, 2**20, size=(2, 3, lin.w.shape[0]))
@@ -200,6 +218,22 @@ def test_quantize_rows_bounds():
     assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= 127
     assert e.tolist() == [0, 0, 1, 14, 1]
     assert (np.abs(x).max(-1) >> e).max() <= 127
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_quantize_rows_equals_its_definition(seed):
+    """Against the definition computed the plain way (|x|, round half up by a Python-int shift)."""
+    from llmzip.linear8 import quantize_rows
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2**61, 2**61, size=(40, 9)) >> rng.integers(0, 62, size=(40, 1))
+    x[0], x[1, :3], x[2] = 0, [-(2**8 - 1), 2**7 + 63, 1], -(2**9 - 1)      # exact half-way and -128 cases
+    q, e = quantize_rows(x)
+    for row, qr, er in zip(x.tolist(), q.tolist(), e.tolist()):
+        peak = max(abs(v) for v in row)
+        shift = max(peak.bit_length() - 7, 0)
+        assert er == shift
+        assert qr == [max(-127, min(127, (v + ((1 << shift) >> 1)) >> shift)) for v in row]
 
 
 @pytest.mark.parametrize("flag", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])

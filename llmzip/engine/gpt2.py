@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..fixedpoint import GELU_KINDS, clip_inplace, gelu_clipped
+from ..fixedpoint import GELU_KINDS, activation_lookup, clip_inplace
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, LayerNorm, fingerprint, inverse_sqrt, to_fixed
 from .versions import EngineVersion, LinearLayer, engine_version, newest_engine
@@ -162,7 +162,7 @@ class ExactGPT2:
             a = self._attention(blk.qkv(blk.ln_1(h, eps)), cache, layer, start)
             h = clip_inplace(h + blk.proj(a), RESID_CLIP)
             u = clip_inplace(blk.fc(blk.ln_2(h, eps)), ACT_CLIP)
-            h = clip_inplace(h + blk.fc_proj(gelu_clipped(u, self.spec.activation, ACT_FRAC, ACT_CLIP)), RESID_CLIP)
+            h = clip_inplace(h + blk.fc_proj(activation_lookup(u, self.spec.activation, ACT_FRAC)), RESID_CLIP)
         cache.length = start + t_new
         return self.ln_f(h, eps)
 

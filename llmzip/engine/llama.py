@@ -14,7 +14,7 @@ from typing import Any, Mapping, cast
 
 import numpy as np
 
-from ..fixedpoint import clip_inplace, rshift_round, silu
+from ..fixedpoint import clip_inplace, silu
 from ..linear8 import Linear8, output_bound
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, RMSNorm, fingerprint, inverse_sqrt, to_fixed
@@ -256,7 +256,11 @@ class ExactLlama:
         """silu(gate) * up, ACT_FRAC bits: both clipped to GATE_CLIP, so the int64 product < 2**48."""
         clip_inplace(gate_up, GATE_CLIP)
         inner = self.spec.n_inner
-        return rshift_round(silu(gate_up[..., :inner], ACT_FRAC) * gate_up[..., inner:], ACT_FRAC)
+        y = silu(gate_up[..., :inner], ACT_FRAC)
+        y *= gate_up[..., inner:]
+        y += 1 << (ACT_FRAC - 1)          # rounding half up, in place
+        y >>= ACT_FRAC
+        return y
 
     def _attention(self, qkv: np.ndarray, cache: Any, layer: int, start: int) -> np.ndarray:
         """Rotary positions, then causal grouped-query attention; returns (rows, T, H * hd)."""
