@@ -35,7 +35,7 @@ def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def clip_inplace(a: np.ndarray, bound: int) -> np.ndarray:
     """Clip ``a`` to ``[-bound, bound]`` in place and return it (one pass over ``a``)."""
-    return np.clip(a, -bound, bound, out=a)
+    return np.clip(a, np.int64(-bound), np.int64(bound), out=a)   # int64 bounds: no per-call iinfo check
 
 
 def check_gemm_bound(k: int, max_x: int, max_w: int, what: str) -> None:
@@ -173,7 +173,7 @@ def activation_lookup(u: np.ndarray, kind: str, frac_bits: int, step_bits: int =
     entries for SiLU at 12 fraction bits, 1 MiB) takes one.
     """
     limit = half_range << frac_bits
-    idx = np.clip(u, -limit, limit)
+    idx = np.clip(u, np.int64(-limit), np.int64(limit))
     idx += limit
     y = np.take(_activation_values(kind, frac_bits, step_bits, half_range), idx)
     np.copyto(y, u, where=u > limit)      # the identity above the range

@@ -91,7 +91,7 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.maximum(bit_length(peak) - 7, 0)         # peak < 2**(e + 7): peak >> e <= 127
     q = x + (((np.int64(1) << e) >> 1)[:, None])
     q >>= e[:, None]
-    np.clip(q, -Q_MAX, Q_MAX, out=q)                # rounding can reach +-128
+    np.clip(q, np.int64(-Q_MAX), np.int64(Q_MAX), out=q)   # rounding can reach +-128
     return q.astype(np.int8), e
 
 

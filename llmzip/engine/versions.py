@@ -39,10 +39,25 @@ class LinearLayer(Protocol):
     def integer_arrays(self) -> list[np.ndarray]: ...
 
 
+class KVCache(Protocol):
+    """Keys and values of the positions seen so far, for ``rows`` independent sequences."""
+
+    length: int   # positions held (the next forward pass starts there)
+
+    @property
+    def rows(self) -> int: ...
+    def reserve(self, end: int) -> None:
+        """Make room for positions up to ``end``; ValueError beyond the capacity."""
+    def view(self, rows: slice) -> "KVCache":
+        """The cache of some rows, sharing this one's storage (after :meth:`reserve`)."""
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only the listed rows, in that order."""
+
+
 class Attention(Protocol):
     """Causal attention arithmetic: its KV cache type, its exactness bounds, and the computation."""
 
-    cache: Any   # class: cache(n_layer, rows, kv_heads, capacity, head_dim), .bytes_per_row(same but rows)
+    cache: Any   # a KVCache class: cache(n_layer, rows, kv_heads, capacity, head_dim), .bytes_per_row(same but rows)
 
     def check_bounds(self, head_dim: int, n_ctx: int) -> None: ...
 
