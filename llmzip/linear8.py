@@ -46,21 +46,46 @@ class Linear8:
         object.__setattr__(self, "_bias", self.b.astype(np.float64) + 0.5)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.float_out(x).astype(np.int64)
+        """The layer's outputs, int64 (..., out); ``x`` int64 with |x| < 2**62."""
+        return self._outputs(x, np.int64)
 
     def float_out(self, x: np.ndarray) -> np.ndarray:
         """The layer's integer outputs as float64 (..., out); ``x`` int64 with |x| < 2**62."""
+        return self._outputs(x, np.float64)
+
+    def _outputs(self, x: np.ndarray, dtype: type) -> np.ndarray:
         flat = x.reshape(-1, x.shape[-1])
         q, e = quantize_rows(flat)
-        acc = int8_matmul(q, self.w)                    # float64, exact integers
-        acc *= self._factor                             # acc * M * 2**-D: <= 40 significant bits
-        acc *= np.ldexp(1.0, e)[:, None]                # * 2**e: exact
-        acc += self._bias
-        np.floor(acc, out=acc)
-        return acc.reshape(*x.shape[:-1], self.w.shape[1])
+        acc = int8_matmul(q, self.w)                    # exact integers: int32 from torch, else float64
+        rescale = _rescale_torch if acc.dtype == np.int32 else _rescale_numpy
+        return rescale(acc, self._factor, np.ldexp(1.0, e)[:, None], self._bias, dtype).reshape(
+            *x.shape[:-1], self.w.shape[1])
 
     def integer_arrays(self) -> list[np.ndarray]:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]
+
+
+def _rescale_numpy(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+                   dtype: type) -> np.ndarray:
+    """``floor(acc * factor * scale + bias)`` as ``dtype``: every step exact (module docstring)."""
+    out = acc.astype(np.float64)                    # a new array even when acc is float64
+    out *= factor                                   # acc * M * 2**-D: <= 40 significant bits
+    out *= scale                                    # * 2**e: exact
+    out += bias
+    np.floor(out, out=out)
+    return out if dtype is np.float64 else out.astype(dtype)
+
+
+def _rescale_torch(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+                   dtype: type) -> np.ndarray:
+    """:func:`_rescale_numpy` by torch's kernels on the same float64 operations in the same order
+    (each correctly rounded, none fused), so the same numbers; 1.5-1.8x faster here, conversions
+    to and from int most of all. Only called on torch's own int32 GEMM outputs."""
+    import torch   # already imported: acc came from torch._int_mm
+
+    out = torch.from_numpy(acc).to(torch.float64)
+    out.mul_(torch.from_numpy(factor)).mul_(torch.from_numpy(scale)).add_(torch.from_numpy(bias)).floor_()
+    return (out if dtype is np.float64 else out.to(torch.int64)).numpy()
 
 
 def check_linear8(fan_in: int) -> None:
@@ -133,7 +158,7 @@ def select_backend(tokens: int) -> bool:
 
 
 def int8_matmul(q: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact ``q @ w`` for int8 operands, as float64 (rows, out)."""
+    """Exact ``q @ w`` for int8 operands (rows, out): int32 from ``torch._int_mm``, else float64."""
     mm = None if _use_torch is False else _int_mm_backend()
     if mm is not None and q.shape[0] > 0:
         try:
@@ -159,8 +184,7 @@ def _int_mm_backend():  # type: ignore[no-untyped-def]
         return None
 
     def mm(q: np.ndarray, w: np.ndarray) -> np.ndarray:
-        out = torch._int_mm(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(w))
-        return out.numpy().astype(np.float64)
+        return torch._int_mm(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(w)).numpy()
 
     rng = np.random.default_rng(0)
     for rows, k, n in ((1, 8, 8), (5, 60, 24), (33, 1024, 40)):   # odd shapes and extreme values
