@@ -35,7 +35,7 @@ def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def clip_inplace(a: np.ndarray, bound: int) -> np.ndarray:
     """Clip ``a`` to ``[-bound, bound]`` in place and return it (one pass over ``a``)."""
-    return np.clip(a, np.int64(-bound), np.int64(bound), out=a)   # int64 bounds: no per-call iinfo check
+    return a.clip(np.int64(-bound), np.int64(bound), out=a)   # int64 bounds: no per-call iinfo check
 
 
 def check_gemm_bound(k: int, max_x: int, max_w: int, what: str) -> None:
