@@ -48,15 +48,17 @@ def test_same_numbers_as_the_reference_implementation(seed):
     assert np.array_equal(_run(q, k, v, step), _run(q, k, v, step, attention8_reference))
 
 
-def test_weighted_values_is_exact_beyond_one_span(monkeypatch):
-    """The byte-split float32 GEMMs give exactly the int64 product, also over several spans."""
+@pytest.mark.parametrize("rows", [5, attention8.FLOAT64_VALUE_ROWS])
+def test_weighted_values_is_exact_beyond_one_span(monkeypatch, rows):
+    """Both ways (byte-split float32 GEMMs, also over several spans; one float64 GEMM) give
+    exactly the int64 product."""
     monkeypatch.setattr(attention8, "SPAN", 40)
     rng = np.random.default_rng(0)
-    weights = rng.integers(0, 2**15 + 1, size=(2, 3, 5, 130)).astype(np.int32)
+    weights = rng.integers(0, 2**15 + 1, size=(2, 3, rows, 130)).astype(np.int32)
     weights[..., :7] = 2**15                                         # the extremes
     values = rng.choice(np.array([-127, 127, 0, 1, -1], dtype=np.int8), size=(2, 3, 130, 16))
     ref = weights.astype(np.int64) @ values.astype(np.int64)
-    assert np.array_equal(attention8._weighted_values(weights, values), ref)
+    assert np.array_equal(attention8._weighted_values(weights, values.astype(np.float32)), ref)
 
 
 def test_full_pass_equals_incremental_and_blocked():
