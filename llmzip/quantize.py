@@ -69,7 +69,8 @@ def _scaled_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
     The table index ``min(max - x, last)`` is made without a float -> int conversion pass:
     ``2**52 + g`` holds an integer ``0 <= g < 2**52`` in the low bits of its float64 mantissa,
     so ``(2**52 + max) - x``, capped at ``2**52 + last`` and read as int64 minus the bits of
-    ``2**52``, is the index (exact: every value is an integer below 2**53). Skipping the clip
+    ``2**52``, is the index (exact below the cap; rounding is monotone, so a larger gap still
+    lands on the cap). Skipping the clip
     to +-2**30 gives the same index when every row's maximum lies in [last - 2**30, 2**30]
     (an ``x`` below -2**30 then has a gap of at least ``last`` either way); other blocks take
     :func:`_scaled_block_clipped`, the clipping original.
