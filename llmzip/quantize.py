@@ -24,6 +24,9 @@ LOGIT_FRAC_BITS = 8     # fixed-point logits carry 8 fraction bits (1/256 nat)
 EXP_OUT_BITS = 30       # exp() table scale: exp(0) == 2**30
 EXP_LIMIT = 20.0        # exp(-20) < 2**-28: beyond that every token sits at the floor anyway
 QUANT_ROWS = 32         # rows per pass: keeps the (rows, V) temporaries in cache (speed only)
+_CLIP = 1 << 30         # logits are clipped to +-2**30
+_BIAS = float(1 << 52)  # see _scaled_block
+_BIAS_BITS = int(np.float64(_BIAS).view(np.int64))
 
 
 def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.ndarray | None = None) -> np.ndarray:
@@ -61,9 +64,36 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
 def _scaled_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
     """``e * (2**freq_bits / sum(e))`` (float64, >= 0) for a (rows, V) block small enough to stay
     in cache: :func:`freqs_from_logits` is its floor plus one, taken by the integer cast (one
-    pass over the output instead of two over float64)."""
+    pass over the output instead of two over float64).
+
+    The table index ``min(max - x, last)`` is made without a float -> int conversion pass:
+    ``2**52 + g`` holds an integer ``0 <= g < 2**52`` in the low bits of its float64 mantissa,
+    so ``(2**52 + max) - x``, capped at ``2**52 + last`` and read as int64 minus the bits of
+    ``2**52``, is the index (exact below the cap; rounding is monotone, so a larger gap still
+    lands on the cap). Skipping the clip
+    to +-2**30 gives the same index when every row's maximum lies in [last - 2**30, 2**30]
+    (an ``x`` below -2**30 then has a gap of at least ``last`` either way); other blocks take
+    :func:`_scaled_block_clipped`, the clipping original.
+    """
     table = _exp_table_f64()
-    x = np.clip(logits, -(1 << 30), 1 << 30).astype(np.float64, copy=False)   # exact: integers < 2**31
+    last = len(table) - 1
+    x = logits if logits.dtype == np.float64 else np.clip(logits, -_CLIP, _CLIP).astype(np.float64)
+    top = x.max(-1, keepdims=True)
+    if not (np.all(top <= _CLIP) and np.all(top >= last - _CLIP)):
+        return _scaled_block_clipped(x, freq_bits)
+    gap = np.subtract(top + _BIAS, x)                   # 2**52 + (max - x)
+    np.minimum(gap, _BIAS + last, out=gap)
+    index = gap.view(np.int64)
+    index -= _BIAS_BITS
+    e = np.take(table, index)
+    e *= float(1 << freq_bits) / e.sum(-1, keepdims=True)
+    return e
+
+
+def _scaled_block_clipped(logits: np.ndarray, freq_bits: int) -> np.ndarray:
+    """:func:`_scaled_block` for any integer-valued input: logits clipped to +-2**30 first."""
+    table = _exp_table_f64()
+    x = np.clip(logits, -_CLIP, _CLIP).astype(np.float64, copy=False)   # exact: integers < 2**31
     np.subtract(x.max(-1, keepdims=True), x, out=x)                 # gap to the row's maximum
     gap = np.empty(x.shape, dtype=np.intp)
     np.minimum(x, len(table) - 1, out=gap, casting="unsafe")        # integers: the cast is exact
