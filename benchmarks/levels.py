@@ -16,6 +16,7 @@ the CPU and the command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import shlex
@@ -50,7 +51,8 @@ CANDIDATES: dict[str, tuple[str | None, bool, int | None, tuple[str, ...]]] = {
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, levels.Choice]]:
     """(label, choice) of every configuration to measure; ``--model`` replaces the model of
-    those that use one (as LLMZIP_MODEL does for levels)."""
+    those that use one (as LLMZIP_MODEL does for levels). Levels with equal rows are measured
+    once, under one label (``-6/-7``)."""
     if args.candidates:
         names = args.only or list(CANDIDATES)
         out = []
@@ -60,7 +62,11 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, levels.Choice]]:
                                             fallbacks)))
         return out
     numbers = [int(n) for n in args.only] if args.only else [row.number for row in levels.LEVELS]
-    return [(f"-{n}", levels.resolve(n, default_model=args.model)) for n in numbers]
+    same: dict[levels.Choice, list[int]] = {}     # levels whose rows are equal are measured once
+    for n in numbers:
+        same.setdefault(dataclasses.replace(levels.resolve(n, default_model=args.model), level=0), []).append(n)
+    return [("/".join(f"-{n}" for n in group), dataclasses.replace(choice, level=group[0]))
+            for choice, group in same.items()]
 
 
 def cpu_model() -> str:

@@ -8,11 +8,17 @@ changes only what the *compressor* tries: every archive records everything its d
 depends on, nor needs to know, the level an archive was made with.
 
 The rows were chosen by measurement (``python benchmarks/levels.py --candidates``,
-``benchmarks/results/levels.md``). A stronger model shipped later (the ~12 M-parameter Llama
-in training, see the README) joins by editing rows: the top levels name it (and its chunk
-length, e.g. 511 tokens for its 512-token context) in their ``model`` and ``chunk_tokens``
-fields; nothing else changes, and archives made at the old rows keep decoding because they
-name their own model. Keep the default row's behaviour pinned by the golden archives.
+``benchmarks/results/levels-candidates.md`` and ``levels.md``; README, "Levels"): no model
+(LZMA alone, then the smallest of all fallbacks), then the embedded model without and with
+mixing, each with 127- and 255-token chunks (shorter chunks: 1-3 % larger, faster to decode).
+The older shipped model (``llmzip-gpt2-small-v1``) lost to the embedded one in every
+configuration, at lower speed, so no level uses it.
+
+Levels 7-9 equal the default, 6, until a stronger model ships. That model (the ~12 M-parameter
+Llama in training, see the README) joins by editing rows: the top levels name it, and its chunk
+length (e.g. 511 tokens for a 512-token context), in their ``model`` and ``chunk_tokens``
+fields; nothing else changes, and archives made at the old rows keep decoding because they name
+their own model. The default row must keep writing the golden archives' bytes.
 
 Explicit choices win over the level (:func:`resolve`): a model, mixing on/off, a forced method
 or a chunk length given by the caller replace that field of the row.
@@ -21,7 +27,10 @@ or a chunk length given by the caller replace that field of the row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .frames import Options
 
 ALL_FALLBACKS = ("stored", "lzma", "bz2", "ppmd")
 EMBEDDED = "embedded"          # load_model's name for the default shipped model
@@ -41,7 +50,7 @@ class Level:
 
 V2 = "llmzip-gpt2-small-v2"
 
-LEVELS: tuple[Level, ...] = (
+LEVELS: tuple[Level, ...] = (    # number, model, mixing, chunk tokens, fallbacks, summary
     Level(1, None, False, None, ("stored", "lzma"), "no model; LZMA only"),
     Level(2, None, False, None, ALL_FALLBACKS, "no model; the smallest of PPMd, LZMA, bzip2"),
     Level(3, V2, False, 127, ALL_FALLBACKS, "embedded model, 127-token chunks, no mixing"),
@@ -93,7 +102,7 @@ def resolve(number: int = DEFAULT_LEVEL, *, model: str | None = None, mixing: bo
                   method, row.fallbacks)
 
 
-def frame_options(choice: Choice, **fields: Any) -> Any:
+def frame_options(choice: Choice, **fields: Any) -> Options:
     """The :class:`llmzip.frames.Options` of ``choice``; ``fields``: the others (frame_size,
     settings, verify)."""
     from . import codec, frames
