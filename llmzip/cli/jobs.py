@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import click
 
+from .. import levels
 from .files import Options, input_size, show_progress
 from .status import Refused
 
@@ -71,10 +72,8 @@ def _settings(opts: Options) -> Any:
     return codec.Settings(batch_size=opts.batch_size, threads=opts.threads)
 
 
-def choice(opts: Options) -> Any:
+def choice(opts: Options) -> levels.Choice:
     """What compression does: the level's row with the explicit options applied (llmzip.levels)."""
-    from .. import levels
-
     return levels.resolve(levels.DEFAULT_LEVEL if opts.level is None else opts.level, model=opts.model,
                           mixing=opts.mix, method=opts.method, chunk_tokens=opts.chunk_tokens,
                           default_model=opts.env_model)
@@ -83,7 +82,7 @@ def choice(opts: Options) -> Any:
 def compress(src: BinaryIO, out: Any, label: str, opts: Options, verify: bool) -> Counts:
     """Write the archive of ``src`` to ``out``; with ``verify`` every frame is decoded and compared.
     The model is loaded only if a frame needs it, never at a level without one."""
-    from .. import frames, levels
+    from .. import frames
 
     chosen = choice(opts)
 
