@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import click
 
-from .. import __version__
+from .. import __version__, levels
+from ..levels import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from . import jobs, listing
 from .files import Options, check_output, is_terminal, open_input, open_output, plan_output, refuse_terminal, write_all
 from .status import (EXIT_ERROR, EXIT_OK, EXIT_WARNING, STDIO, Refused, SkipWarning, classify,
@@ -129,24 +130,41 @@ _OPTIONS: dict[str, Callable[[Any], Any]] = {
     "batch_size": click.option("--batch-size", type=click.IntRange(min=1),
                                help="Rows per forward pass (memory/speed only) [default: whole group]."),
     "chunk_tokens": click.option("--chunk-tokens", type=click.IntRange(min=1),
-                                 help="Tokens per chunk [default: 255, at most the model's context - 1]."),
+                                 help="Tokens per chunk [default: the level's; 255, at most the model's "
+                                      "context - 1]."),
     "frame_size": click.option("--frame-size", type=_SIZE, metavar="SIZE",
                                help="Bytes per frame, e.g. 256K, 4M (compress; never changes what decodes) "
                                     "[default: 1M]."),
     "method": click.option("--method", type=click.Choice(["auto", "lm", "ppmd", "lzma", "bz2", "stored"]),
-                           default="auto", show_default=True,
-                           help="Code every frame with this method instead of the smallest one."),
-    "mix": click.option("--mix/--no-mix", default=True,
-                        help="Context mixing with in-file n-gram and match models.  [default: mix]"),
+                           help="Code every frame with this method instead of the smallest one ('lm' at a "
+                                "level without a model: the embedded model) [default: auto, the level's coders]."),
+    "mix": click.option("--mix/--no-mix", default=None,
+                        help="Context mixing with in-file n-gram and match models [default: the level's]."),
     "model": click.option("--model", envvar="LLMZIP_MODEL", metavar="NAME",
                           help="Model: 'embedded', a shipped model's id, a directory or a hub id [default: embedded; "
                                "decompress: the archive's model]. Env: LLMZIP_MODEL."),
+    "compress_model": click.option("--model", envvar="LLMZIP_MODEL", metavar="NAME",
+                                   help="Model: 'embedded', a shipped model's id, a directory or a hub id; turns "
+                                        "the model on at levels without one [default: the level's]. Env: "
+                                        "LLMZIP_MODEL (replaces the model of levels that have one)."),
     "allow_download": click.option("--allow-download", is_flag=True, help="Let a hub model be downloaded."),
     "debug": click.option("--debug", is_flag=True, help="Print tracebacks."),
     "progress": click.option("--progress/--no-progress", default=None, hidden=True),
     "json": click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
 }
 _CODEC_OPTIONS = ("verbose", "quiet", "threads", "batch_size", "model", "allow_download", "debug", "progress")
+_COMPRESS_OPTIONS = tuple("compress_model" if name == "model" else name for name in _CODEC_OPTIONS)
+
+
+def _level_options(func: Any) -> Any:
+    """-1 .. -9 (gzip's), --fast (-1), --best (-9) and --level N: one value, the last given wins."""
+    for n in range(MAX_LEVEL, MIN_LEVEL - 1, -1):
+        alias = {MIN_LEVEL: ["--fast"], MAX_LEVEL: ["--best"]}.get(n, [])
+        func = click.option(f"-{n}", *alias, "level", flag_value=n, hidden=not alias,
+                            help=f"Level {n}: {levels.get(n).summary}.")(func)
+    return click.option("--level", "level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), metavar="N",
+                        help=f"Compression level, as -N: -{MIN_LEVEL} .. -{MAX_LEVEL} "
+                             f"[default: {DEFAULT_LEVEL}].")(func)
 
 
 def _with(*names: str) -> Callable[[Any], Any]:
@@ -178,11 +196,24 @@ def main() -> None:
     single_openmp_thread()    # ...and our worker threads are its parallelism
 
 
-@main.command(epilog=EPILOG)
-@_with("files", "stdout", "output", "force", "keep", "suffix", "frame_size", "method", "chunk_tokens", "mix",
-       *_CODEC_OPTIONS)
+def _compress_help() -> str:
+    rows = "\n".join(f"-{row.number}  {row.summary}" for row in levels.LEVELS)
+    return ("Compress each FILE to FILE.llz (no FILE, or -: stdin to stdout).\n\n"
+            "Levels (-1 fastest .. -9 smallest; --fast is -1, --best -9, --level N is -N) trade speed for "
+            "ratio. An archive records all its decoder needs: decompression never needs the level. "
+            "Given explicitly, --model, --mix/--no-mix, --method and --chunk-tokens replace that field "
+            "of the level; LLMZIP_MODEL replaces the model of the levels that have one.\n\n"
+            f"\b\n{rows}")
+
+
+@main.command(epilog=EPILOG, help=_compress_help())
+@_with("files", "stdout", "output", "force", "keep", "suffix", "frame_size")
+@_level_options
+@_with("method", "chunk_tokens", "mix", *_COMPRESS_OPTIONS)
 def compress(files: tuple[str, ...], **kw: Any) -> int:
-    """Compress each FILE to FILE.llz (no FILE, or -: stdin to stdout)."""
+    source = click.get_current_context().get_parameter_source("model")
+    if source is click.core.ParameterSource.ENVIRONMENT:   # LLMZIP_MODEL: a default, weaker than a level
+        kw["env_model"], kw["model"] = kw["model"], None
     return _run("compress", files, **kw)
 
 

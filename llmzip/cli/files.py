@@ -32,11 +32,13 @@ class Options:
     verbosity: int = 0               # -1 quiet, 0 normal, >= 1 verbose
     threads: int | None = None
     batch_size: int | None = None
-    chunk_tokens: int | None = None
+    chunk_tokens: int | None = None  # compress: None: the level's
     frame_size: int | None = None    # compress: bytes per frame (None: the default)
-    method: str = "auto"             # compress: "auto" or a method forced on every frame
-    mix: bool = True                 # context mixing (compress)
+    level: int | None = None         # compress: llmzip.levels (None: its DEFAULT_LEVEL)
+    method: str | None = None        # compress: "auto" or a method forced on every frame (None: the level's)
+    mix: bool | None = None          # compress: context mixing (None: the level's)
     model: str | None = None
+    env_model: str | None = None     # compress: LLMZIP_MODEL, the model of levels that use one
     allow_download: bool = False
     debug: bool = False
     progress: bool | None = None     # None: only when stderr is a terminal

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import click
 
+from .. import levels
 from .files import Options, input_size, show_progress
 from .status import Refused
 
@@ -71,19 +72,32 @@ def _settings(opts: Options) -> Any:
     return codec.Settings(batch_size=opts.batch_size, threads=opts.threads)
 
 
+def choice(opts: Options) -> levels.Choice:
+    """What compression does: the level's row with the explicit options applied (llmzip.levels)."""
+    return levels.resolve(levels.DEFAULT_LEVEL if opts.level is None else opts.level, model=opts.model,
+                          mixing=opts.mix, method=opts.method, chunk_tokens=opts.chunk_tokens,
+                          default_model=opts.env_model)
+
+
 def compress(src: BinaryIO, out: Any, label: str, opts: Options, verify: bool) -> Counts:
-    """Write the archive of ``src`` to ``out``; with ``verify`` every frame is decoded and compared."""
-    from .. import codec, frames
+    """Write the archive of ``src`` to ``out``; with ``verify`` every frame is decoded and compared.
+    The model is loaded only if a frame needs it, never at a level without one."""
+    from .. import frames
+
+    chosen = choice(opts)
 
     def model() -> Any:
-        loaded = load(opts.model, opts.allow_download)
-        if opts.chunk_tokens is not None and opts.chunk_tokens > loaded.max_context - 1:
-            raise Refused(f"--chunk-tokens must be at most {loaded.max_context - 1} for this model")
+        loaded = load(chosen.model, opts.allow_download)
+        limit = loaded.max_context - 1
+        if chosen.chunk_tokens is not None and chosen.chunk_tokens > limit:
+            if chosen.chunk_from_level:
+                raise Refused(f"level {chosen.level} codes chunks of {chosen.chunk_tokens} tokens, this model "
+                              f"at most {limit}: give --chunk-tokens")
+            raise Refused(f"--chunk-tokens must be at most {limit} for this model")
         return loaded
 
-    options = frames.Options(frame_size=opts.frame_size or frames.DEFAULT_FRAME_SIZE, method=opts.method,
-                             mixing=codec.DEFAULT_MIX if opts.mix else None, chunk_tokens=opts.chunk_tokens,
-                             settings=_settings(opts), verify=verify)
+    options = levels.frame_options(chosen, frame_size=opts.frame_size or frames.DEFAULT_FRAME_SIZE,
+                                   settings=_settings(opts), verify=verify)
     reader = CountingReader(src)
     with _progress(opts, input_size(src), label) as tick:
         on_frame = None if tick is None else (lambda info: tick(info.raw_size))

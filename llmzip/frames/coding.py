@@ -33,13 +33,23 @@ PROBES, PROBE_SIZE = 8, 4096            # incompressible(): 8 slices of 4 KiB
 ModelSource = Callable[[], Any]        # loads the model for compression (called at most once)
 
 
+FALLBACK_NAMES = tuple(methods.NAMES[m] for m in methods.FALLBACKS)
+
+
 @dataclass
 class Options:
-    """How to code frames. ``method``: ``"auto"`` or a method name to force on every frame."""
+    """How to code frames. ``method``: ``"auto"`` or a method name to force on every frame.
+
+    What ``"auto"`` tries (compression levels restrict it, :mod:`llmzip.levels`): the fallbacks
+    named in ``fallbacks`` (stored is always among them, so no frame grows beyond its framing),
+    and the model on text frames unless ``try_model`` is false (then the model is never loaded).
+    """
 
     frame_size: int = DEFAULT_FRAME_SIZE
     method: str = "auto"
     content_aware: bool = True
+    fallbacks: tuple[str, ...] = FALLBACK_NAMES
+    try_model: bool = True
     mixing: codec.MixParams | None = codec.DEFAULT_MIX
     chunk_tokens: int | None = None
     settings: codec.Settings = field(default_factory=codec.Settings)
@@ -50,6 +60,12 @@ class Options:
             raise ValueError(f"unknown method {self.method!r} (known: auto, {', '.join(methods.IDS)})")
         if not 1 <= self.frame_size <= 1 << 30:
             raise ValueError("frame_size must be in [1, 2^30]")
+        unknown = set(self.fallbacks) - set(FALLBACK_NAMES)
+        if unknown:
+            raise ValueError(f"unknown fallbacks {sorted(unknown)} (known: {', '.join(FALLBACK_NAMES)})")
+
+    def fallback_ids(self) -> tuple[int, ...]:
+        return tuple(sorted({methods.STORED, *(methods.IDS[name] for name in self.fallbacks)}))
 
 
 class LazyModel:
@@ -92,8 +108,9 @@ def _choose(data: bytes, kind: str, model: LazyModel, options: Options) -> tuple
         return forced, methods.FALLBACKS[forced].encode(data)
     if kind != TEXT and incompressible(data):
         return methods.STORED, data
-    best = methods.best_fallback(data)
-    if kind != TEXT:
+    tried = options.fallback_ids()
+    best = methods.best_fallback(data, tried)
+    if kind != TEXT or not options.try_model:
         return best
     n = sample_size(len(data))
     sample = data[:n]
@@ -101,7 +118,7 @@ def _choose(data: bytes, kind: str, model: LazyModel, options: Options) -> tuple
         whole = _lm_payload(data, model, options)
         return (methods.LM, whole) if len(whole) < len(best[1]) else best
     lm_sample = _lm_payload(sample, model, options, sample=True)
-    if len(lm_sample) >= LM_SAMPLE_MARGIN * len(methods.best_fallback(sample)[1]):
+    if len(lm_sample) >= LM_SAMPLE_MARGIN * len(methods.best_fallback(sample, tried)[1]):
         return best
     whole = _lm_payload(data, model, options)
     return (methods.LM, whole) if len(whole) < len(best[1]) else best
