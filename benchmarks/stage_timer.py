@@ -46,7 +46,7 @@ DESCRIPTIONS = {
 # (owner, attribute, stage, stage instead when called inside the key stage)
 _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (linear8, "int8_matmul", "linear_gemm", {"head_other": "head_gemm"}),
-    (linear8.Linear8, "float_out", "linear_other", {"head_other": "head_other"}),
+    (linear8.Linear8, "_outputs", "linear_other", {"head_other": "head_other"}),
     (gpt2.ExactGPT2, "float_logits", "head_other", {}),
     (llama.ExactLlama, "float_logits", "head_other", {}),
     (gpt2.ExactGPT2, "forward", "engine_other", {}),
@@ -55,7 +55,7 @@ _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (llama.ExactLlama, "_attention", "attention", {}),
     (common.LayerNorm, "__call__", "norms_activations", {}),
     (common.RMSNorm, "__call__", "norms_activations", {}),
-    (gpt2, "gelu_clipped", "norms_activations", {}),
+    (gpt2, "activation_lookup", "norms_activations", {}),
     (llama.ExactLlama, "_swiglu", "norms_activations", {}),
     (predictor.LoadedModel, "advance", "engine_other", {}),
     (predictor, "freqs_from_logits", "quantiser", {}),
