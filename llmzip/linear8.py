@@ -57,21 +57,14 @@ class Linear8:
         flat = x.reshape(-1, x.shape[-1])
         q, e = quantize_rows(flat)
         acc = int8_matmul(q, self.w)                    # exact integers: int32 from torch, else float64
-        torch_out = acc.dtype == np.int32 and acc.size >= TORCH_RESCALE_MIN
-        rescale = _rescale_torch if torch_out else _rescale_numpy
-        return rescale(acc, self._factor, np.ldexp(1.0, e)[:, None], self._bias, dtype).reshape(
+        return _rescale(acc, self._factor, np.ldexp(1.0, e)[:, None], self._bias, dtype).reshape(
             *x.shape[:-1], self.w.shape[1])
 
     def integer_arrays(self) -> list[np.ndarray]:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]
 
 
-# Below this many outputs torch's per-call cost outweighs its faster kernels (one core: 4096
-# outputs 16.7 vs 10.9 us, 16384 28.9 vs 30.4, 131072 160 vs 231 us for torch vs numpy).
-TORCH_RESCALE_MIN = 1 << 14
-
-
-def _rescale_numpy(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+def _rescale(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                    dtype: type) -> np.ndarray:
     """``floor(acc * factor * scale + bias)`` as ``dtype``: every step exact (module docstring)."""
     out = acc.astype(np.float64)                    # a new array even when acc is float64
@@ -80,19 +73,6 @@ def _rescale_numpy(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias:
     out += bias
     np.floor(out, out=out)
     return out if dtype is np.float64 else out.astype(dtype)
-
-
-def _rescale_torch(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray,
-                   dtype: type) -> np.ndarray:
-    """:func:`_rescale_numpy` by torch's kernels on the same float64 operations in the same order
-    (each correctly rounded, none fused), so the same numbers; 1.5-1.8x faster here, conversions
-    to and from int most of all (on at least TORCH_RESCALE_MIN outputs). Only called on torch's
-    own int32 GEMM outputs."""
-    import torch   # already imported: acc came from torch._int_mm
-
-    out = torch.from_numpy(acc).to(torch.float64)
-    out.mul_(torch.from_numpy(factor)).mul_(torch.from_numpy(scale)).add_(torch.from_numpy(bias)).floor_()
-    return (out if dtype is np.float64 else out.to(torch.int64)).numpy()
 
 
 def check_linear8(fan_in: int) -> None:
