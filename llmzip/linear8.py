@@ -64,8 +64,7 @@ class Linear8:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]
 
 
-def _rescale(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray,
-                   dtype: type) -> np.ndarray:
+def _rescale(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray, dtype: type) -> np.ndarray:
     """``floor(acc * factor * scale + bias)`` as ``dtype``: every step exact (module docstring)."""
     out = acc.astype(np.float64)                    # a new array even when acc is float64
     out *= factor                                   # acc * M * 2**-D: <= 40 significant bits
