@@ -27,7 +27,11 @@ Progress = Callable[[int], None]   # called with the number of tokens just finis
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
 PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (32 MiB of int32) per call
-DECODE_ROWS_PER_THREAD = 24        # decoder: a group of fewer rows per core decodes faster on one thread
+# Decoder: a group of fewer rows per core decodes on one thread. A decoding step is many small
+# numpy calls that hold the GIL, so a second thread gains little: embedded model, quiet, CLI
+# settings, 77 rows 3.93 s wall / 6.16 s CPU on 2 threads vs 3.70 / 3.70 on one; 157 rows
+# (groups of 128 and 29) 6.66 / 9.43 vs 7.05 / 7.01.
+DECODE_ROWS_PER_THREAD = 64
 # Decoder: tables wider than this are searched by blocks of SEARCH_BLOCK entries instead of through
 # a cumulative table (128 rows per step, one core: 4096 entries 0.40 vs 0.63 ms, 8192 0.75 vs
 # 0.72, 32768 6.2 vs 1.6, 65536 10.9 vs 2.9 ms per step; the symbols are the same).
