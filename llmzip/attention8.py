@@ -28,7 +28,6 @@ head per query head holding copies.
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import numpy as np
@@ -109,14 +108,6 @@ class KVCache8:
     @property
     def rows(self) -> int:
         return self.keys[0].shape[0]
-
-    def view(self, rows: slice) -> KVCache8:
-        """The cache of ``rows``, sharing this one's arrays (a forward pass over those rows writes
-        here). Reserve room first: growing replaces the arrays of the cache that grows."""
-        part = copy.copy(self)
-        for name in ("keys", "values", "value_exp", "value_max"):
-            setattr(part, name, [a[rows] for a in getattr(self, name)])
-        return part
 
     def keep(self, rows: np.ndarray) -> None:
         """Drop every row not listed in ``rows`` (e.g. chunks that have ended)."""

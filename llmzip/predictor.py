@@ -17,8 +17,7 @@ from .linear8 import select_backend
 from .quantize import FREQ_BITS, freqs_from_logits
 from .tokens import ByteTokenizer
 
-HEAD_ROWS = 128        # positions per output-head block (speed only)
-FORWARD_TOKENS = 256    # positions per forward pass: more rows run in tiles (speed only, see advance)
+HEAD_ROWS = 128   # positions per output-head block (speed only)
 
 
 @dataclass
@@ -92,38 +91,17 @@ class LoadedModel:
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32
-        (entries <= 2**freq_bits + 1: half the memory traffic of int64) unless ``out`` is given.
-
-        Rows are independent, so they run in tiles of about FORWARD_TOKENS positions: a tile's
-        activations stay in the CPU's caches through all layers, where the whole batch's would
-        go to memory at every one of the ~20 integer passes per layer. Measured on one core
-        (contended), compressing 32-64 KB of prose: tiles of 256 positions took 0.89-0.92x the
-        CPU time of untiled passes, for a 6x384 Llama and for the embedded GPT-2.
-        """
-        rows, t_new = tokens.shape
-        if out is None:
-            out = np.empty((rows, t_new, self.vocab_size), dtype=self.table_dtype)
-        tile = max(1, FORWARD_TOKENS // t_new)
-        if rows <= tile:
-            self._tables(self.engine.forward(tokens, state), out)
-            return out
-        start = state.length
-        state.reserve(start + t_new)
-        for r in range(0, rows, tile):
-            part = slice(r, r + tile)
-            self._tables(self.engine.forward(tokens[part], state.view(part)), out[part])
-        state.length = start + t_new
-        return out
-
-    def _tables(self, hidden: np.ndarray, out: np.ndarray) -> None:
-        """Head and quantiser over hidden states (rows, T, d), into ``out`` (rows, T, V), in
-        cache-sized blocks of positions."""
+        (entries <= 2**freq_bits + 1: half the memory traffic of int64) unless ``out`` is given."""
+        hidden = self.engine.forward(tokens, state)
         flat = hidden.reshape(-1, hidden.shape[-1])
+        if out is None:
+            out = np.empty((*hidden.shape[:-1], self.vocab_size), dtype=self.table_dtype)
         dest = out.view()
         dest.shape = (len(flat), self.vocab_size)   # raises rather than copy if out is not contiguous
-        for i in range(0, len(flat), HEAD_ROWS):
+        for i in range(0, len(flat), HEAD_ROWS):   # head + quantiser in cache-sized blocks
             rows = slice(i, i + HEAD_ROWS)
             freqs_from_logits(self.engine.float_logits(flat[rows]), self.freq_bits, dest[rows])
+        return out
 
     def keep(self, state: Any, rows: np.ndarray) -> None:
         state.keep(rows)

@@ -149,20 +149,3 @@ def test_cache_grows_as_positions_are_stored_and_refuses_past_its_capacity():
     assert cache.value_max[0].shape[2] == 150
     with pytest.raises(ValueError, match="capacity"):
         cache.reserve(151)
-
-
-def test_views_share_the_cache_and_tiles_equal_one_pass():
-    """A forward pass over row tiles of views (LoadedModel.advance) stores and attends exactly as one pass."""
-    q, k, v = _qkv(5, 2, 20, 8, seed=7)
-    whole, tiled = KVCache8(1, 5, 2, 20, 8), KVCache8(1, 5, 2, 20, 8)
-    store(whole, 0, k, v, 0, SHIFT)
-    expect = attend(q * 8192, whole, 0, 0)
-    tiled.reserve(20)
-    parts = []
-    for r in (slice(0, 2), slice(2, 5)):
-        part = tiled.view(r)
-        store(part, 0, k[r], v[r], 0, SHIFT)
-        parts.append(attend(q[r] * 8192, part, 0, 0))
-    assert np.array_equal(np.concatenate(parts), expect)
-    for name in ("keys", "values", "value_exp", "value_max"):
-        assert np.array_equal(getattr(tiled, name)[0], getattr(whole, name)[0]), name

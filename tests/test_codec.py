@@ -37,20 +37,6 @@ def test_round_trip(golden, name):
     assert codec.decompress(blob, golden) == data
 
 
-@pytest.mark.parametrize("engine", [1, 3])
-def test_archive_does_not_depend_on_forward_tiles(golden, monkeypatch, engine):
-    """LoadedModel.advance runs rows in tiles of FORWARD_TOKENS positions over views of the KV
-    cache (both cache kinds): any tile size gives the archive of one pass."""
-    from llmzip import predictor
-
-    model = golden.with_engine(engine)
-    data = _sample("prose")[:1500]
-    whole = codec.compress(data, model, chunk_tokens=40)
-    monkeypatch.setattr(predictor, "FORWARD_TOKENS", 5)     # tiles of 1 row in the encoder, 5 in the decoder
-    assert codec.compress(data, model, chunk_tokens=40) == whole
-    assert codec.decompress(whole, model) == data
-
-
 def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden, monkeypatch):
     monkeypatch.setattr(lockstep, "PARALLEL_MIN_FLOPS", 0)   # worker threads even for the tiny model
     data = _sample("prose") + _sample("random")[:500]

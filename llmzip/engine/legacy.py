@@ -7,8 +7,6 @@ Frozen: archives of those engines decode with exactly this code. Newer engines u
 
 from __future__ import annotations
 
-import copy
-
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,12 +102,6 @@ class KVCache64:
         """Room for positions up to ``end``: this cache is allocated at its full capacity."""
         if end > self.keys[0].shape[-1]:
             raise ValueError(f"KV cache: position {end} beyond its capacity of {self.keys[0].shape[-1]}")
-
-    def view(self, rows: slice) -> KVCache64:
-        """The cache of ``rows``, sharing this one's arrays."""
-        part = copy.copy(self)
-        part.keys, part.values = [k[rows] for k in self.keys], [v[rows] for v in self.values]
-        return part
 
     def keep(self, rows: np.ndarray) -> None:
         """Drop every row not listed in ``rows`` (e.g. chunks that have ended)."""

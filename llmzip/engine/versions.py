@@ -48,8 +48,6 @@ class KVCache(Protocol):
     def rows(self) -> int: ...
     def reserve(self, end: int) -> None:
         """Make room for positions up to ``end``; ValueError beyond the capacity."""
-    def view(self, rows: slice) -> "KVCache":
-        """The cache of some rows, sharing this one's storage (after :meth:`reserve`)."""
     def keep(self, rows: np.ndarray) -> None:
         """Keep only the listed rows, in that order."""
 
