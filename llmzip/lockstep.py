@@ -27,11 +27,14 @@ Progress = Callable[[int], None]   # called with the number of tokens just finis
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
 PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (32 MiB of int32) per call
-# Decoder: a group of fewer rows per core decodes on one thread. A decoding step is many small
-# numpy calls that hold the GIL, so a second thread gains little: embedded model, quiet, CLI
-# settings, 77 rows 3.93 s wall / 6.16 s CPU on 2 threads vs 3.70 / 3.70 on one; 157 rows
-# (groups of 128 and 29) 6.66 / 9.43 vs 7.05 / 7.01.
+# Decoder: a group of fewer rows per core decodes on one thread. A decoding step is hundreds of
+# small numpy calls that hold the GIL, so a second thread gains little, and less for a small
+# model (quiet, CLI settings, one thread vs two, wall / CPU seconds): embedded model (4.2 MOP per
+# token) 77 rows 3.55 / 3.54 vs 3.68 / 5.47, 157 rows (groups of 128 and 29) 7.08 / 7.08 vs
+# 6.20 / 8.76; a 6x384 Llama (25 MOP per token) 74 rows 8.05 / 8.04 vs 7.44 / 11.76.
 DECODE_ROWS_PER_THREAD = 64
+DECODE_ROWS_PER_THREAD_LARGE = 24     # for models of at least LARGE_MODEL_FLOPS per token
+LARGE_MODEL_FLOPS = 16 << 20
 # Decoder: tables wider than this are searched by blocks of SEARCH_BLOCK entries instead of through
 # a cumulative table (128 rows per step, one core: 4096 entries 0.40 vs 0.63 ms, 8192 0.75 vs
 # 0.72, 32768 6.2 vs 1.6, 65536 10.9 vs 2.9 ms per step; the symbols are the same).
@@ -258,15 +261,23 @@ def _encode_mixed(
         mixer.update(x)
 
 
+def decode_threads(settings: Settings, model: Predictor, rows: int) -> int:
+    """Threads to decode a group of ``rows`` chunks: fewer than the cores when the group has few
+    rows per core, since a step of few rows costs less than handing it to threads (see
+    DECODE_ROWS_PER_THREAD)."""
+    large = model.flops_per_token >= LARGE_MODEL_FLOPS
+    per_thread = DECODE_ROWS_PER_THREAD_LARGE if large else DECODE_ROWS_PER_THREAD
+    return max(1, min(cpu_threads(settings, model), rows // per_thread))
+
+
 def decode_group(
     model: Predictor, segment: bytes, lengths: Sequence[int], settings: Settings, mixer: Mixer | None = None
 ) -> list[np.ndarray]:
     """Decode one segment holding chunks of the given lengths (non-increasing); returns their tokens."""
     if list(lengths) != sorted(lengths, reverse=True):
         raise CorruptArchiveError("chunk lengths out of order")
-    if settings.threads is None:   # a step of few rows costs less than handing it to threads
-        settings = replace(settings, threads=max(1, min(cpu_threads(settings, model),
-                                                        len(lengths) // DECODE_ROWS_PER_THREAD)))
+    if settings.threads is None:
+        settings = replace(settings, threads=decode_threads(settings, model, len(lengths)))
     decoder = ArithmeticDecoder(segment)
     batches = _batches(len(lengths), settings, model)
     states = [model.start(s.stop - s.start) for s in batches]
