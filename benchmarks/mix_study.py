@@ -49,11 +49,9 @@ def lm_tables(model, tokens: np.ndarray) -> np.ndarray:
     settings, pos = lockstep.Settings(), 0
     for rows in codec._groups(tokens, chunk, group):
         inputs, _ = lockstep.teacher_forcing(rows, model.bos_id)
-        batches = lockstep._batches(len(rows), settings, model)
-        states = [model.start(s.stop - s.start) for s in batches]
-        with lockstep._pool(settings, model) as pool:
+        with lockstep.open_runner(settings, model, len(rows), lockstep.cpu_threads(settings, model), 32) as runner:
             for t0 in range(0, inputs.shape[1], 32):
-                tables = lockstep._advance(pool, model, batches, states, inputs[:, t0:t0 + 32])()
+                tables = runner.advance_all(inputs[:, t0:t0 + 32])()
                 for i, r in enumerate(rows):
                     n = min(len(r), t0 + 32) - t0
                     if n > 0:

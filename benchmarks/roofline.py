@@ -12,7 +12,7 @@ In one run:
    as many concurrent workers as the codec uses (``cores``), as the codec runs its GEMMs.
    The int8 peak is the best shape's rate.
 2. **Throughput** of the public codec API (``llmzip.codec.compress`` / ``decompress``, default
-   ``Settings``: threads as the CLI uses them) on the first ``--kb`` KB of each file, with the
+   ``Settings``: workers as the CLI uses them, forked processes on Linux) on the first ``--kb`` KB of each file, with the
    LM alone (``mixing=None``) and with the default mixing, for the shipped models and
    random-weight models of the shapes in ``SHAPES``: tokens/s, KB/s, GOPS and % of the int8
    peak, counting 2 ops (multiply + add) per multiply-accumulate of the linear layers and the
@@ -20,7 +20,8 @@ In one run:
 3. **Breakdown**: the same calls again under :class:`stage_timer.StageTimer` (explicit
    per-thread CPU timers wrapped around the engine's, quantiser's, mixer's and coder's
    functions; its docstring lists the stages), as shares of the process's CPU time, with the
-   timers' overhead (instrumented vs plain time).
+   timers' overhead (instrumented vs plain time). The timers see one process, so this run's
+   workers are threads (``Settings(processes=False)``).
 
 torch is imported and every model built and warmed up before any timing. Random-weight models
 are Hugging Face configs saved to a temporary directory and loaded with
@@ -202,14 +203,20 @@ def coded(model: Any, data: bytes, mode: str, settings: Any, timer: Any = None) 
 
 
 class _Plain:
-    """Wall and CPU time of a ``with`` block."""
+    """Wall and CPU time of a ``with`` block, the CPU time of worker processes included (the
+    codec reaps them before it returns, so ``os.times`` counts them)."""
 
     def __enter__(self) -> _Plain:
-        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        self.cpu, self.wall = _cpu_with_children(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.cpu, self.wall = time.process_time() - self.cpu, time.perf_counter() - self.wall
+        self.cpu, self.wall = _cpu_with_children() - self.cpu, time.perf_counter() - self.wall
+
+
+def _cpu_with_children() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def run_model(model: Any, name: str, files: dict[str, bytes], settings: Any, repeats: int) -> list[dict[str, Any]]:
@@ -221,7 +228,9 @@ def run_model(model: Any, name: str, files: dict[str, bytes], settings: Any, rep
     for mode in MODES:
         plain = {f: min((coded(model, d, mode, settings) for _ in range(repeats)),
                         key=lambda r: r["compress"]["wall"] + r["decompress"]["wall"]) for f, d in files.items()}
-        staged = {f: coded(model, d, mode, settings, StageTimer) for f, d in files.items()}
+        # The stage timer sees this process's threads only: the instrumented run uses worker threads.
+        threads = replace(settings, processes=False)
+        staged = {f: coded(model, d, mode, threads, StageTimer) for f, d in files.items()}
         for op in ("compress", "decompress"):
             row = {"model": name, "mode": mode, "op": op, "ops_per_token": model.flops_per_token,
                    "tokens": sum(r["tokens"] for r in plain.values()), "bytes": sum(r["bytes"] for r in plain.values()),
@@ -295,9 +304,11 @@ def _breakdown_lines(rows: list[dict[str, Any]]) -> list[str]:
 
     lines = ["", "## Where the time goes", "",
              "Share of the process's CPU time (all threads) per stage, from a second, instrumented run "
-             "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage). "
+             "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage; "
+             "its workers are threads, since the timers see one process). "
              "CPU/wall: cores kept busy. GEMM GOPS/core: the GEMMs' own rate per CPU-second, to compare with "
-             "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time.", "",
+             "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time (worker processes' "
+             "CPU time included), so it also shows what threads cost against processes.", "",
              "| model | mode | op | " + " | ".join(c for _, c in STAGE_COLUMNS) + " | CPU/wall | GEMM GOPS/core | overhead |",
              "|---|---|---|" + "---:|" * (len(STAGE_COLUMNS) + 3)]
     for r in rows:

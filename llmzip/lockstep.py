@@ -3,15 +3,15 @@
 Step ``t`` codes token ``t`` of every row (chunk) of the group, in row order. The encoder
 knows every token, so the predictor evaluates whole blocks of steps at once (teacher forcing);
 the decoder advances one step at a time with an incremental state (KV cache). Rows are split
-into batches that worker threads advance concurrently; neither the batch layout nor the
-thread count changes a table (see :class:`Predictor`), so neither changes the archive.
+into batches that workers (forked processes or threads, :mod:`llmzip.workers`) advance
+concurrently; neither the batch layout nor the workers change a table (see :class:`Predictor`),
+so neither changes the archive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -22,12 +22,17 @@ from .coder import ArithmeticDecoder, ArithmeticEncoder
 from .errors import CorruptArchiveError
 from .mix import Mixer
 from .runtime import torch_threads
+from .workers import ProcessRunner, Runner, ThreadRunner, fork_available, one_torch_thread
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
 PREFILL_BLOCK = 64                 # encoder: at most this many tokens per row per forward call...
 TABLE_BUDGET = 1 << 23             # ...and at most this many table entries (32 MiB of int32) per call
-# Decoder: a group of fewer rows per core decodes on one thread. A decoding step is hundreds of
+# Decoder: a group of fewer rows per worker process decodes in the calling process (quiet, embedded
+# model, one thread vs two processes, seconds: 2.6 rows 0.62 vs 0.74, 5.0 rows 0.72 vs 0.70, 9.4 rows
+# 0.87 vs 0.86; a 6x384 Llama: 2.5 rows 1.59 vs 1.60, 4.8 rows 1.83 vs 1.72).
+DECODE_ROWS_PER_PROCESS = 4
+# Decoder with threads: a group of fewer rows per core decodes on one thread. A decoding step is hundreds of
 # small numpy calls that hold the GIL, so a second thread gains little, and less for a small
 # model (quiet, CLI settings, one thread vs two, wall / CPU seconds): embedded model (4.2 MOP per
 # token) 77 rows 3.55 / 3.54 vs 3.68 / 5.47, 157 rows (groups of 128 and 29) 7.08 / 7.08 vs
@@ -84,8 +89,9 @@ class Settings:
     """Knobs that change speed or memory but never the archive."""
 
     batch_size: int | None = None   # rows per forward call (None: the group split evenly among threads)
-    threads: int | None = None      # CPU threads (None: every core this process may use; the decoder
-                                    # uses fewer for groups of few chunks, see DECODE_ROWS_PER_THREAD)
+    threads: int | None = None      # workers (None: every core this process may use; the decoder
+                                    # uses fewer for groups of few chunks, see decode_workers)
+    processes: bool | None = None   # workers are forked processes (None: the decoder's, where fork is safe)
     progress: Progress | None = None
     stats: CodingStats | None = None
 
@@ -112,56 +118,44 @@ def cpu_threads(settings: Settings, model: Predictor | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _pool(settings: Settings, model: Predictor) -> Iterator[ThreadPoolExecutor | None]:
-    """Worker threads for the batches of a step (None: run them in the calling thread).
+def open_runner(settings: Settings, model: Predictor, rows: int, workers: int, steps: int,
+                processes: bool = False) -> Iterator[Runner]:
+    """What advances the group's batches, ``steps`` at most per call: ``workers`` forked
+    processes (if ``processes``), as many threads, or the calling thread alone.
 
-    Rows are independent, so running batches concurrently never changes a table. numpy and
-    BLAS release the GIL; each GEMM runs single-threaded (one BLAS thread per worker), which
-    measured faster here than threaded GEMMs with serial glue. While a codec call runs, the
-    process-wide BLAS thread count is limited to 1, and each worker limits its own OpenMP team
-    (:func:`_one_torch_thread`).
+    Rows are independent, so running batches concurrently never changes a table. Each GEMM runs
+    single-threaded (one BLAS thread per worker), which measured faster here than threaded GEMMs
+    with serial glue: while a codec call runs, the process-wide BLAS thread count is limited to 1,
+    and each worker limits its own OpenMP team (:func:`workers.one_torch_thread`).
     """
     from threadpoolctl import threadpool_limits
 
-    threads = cpu_threads(settings, model)
+    batches = _batches(rows, replace(settings, threads=workers), model)
     with threadpool_limits(limits=1, user_api="blas"), torch_threads(1):
-        if threads <= 1:
-            yield None
-            return
-        with ThreadPoolExecutor(threads, thread_name_prefix="llmzip", initializer=_one_torch_thread) as pool:
-            yield pool
+        if len(batches) > 1 and processes:
+            runner: Runner = ProcessRunner(model, batches, steps)
+        elif len(batches) > 1:
+            pool = ThreadPoolExecutor(len(batches), thread_name_prefix="llmzip", initializer=one_torch_thread)
+            runner = ThreadRunner(model, batches, pool)
+        else:
+            runner = ThreadRunner(model, batches, None)
+        try:
+            yield runner
+        finally:
+            runner.close()
+            if isinstance(runner, ThreadRunner) and runner.pool is not None:
+                runner.pool.shutdown()
 
 
-def _one_torch_thread() -> None:
-    """A worker's torch ops on one OpenMP thread. ``torch.set_num_threads`` sets the OpenMP team
-    size of the calling thread only, so the limit :func:`_pool` sets in the calling thread does
-    not reach the workers: unless ``OMP_NUM_THREADS=1`` was set before torch loaded (the CLI
-    does, a library caller may not), each worker's int8 GEMMs forked a team of one thread per
-    core, whose threads spin between GEMMs. Measured (embedded model, decoder steps of 77 rows
-    as 2 workers of 39 against one thread of 77, busy 2-core machine, CPU time per step): 18.3
-    vs 12.9 ms without this, 14.8 vs 14.0 ms with it; the process held 7 threads, then 5."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
-
-
-def _advance(pool: ThreadPoolExecutor | None, model: Predictor, batches: list[slice], states: list[Any],
-             tokens: np.ndarray) -> Callable[[], np.ndarray]:
-    """Start advancing every batch by ``tokens`` (rows, T); the result gives all rows' tables.
-
-    Each worker writes its batch's tables into one shared array, so the coding thread never
-    has to concatenate them (that copy cost the main thread ~10% of a compression run).
-    """
-    if len(batches) == 1:
-        return _advance_batch(None, model, states[0], tokens[batches[0]])
-    out = np.empty(tokens.shape + (model.vocab_size,), dtype=model.table_dtype)
-    results = [_advance_batch(pool, model, st, tokens[s], out[s]) for s, st in zip(batches, states)]
-
-    def result() -> np.ndarray:
-        for r in results:
-            r()
-        return out
-    return result
+def use_processes(settings: Settings, decoding: bool) -> bool:
+    """Forked worker processes rather than threads: ``settings.processes`` where fork is safe,
+    by default for the decoder only. A decoding step is many small numpy calls that hold the
+    GIL; the encoder's calls are larger, and its threads already keep both cores busy
+    (measured, quiet, first 64 KB of treasure_island.txt, compress / decompress seconds: one
+    thread 2.34 / 3.50, two threads 1.44 / 3.33, two processes 1.57 / 2.41 with the embedded
+    model; a 6x384 Llama, 32 KB: 3.49 / 4.70, 2.07 / 5.61, 2.17 / 3.45)."""
+    wanted = decoding if settings.processes is None else settings.processes
+    return wanted and fork_available()
 
 
 def teacher_forcing(rows: Sequence[np.ndarray], bos: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,16 +182,15 @@ def encode_group(
     encoder = ArithmeticEncoder()
     if mixer is not None:
         mixer.begin_group(len(rows))
-    batches = _batches(len(rows), settings, model)
-    states = [model.start(s.stop - s.start) for s in batches]
     span = prefill_block(len(rows), model.vocab_size)
     blocks = [slice(t0, min(t0 + span, length)) for t0 in range(0, length, span)]
-    with _pool(settings, model) as pool:
-        pending = _advance(pool, model, batches, states, inputs[:, blocks[0]])
+    workers = cpu_threads(settings, model)
+    with open_runner(settings, model, len(rows), workers, span, use_processes(settings, False)) as runner:
+        pending = runner.advance_all(inputs[:, blocks[0]])
         for k, block in enumerate(blocks):
             tables = pending()
             if k + 1 < len(blocks):   # the workers compute the next block while this one is coded
-                pending = _advance(pool, model, batches, states, inputs[:, blocks[k + 1]])
+                pending = runner.advance_all(inputs[:, blocks[k + 1]])
             _encode_tables(encoder, mixer, tables, targets[:, block], settings)
     return encoder.finish()
 
@@ -261,13 +254,19 @@ def _encode_mixed(
         mixer.update(x)
 
 
-def decode_threads(settings: Settings, model: Predictor, rows: int) -> int:
-    """Threads to decode a group of ``rows`` chunks: fewer than the cores when the group has few
-    rows per core, since a step of few rows costs less than handing it to threads (see
-    DECODE_ROWS_PER_THREAD)."""
-    large = model.flops_per_token >= LARGE_MODEL_FLOPS
-    per_thread = DECODE_ROWS_PER_THREAD_LARGE if large else DECODE_ROWS_PER_THREAD
-    return max(1, min(cpu_threads(settings, model), rows // per_thread))
+def decode_workers(settings: Settings, model: Predictor, rows: int) -> int:
+    """Workers to decode a group of ``rows`` chunks: ``settings.threads``, else fewer than the
+    cores when the group has few rows per worker, since a step of few rows costs less than
+    handing it to a worker (see DECODE_ROWS_PER_PROCESS and DECODE_ROWS_PER_THREAD)."""
+    if settings.threads:
+        return cpu_threads(settings, model)
+    if use_processes(settings, True):
+        per_worker = DECODE_ROWS_PER_PROCESS
+    elif model.flops_per_token >= LARGE_MODEL_FLOPS:
+        per_worker = DECODE_ROWS_PER_THREAD_LARGE
+    else:
+        per_worker = DECODE_ROWS_PER_THREAD
+    return max(1, min(cpu_threads(settings, model), rows // per_worker))
 
 
 def decode_group(
@@ -276,20 +275,17 @@ def decode_group(
     """Decode one segment holding chunks of the given lengths (non-increasing); returns their tokens."""
     if list(lengths) != sorted(lengths, reverse=True):
         raise CorruptArchiveError("chunk lengths out of order")
-    if settings.threads is None:
-        settings = replace(settings, threads=decode_threads(settings, model, len(lengths)))
+    workers = decode_workers(settings, model, len(lengths))
     decoder = ArithmeticDecoder(segment)
-    batches = _batches(len(lengths), settings, model)
-    states = [model.start(s.stop - s.start) for s in batches]
-    with _pool(settings, model) as pool:
-        out = _decode_steps(model, decoder, lengths, batches, states, pool, settings, mixer)
+    with open_runner(settings, model, len(lengths), workers, 1, use_processes(settings, True)) as runner:
+        out = _decode_steps(model, decoder, lengths, runner, settings, mixer)
     decoder.check_end()
     return [out[i, :n] for i, n in enumerate(lengths)]
 
 
 def _decode_steps(
-    model: Predictor, decoder: ArithmeticDecoder, lengths: Sequence[int], batches: list[slice],
-    states: list[Any], pool: ThreadPoolExecutor | None, settings: Settings, mixer: Mixer | None,
+    model: Predictor, decoder: ArithmeticDecoder, lengths: Sequence[int], runner: Runner,
+    settings: Settings, mixer: Mixer | None,
 ) -> np.ndarray:
     """The decoder's lockstep loop: one token of every live row per step; returns (rows, T) tokens.
 
@@ -302,6 +298,7 @@ def _decode_steps(
     live = [sum(1 for n in lengths if n > t) for t in range(steps)]   # a prefix of the rows
     out = np.zeros((len(lengths), steps), dtype=np.int64)
     prev = np.full(len(lengths), model.bos_id, dtype=np.int64)
+    batches = runner.batches
     sizes = [s.stop - s.start for s in batches]       # rows each batch's state holds
 
     def launch(b: int, t: int) -> Callable[[], np.ndarray] | None:
@@ -310,9 +307,9 @@ def _decode_steps(
         if n == 0:
             return None
         if n < sizes[b]:                                # rows end only at the tail of the group
-            model.keep(states[b], np.arange(n))
+            runner.keep(b, n)
             sizes[b] = n
-        return _advance_batch(pool, model, states[b], prev[batches[b].start : batches[b].start + n, None].copy())
+        return runner.advance(b, prev[batches[b].start : batches[b].start + n, None].copy())
 
     if mixer is not None:
         mixer.begin_group(len(lengths))
@@ -331,17 +328,6 @@ def _decode_steps(
     if mixer is not None:
         mixer.update(out[: live[-1], -1])
     return out
-
-
-def _advance_batch(pool: ThreadPoolExecutor | None, model: Predictor, state: Any, tokens: np.ndarray,
-                   out: np.ndarray | None = None) -> Callable[[], np.ndarray]:
-    """Start advancing one batch by ``tokens`` (rows, T), in a worker if there is a pool, else
-    now; the result gives its tables (written into ``out`` if given)."""
-    kw = {} if out is None else {"out": out}
-    if pool is None:
-        tables = model.advance(state, tokens, **kw)
-        return lambda: tables
-    return pool.submit(model.advance, state, tokens, **kw).result
 
 
 def _decode_rows(decoder: ArithmeticDecoder, mixer: Mixer | None, tables: np.ndarray, first: int,

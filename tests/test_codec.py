@@ -48,24 +48,28 @@ def test_archive_does_not_depend_on_batch_size_and_decodes_under_any(golden, mon
     assert codec.decompress(blobs[1], golden, codec.Settings(batch_size=2, threads=3)) == data
 
 
-@pytest.mark.parametrize("rows_per_thread, pools", [(lockstep.DECODE_ROWS_PER_THREAD, 0), (1, 1)])
-def test_decoder_runs_groups_of_few_chunks_on_one_thread(golden, monkeypatch, rows_per_thread, pools):
-    """Handing a step of few rows to worker threads costs more than it saves (measured: 3 KB of
-    prose decodes in 1.3 s on one thread, 2.4 s on two); explicit --threads are obeyed."""
-    monkeypatch.setattr(lockstep, "PARALLEL_MIN_FLOPS", 0)   # threads even for the tiny model
-    if lockstep.cpu_threads(codec.Settings(), golden) < 2:
-        pytest.skip("one usable core")
+@pytest.mark.parametrize("processes, limit", [(False, "DECODE_ROWS_PER_THREAD"), (True, "DECODE_ROWS_PER_PROCESS")])
+@pytest.mark.parametrize("rows_per_worker, started", [(None, 0), (1, 1)])
+def test_decoder_runs_groups_of_few_chunks_in_the_calling_thread(golden, monkeypatch, processes, limit,
+                                                                 rows_per_worker, started):
+    """Handing a step of few rows to workers costs more than it saves (measured: 3 KB of prose
+    decodes in 1.3 s on one thread, 2.4 s on two); explicit --threads are obeyed."""
+    monkeypatch.setattr(lockstep, "PARALLEL_MIN_FLOPS", 0)   # workers even for the tiny model
+    if lockstep.cpu_threads(codec.Settings(), golden) < 2 or (processes and not lockstep.fork_available()):
+        pytest.skip("one usable core, or no fork")
     data = _sample("prose")
     blob = codec.compress(data, golden, chunk_tokens=40)
-    assert 2 <= read_archive(blob)[0].chunk_count < lockstep.DECODE_ROWS_PER_THREAD
+    chunks = read_archive(blob)[0].chunk_count
+    monkeypatch.setattr(lockstep, limit, rows_per_worker or chunks + 1)
     made = []
-    real_pool = lockstep.ThreadPoolExecutor
-    monkeypatch.setattr(lockstep, "ThreadPoolExecutor", lambda *a, **k: made.append(a) or real_pool(*a, **k))
-    monkeypatch.setattr(lockstep, "DECODE_ROWS_PER_THREAD", rows_per_thread)
-    assert codec.decompress(blob, golden, codec.Settings(threads=None)) == data
-    assert len(made) == pools
-    assert codec.decompress(blob, golden, codec.Settings(threads=2)) == data
-    assert len(made) == pools + 1
+    real = {"ThreadPoolExecutor": lockstep.ThreadPoolExecutor, "ProcessRunner": lockstep.ProcessRunner}
+    for name, cls in real.items():
+        monkeypatch.setattr(lockstep, name, lambda *a, _cls=cls, **k: made.append(_cls) or _cls(*a, **k))
+    expected = real["ProcessRunner" if processes else "ThreadPoolExecutor"]
+    assert codec.decompress(blob, golden, codec.Settings(processes=processes)) == data
+    assert made == [expected] * started
+    assert codec.decompress(blob, golden, codec.Settings(threads=2, processes=processes)) == data
+    assert made == [expected] * (started + 1)
 
 
 def test_toy_predictor_round_trip_without_torch():

@@ -23,9 +23,9 @@ def test_workers_fork_no_openmp_team():
     torch = pytest.importorskip("torch")
     a = torch.ones((64, 192), dtype=torch.int8)
     b = torch.ones((192, 576), dtype=torch.int8)
-    model = SimpleNamespace(flops_per_token=lockstep.PARALLEL_MIN_FLOPS)
+    model = SimpleNamespace(flops_per_token=lockstep.PARALLEL_MIN_FLOPS, start=lambda rows: None)
     before = _process_threads()
-    with lockstep._pool(Settings(threads=2), model) as pool:
-        for done in [pool.submit(torch._int_mm, a, b) for _ in range(8)]:
+    with lockstep.open_runner(Settings(threads=2, processes=False), model, 2, 2, 1) as runner:
+        for done in [runner.pool.submit(torch._int_mm, a, b) for _ in range(8)]:
             done.result()
         assert _process_threads() - before <= 2           # the two workers, nothing else
