@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -22,7 +21,7 @@ from .coder import ArithmeticDecoder, ArithmeticEncoder
 from .errors import CorruptArchiveError
 from .mix import Mixer
 from .runtime import torch_threads
-from .workers import ProcessRunner, Runner, ThreadRunner, fork_available, one_torch_thread
+from .workers import ProcessRunner, Runner, ThreadRunner, fork_available
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
@@ -126,25 +125,26 @@ def open_runner(settings: Settings, model: Predictor, rows: int, workers: int, s
     Rows are independent, so running batches concurrently never changes a table. Each GEMM runs
     single-threaded (one BLAS thread per worker), which measured faster here than threaded GEMMs
     with serial glue: while a codec call runs, the process-wide BLAS thread count is limited to 1,
-    and each worker limits its own OpenMP team (:func:`workers.one_torch_thread`).
+    and each worker limits its own OpenMP team (:func:`llmzip.workers.one_torch_thread`).
     """
     from threadpoolctl import threadpool_limits
 
     batches = _batches(rows, replace(settings, threads=workers), model)
     with threadpool_limits(limits=1, user_api="blas"), torch_threads(1):
-        if len(batches) > 1 and processes:
-            runner: Runner = ProcessRunner(model, batches, steps)
-        elif len(batches) > 1:
-            pool = ThreadPoolExecutor(len(batches), thread_name_prefix="llmzip", initializer=one_torch_thread)
-            runner = ThreadRunner(model, batches, pool)
-        else:
-            runner = ThreadRunner(model, batches, None)
+        runner = _start_runner(model, batches, steps, processes)
         try:
             yield runner
         finally:
             runner.close()
-            if isinstance(runner, ThreadRunner) and runner.pool is not None:
-                runner.pool.shutdown()
+
+
+def _start_runner(model: Predictor, batches: list[slice], steps: int, processes: bool) -> Runner:
+    if len(batches) > 1 and processes:
+        try:
+            return ProcessRunner(model, batches, steps)
+        except OSError:      # fork refused (process limit, memory): threads compute the same tables
+            pass
+    return ThreadRunner(model, batches, threads=len(batches))
 
 
 def use_processes(settings: Settings, decoding: bool) -> bool:

@@ -67,10 +67,12 @@ def one_torch_thread() -> None:
 
 
 class ThreadRunner:
-    """Batches advanced by a pool of worker threads, or by the calling thread when ``pool`` is None."""
+    """Batches advanced by ``threads`` worker threads, or by the calling thread for one."""
 
-    def __init__(self, model: Any, batches: list[slice], pool: ThreadPoolExecutor | None) -> None:
-        self.model, self.batches, self.pool = model, batches, pool
+    def __init__(self, model: Any, batches: list[slice], threads: int = 1) -> None:
+        self.model, self.batches = model, batches
+        self.pool = (ThreadPoolExecutor(threads, thread_name_prefix="llmzip", initializer=one_torch_thread)
+                     if threads > 1 else None)
         self.states = [model.start(s.stop - s.start) for s in batches]
 
     def advance(self, b: int, tokens: np.ndarray, out: np.ndarray | None = None) -> Result:
@@ -98,7 +100,8 @@ class ThreadRunner:
         self.model.keep(self.states[b], np.arange(n))
 
     def close(self) -> None:
-        """Nothing to release: the pool belongs to the caller."""
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def fork_available() -> bool:

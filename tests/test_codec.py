@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmzip import codec, lockstep
+from llmzip import codec, lockstep, workers
 from llmzip.container import read_archive
 from llmzip.errors import CorruptArchiveError, LlmzipError, ModelMismatchError
 from llmzip.model import load_model
@@ -62,9 +62,10 @@ def test_decoder_runs_groups_of_few_chunks_in_the_calling_thread(golden, monkeyp
     chunks = read_archive(blob)[0].chunk_count
     monkeypatch.setattr(lockstep, limit, rows_per_worker or chunks + 1)
     made = []
-    real = {"ThreadPoolExecutor": lockstep.ThreadPoolExecutor, "ProcessRunner": lockstep.ProcessRunner}
+    real = {"ThreadPoolExecutor": workers.ThreadPoolExecutor, "ProcessRunner": lockstep.ProcessRunner}
     for name, cls in real.items():
-        monkeypatch.setattr(lockstep, name, lambda *a, _cls=cls, **k: made.append(_cls) or _cls(*a, **k))
+        monkeypatch.setattr(workers if name == "ThreadPoolExecutor" else lockstep, name,
+                            lambda *a, _cls=cls, **k: made.append(_cls) or _cls(*a, **k))
     expected = real["ProcessRunner" if processes else "ThreadPoolExecutor"]
     assert codec.decompress(blob, golden, codec.Settings(processes=processes)) == data
     assert made == [expected] * started

@@ -62,7 +62,7 @@ def test_processes_give_the_threads_tables():
     model = HistoryPredictor()
     tokens = np.random.default_rng(1).integers(14, 50, size=(8, 8))
     batches = [slice(0, 3), slice(3, 6), slice(6, 8)]
-    expected = _run(ThreadRunner(model, batches, None), tokens)
+    expected = _run(ThreadRunner(model, batches), tokens)
     runner = ProcessRunner(model, batches, max_steps=3)
     try:
         got = _run(runner, tokens)
@@ -118,3 +118,14 @@ def test_golden_archive_decodes_with_either_kind_of_worker(golden, name, process
     data = Path(__file__).parent.joinpath("data", "golden-input.bin").read_bytes()
     blob = Path(__file__).parent.joinpath("data", name).read_bytes()
     assert codec.decompress(blob, golden, codec.Settings(threads=2, batch_size=2, processes=processes)) == data
+
+
+@needs_fork
+def test_a_refused_fork_falls_back_to_threads(golden, monkeypatch):
+    data = b"The quick brown fox jumps over the lazy dog. " * 30
+    blob = codec.compress(data, golden, chunk_tokens=40)
+
+    def refused() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", refused)
+    assert codec.decompress(blob, golden, codec.Settings(threads=2, processes=True)) == data
