@@ -42,3 +42,7 @@ class FrameError(CorruptArchiveError):
     def __init__(self, reason: str, index: int, offset: int) -> None:
         super().__init__(f"frame {index} at offset {offset}: {reason}")
         self.reason, self.index, self.offset = reason, index, offset
+
+
+class WorkerError(LlmzipError):
+    """A worker process of the codec died (killed, out of memory) or could not report its failure."""

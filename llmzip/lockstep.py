@@ -21,7 +21,7 @@ from .coder import ArithmeticDecoder, ArithmeticEncoder
 from .errors import CorruptArchiveError
 from .mix import Mixer
 from .runtime import torch_threads
-from .workers import ProcessRunner, Runner, ThreadRunner, fork_available
+from .workers import ProcessRunner, Runner, ThreadRunner, fork_available, fork_safe
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
 PARALLEL_MIN_FLOPS = 1 << 20       # worker threads only for models of >= ~1 MFLOP per token (measured)
@@ -131,31 +131,35 @@ def open_runner(settings: Settings, model: Predictor, rows: int, workers: int, s
 
     batches = _batches(rows, replace(settings, threads=workers), model)
     with threadpool_limits(limits=1, user_api="blas"), torch_threads(1):
-        runner = _start_runner(model, batches, steps, processes)
+        runner = _start_runner(model, batches, steps, workers, processes)
         try:
             yield runner
         finally:
             runner.close()
 
 
-def _start_runner(model: Predictor, batches: list[slice], steps: int, processes: bool) -> Runner:
-    if len(batches) > 1 and processes:
+def _start_runner(model: Predictor, batches: list[slice], steps: int, workers: int, processes: bool) -> Runner:
+    """Processes take one batch each, so only as many batches as workers go to processes (more,
+    from a small ``batch_size``, run on threads); ``workers`` threads at most."""
+    if 1 < len(batches) <= workers and processes:
         try:
             return ProcessRunner(model, batches, steps)
         except OSError:      # fork refused (process limit, memory): threads compute the same tables
             pass
-    return ThreadRunner(model, batches, threads=len(batches))
+    return ThreadRunner(model, batches, threads=min(workers, len(batches)))
 
 
 def use_processes(settings: Settings, decoding: bool) -> bool:
-    """Forked worker processes rather than threads: ``settings.processes`` where fork is safe,
-    by default for the decoder only. A decoding step is many small numpy calls that hold the
-    GIL; the encoder's calls are larger, and its threads already keep both cores busy
+    """Forked worker processes rather than threads: ``settings.processes`` where fork exists; by
+    default for the decoder only, and only from a process without other Python threads. A
+    decoding step is many small numpy calls that hold the GIL; the encoder's calls are larger,
+    and its threads already keep both cores busy
     (measured, quiet, first 64 KB of treasure_island.txt, compress / decompress seconds: one
     thread 2.34 / 3.50, two threads 1.44 / 3.33, two processes 1.57 / 2.41 with the embedded
     model; a 6x384 Llama, 32 KB: 3.49 / 4.70, 2.07 / 5.61, 2.17 / 3.45)."""
-    wanted = decoding if settings.processes is None else settings.processes
-    return wanted and fork_available()
+    if settings.processes is None:
+        return decoding and fork_safe()
+    return settings.processes and fork_available()
 
 
 def teacher_forcing(rows: Sequence[np.ndarray], bos: int) -> tuple[np.ndarray, np.ndarray]:

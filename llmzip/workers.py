@@ -18,21 +18,27 @@ pending bytes twice), and never runs the parent's exit handlers.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import pickle
 import signal
 import sys
+import threading
+import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, Pipe
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import numpy as np
 
+from .errors import WorkerError
+
+if TYPE_CHECKING:
+    from .lockstep import Predictor
+
 Result = Callable[[], np.ndarray]   # waits for an advance; gives its tables
-
-
-class WorkerError(RuntimeError):
-    """A worker process died or could not report its failure."""
 
 
 class Runner(Protocol):
@@ -69,7 +75,7 @@ def one_torch_thread() -> None:
 class ThreadRunner:
     """Batches advanced by ``threads`` worker threads, or by the calling thread for one."""
 
-    def __init__(self, model: Any, batches: list[slice], threads: int = 1) -> None:
+    def __init__(self, model: Predictor, batches: list[slice], threads: int = 1) -> None:
         self.model, self.batches = model, batches
         self.pool = (ThreadPoolExecutor(threads, thread_name_prefix="llmzip", initializer=one_torch_thread)
                      if threads > 1 else None)
@@ -110,10 +116,23 @@ def fork_available() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
+def fork_safe() -> bool:
+    """Fork without being asked only from a process running no other Python thread: a thread of
+    the caller's could hold a lock the child would wait on forever."""
+    return fork_available() and threading.active_count() == 1
+
+
 def _shared(entries: int, dtype: Any) -> np.ndarray:
     """A flat array in anonymous shared memory: a child forked later writes where the parent reads."""
     dtype = np.dtype(dtype)
     return np.frombuffer(mmap.mmap(-1, max(1, entries) * dtype.itemsize), dtype=dtype)[:entries]
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text: the cause of the one re-raised here."""
+
+    def __str__(self) -> str:
+        return "in a worker process:\n" + str(self.args[0])
 
 
 class ProcessRunner:
@@ -121,11 +140,12 @@ class ProcessRunner:
 
     Shared memory holds every row's tokens and, twice over, every row's tables, laid out for the
     call's step count ``T`` as (rows, T) and (rows, T, V): batch ``b``'s rows are a contiguous
-    region of each. A batch writes its two table buffers in turn, so the tables of one call stay
-    valid while the batch computes the next one.
+    region of each. A batch writes its two table buffers in turn, so the tables one call returns
+    stay valid while the batch computes its next call, as long as every call in flight has the
+    same ``T`` (the encoder advances all batches by the same block, the decoder by one step).
     """
 
-    def __init__(self, model: Any, batches: list[slice], max_steps: int) -> None:
+    def __init__(self, model: Predictor, batches: list[slice], max_steps: int) -> None:
         self.model, self.batches, self.max_steps = model, batches, max_steps
         rows, vocab = batches[-1].stop, model.vocab_size
         self.tokens = _shared(rows * max_steps, np.int64)
@@ -135,42 +155,44 @@ class ProcessRunner:
         self.pids: list[int] = []
         warm_up(model)
         try:
-            for s in batches:
-                self._fork(s.stop - s.start)
+            for b in range(len(batches)):
+                self._fork(b)
         except BaseException:
             self.close()
             raise
 
-    def _fork(self, size: int) -> None:
+    def _fork(self, b: int) -> None:
         mine, theirs = Pipe()
-        pid = os.fork()
-        if pid == 0:                                      # the child never returns from here
-            code = 1
-            try:
-                mine.close()
-                for c in self.conns:                      # other workers' ends: theirs to close
-                    c.close()
-                code = _serve(self, size, theirs)
-            finally:
-                os._exit(code)
+        with _no_interrupts(), _fork_warning_silenced():
+            pid = os.fork()
+            if pid == 0:                                  # the child never returns from here
+                code = 1
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles ^C, then stops us
+                    mine.close()
+                    for c in self.conns:                  # the other workers' pipes are not ours
+                        c.close()
+                    code = _serve(self, b, theirs)
+                finally:
+                    os._exit(code)
         theirs.close()
         self.conns.append(mine)
         self.pids.append(pid)
 
-    def _region(self, b: int, n: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``b``'s tokens (n, T) and its next table buffer (n, T, V)."""
+    def region(self, b: int, n: int, steps: int, parity: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``b``'s tokens (n, T) and its table buffer ``parity`` (n, T, V)."""
         first, vocab = self.batches[b].start, self.model.vocab_size
         tokens = self.tokens[first * steps : (first + n) * steps].reshape(n, steps)
-        table = self.tables[self.parity[b]][first * steps * vocab : (first + n) * steps * vocab]
+        table = self.tables[parity][first * steps * vocab : (first + n) * steps * vocab]
         return tokens, table.reshape(n, steps, vocab)
 
     def advance(self, b: int, tokens: np.ndarray) -> Result:
         n, steps = tokens.shape
         if steps > self.max_steps or n > self.batches[b].stop - self.batches[b].start:
             raise ValueError(f"advance of {tokens.shape} beyond batch {b}'s buffers")
-        shared, tables = self._region(b, n, steps)
+        shared, tables = self.region(b, n, steps, self.parity[b])
         shared[...] = tokens
-        self.conns[b].send(("advance", n, steps, self.parity[b]))
+        self._send(b, ("advance", n, steps, self.parity[b]))
         self.parity[b] ^= 1
 
         def result() -> np.ndarray:
@@ -192,42 +214,84 @@ class ProcessRunner:
         return result
 
     def keep(self, b: int, n: int) -> None:
-        self.conns[b].send(("keep", n, 0, 0))
+        """Sent without a reply: a failure is the reply to the batch's next advance."""
+        self._send(b, ("keep", n, 0, 0))
+
+    def _send(self, b: int, message: tuple[str, int, int, int]) -> None:
+        try:
+            self.conns[b].send(message)
+        except OSError as e:
+            raise WorkerError(self._death(b)) from e
 
     def _reply(self, b: int) -> None:
         try:
             reply = self.conns[b].recv()
         except (EOFError, OSError) as e:
-            raise WorkerError(f"worker process {self.pids[b]} ended unexpectedly") from e
-        if isinstance(reply, BaseException):
-            raise reply
+            raise WorkerError(self._death(b)) from e
+        if reply is not None:
+            exc, remote = reply
+            raise exc from RemoteTraceback(remote)
+
+    def _death(self, b: int) -> str:
+        """What became of worker ``b``, which stopped answering."""
+        pid = self.pids[b]
+        with contextlib.suppress(ChildProcessError):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done and os.WIFSIGNALED(status):
+                name = signal.Signals(os.WTERMSIG(status)).name
+                hint = " (out of memory?)" if name == "SIGKILL" else ""
+                return f"worker process {pid} was killed by {name}{hint}"
+            if done:
+                return f"worker process {pid} exited with status {os.WEXITSTATUS(status)}"
+        return f"worker process {pid} ended unexpectedly"
 
     def close(self) -> None:
         """Stop every worker (each ends after its current call) and reap it."""
-        for conn in self.conns:
-            try:
+        conns, pids, self.conns, self.pids = self.conns, self.pids, [], []
+        for conn in conns:
+            with contextlib.suppress(OSError):
                 conn.send(("stop", 0, 0, 0))
-            except OSError:
-                pass
             conn.close()
-        for pid in self.pids:
-            os.waitpid(pid, 0)
-        self.conns, self.pids = [], []
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):   # reaped already, or SIGCHLD ignored by the host
+                os.waitpid(pid, 0)
 
 
-def warm_up(model: Any) -> None:
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """^C held back around a fork, so a child never runs the parent's handler before ignoring it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _fork_warning_silenced() -> Iterator[None]:
+    """Python 3.12+ warns about fork in a process with several threads. Ours are native pools
+    (BLAS, OpenMP) the child never uses with more than one thread, and Python threads of the
+    caller's keep us off fork unless the caller asked for it (:func:`fork_safe`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning)
+        yield
+
+
+def warm_up(model: Predictor) -> None:
     """One forward step in the parent, so that the tables a model builds at first use (40-55 ms
     measured for the shipped model and a 6x384 Llama) are inherited by every worker forked later
     instead of being rebuilt by each, for every group."""
     model.advance(model.start(1), np.full((1, 1), model.bos_id, dtype=np.int64))
 
 
-def _serve(runner: ProcessRunner, size: int, conn: Connection) -> int:
-    """A worker's loop: advance or trim its batch's state on request; exit code when told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)          # the parent handles ^C and then stops us
+def _serve(runner: ProcessRunner, b: int, conn: Connection) -> int:
+    """Worker ``b``'s loop: advance or trim its batch's state on request, report each advance's
+    outcome (None, or the first failure since the last report); exit code when told to stop."""
     one_torch_thread()
-    b = len(runner.pids)                                  # this worker's batch: the one being forked
-    model, state = runner.model, None
+    model, state, failed = runner.model, None, None
     while True:
         try:
             op, n, steps, parity = conn.recv()
@@ -236,23 +300,24 @@ def _serve(runner: ProcessRunner, size: int, conn: Connection) -> int:
         if op == "stop":
             return 0
         try:
-            state = model.start(size) if state is None else state
-            if op == "keep":
-                model.keep(state, np.arange(n))
-                continue
-            runner.parity[b] = parity
-            tokens, out = runner._region(b, n, steps)
-            model.advance(state, tokens.copy(), out=out)
-            conn.send(None)
+            if failed is None:
+                state = model.start(runner.batches[b].stop - runner.batches[b].start) if state is None else state
+                if op == "keep":
+                    model.keep(state, np.arange(n))
+                else:
+                    tokens, out = runner.region(b, n, steps, parity)
+                    model.advance(state, tokens.copy(), out=out)
         except Exception as e:                            # reported to the parent, which raises it
-            conn.send(_picklable(e))
+            failed = _report(e)
+        if op == "advance":
+            conn.send(failed)
 
 
-def _picklable(e: Exception) -> Exception:
-    import pickle
-
+def _report(e: Exception) -> tuple[Exception, str]:
+    """``e`` (or a WorkerError naming it, if it cannot be pickled) and its traceback as text."""
+    remote = "".join(traceback.format_exception(e))
     try:
         pickle.loads(pickle.dumps(e))
-        return e
     except Exception:
-        return WorkerError(f"in a worker process: {type(e).__name__}: {e}")
+        e = WorkerError(f"in a worker process: {type(e).__name__}: {e}")
+    return e, remote
