@@ -22,6 +22,7 @@ from llmzip.errors import (CorruptArchiveError, ModelLoadError, ModelMismatchErr
                            TokenizerError, UnsupportedFormatError)
 from llmzip.engine import ENGINES
 from llmzip.model import load_model
+from conftest import PROSE
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = {
@@ -33,7 +34,6 @@ SAMPLES = {
     "random": np.random.default_rng(7).bytes(3000),
     "invalid_utf8": b"caf\xc3 \xff\xfe\xed\xa0\x80 \xe2\x82 end\r",
 }
-PROSE = SAMPLES["prose"]
 MIXED = (REPO / "README.md").read_bytes()[:20_000] + np.random.default_rng(1).bytes(20_000)  # -> ppmd, stored
 
 
@@ -46,13 +46,6 @@ def llz(tiny_model_dir):
             argv[1:1] = ["--model", str(model)]
         return CliRunner().invoke(cli.main, argv, input=input, catch_exceptions=False)
     return run
-
-
-@pytest.fixture
-def prose_file(tmp_path):
-    path = tmp_path / "prose.txt"
-    path.write_bytes(PROSE)
-    return path
 
 
 @pytest.fixture
