@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+from llmzip import varint
 from llmzip.errors import CorruptArchiveError, NotAnArchiveError, UnsupportedFormatError
 
 MAGIC = b"LLMZ"
@@ -32,7 +33,6 @@ PREFIX_SIZE = 9  # magic + format_version + header_length: enough to learn the h
 MIN_HEADER_LENGTH = 64
 MAX_HEADER_LENGTH = 16 * 1024 * 1024
 MAX_MIX_PARAMS = 1024
-MAX_VARINT_BYTES = 10
 FINGERPRINT_SIZE = 32
 CHECKSUM_SIZE = 16
 
@@ -165,18 +165,6 @@ def _model_id_bytes(model_id: object) -> bytes:
     return raw
 
 
-def _varint(value: int) -> bytes:
-    """Unsigned LEB128 encoding of ``0 <= value < 2**64`` (at most 10 bytes, minimal)."""
-    if type(value) is not int or not 0 <= value < 2**64:
-        raise ValueError(f"varint value out of range: {value!r}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def write_header(header: Header, segment_lengths: Sequence[int]) -> bytes:
     """Serialize ``header`` with its segment table, including the trailing CRC.
 
@@ -197,7 +185,7 @@ def write_header(header: Header, segment_lengths: Sequence[int]) -> bytes:
         _POST_MODEL.pack(header.fingerprint, header.vocab_size, header.bos_id, header.freq_bits,
                          header.chunk_tokens, header.group_chunks, header.original_size,
                          header.token_count, header.checksum, len(header.mix_params)),
-        header.mix_params, _varint(len(segment_lengths)), *map(_varint, segment_lengths),
+        header.mix_params, varint.encode(len(segment_lengths)), *map(varint.encode, segment_lengths),
     ])
     length = PREFIX_SIZE + len(body) + 4
     if length > MAX_HEADER_LENGTH:
@@ -233,17 +221,10 @@ class _Reader:
         return bytes(self._buf[self.pos - size:self.pos])
 
     def varint(self, field: str) -> int:
-        value = 0
-        for i in range(MAX_VARINT_BYTES):
-            byte = self.take(1, field)[0]
-            value |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if byte == 0 and i > 0:
-                    raise CorruptArchiveError(f"header field {field} is not minimally encoded")
-                if value >= 2**64:
-                    raise CorruptArchiveError(f"header field {field} exceeds 64 bits")
-                return value
-        raise CorruptArchiveError(f"header field {field} is longer than {MAX_VARINT_BYTES} bytes")
+        try:
+            return varint.read(lambda: self.take(1, field)[0])
+        except varint.VarintError as exc:
+            raise CorruptArchiveError(f"header field {field} {exc}") from None
 
 
 def _as_view(blob: BytesLike) -> memoryview:

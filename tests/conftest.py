@@ -21,6 +21,11 @@ TRAIN_PARAGRAPHS = [
     "Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9 \u2014 \u00fcber Stra\u00dfe; \u4f60\u597d\u4e16\u754c. 3.14159, 2.71828, 1.41421.\r\n",
 ]
 
+PROSE = (b"The old captain walked slowly up the beach, looking out to sea and whistling to himself, while "
+         b"the boy carried his chest behind him. He asked whether the inn was much frequented, and when he "
+         b"heard that it was lonely and had few visitors, he said it would suit him very well. Then he threw "
+         b"down three or four gold pieces on the threshold and told my father to call him captain.\n")
+
 
 def training_text() -> str:
     """About 20 KB of fixed mixed text (prose, Python, JSON, HTML, non-ASCII): the tiny
@@ -183,3 +188,11 @@ def golden():
     from llmzip.model import load_model
 
     return load_model(str(Path(__file__).parent / "data" / "golden-tiny"))
+
+
+@pytest.fixture
+def prose_file(tmp_path: Path) -> Path:
+    """``prose.txt`` in the test's temporary directory, holding :data:`PROSE` (one short frame)."""
+    path = tmp_path / "prose.txt"
+    path.write_bytes(PROSE)
+    return path

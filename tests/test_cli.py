@@ -22,6 +22,7 @@ from llmzip.errors import (CorruptArchiveError, ModelLoadError, ModelMismatchErr
                            TokenizerError, UnsupportedFormatError)
 from llmzip.engine import ENGINES
 from llmzip.model import load_model
+from conftest import PROSE
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = {
@@ -33,7 +34,6 @@ SAMPLES = {
     "random": np.random.default_rng(7).bytes(3000),
     "invalid_utf8": b"caf\xc3 \xff\xfe\xed\xa0\x80 \xe2\x82 end\r",
 }
-PROSE = SAMPLES["prose"]
 MIXED = (REPO / "README.md").read_bytes()[:20_000] + np.random.default_rng(1).bytes(20_000)  # -> ppmd, stored
 
 
@@ -46,13 +46,6 @@ def llz(tiny_model_dir):
             argv[1:1] = ["--model", str(model)]
         return CliRunner().invoke(cli.main, argv, input=input, catch_exceptions=False)
     return run
-
-
-@pytest.fixture
-def prose_file(tmp_path):
-    path = tmp_path / "prose.txt"
-    path.write_bytes(PROSE)
-    return path
 
 
 @pytest.fixture
@@ -250,6 +243,30 @@ def test_test_command(llz, archive, tmp_path):
     assert re.fullmatch(rf"llmzip: {re.escape(str(bad))}: corrupt archive: trailer at offset \d+: truncated archive\n",
                         err(result))
     assert result.exit_code == 1
+
+
+def test_decompress_and_test_accept_and_ignore_a_level(llz, prose_file, archive):
+    """As gzip -d -9 and zstd -d -19 do: a script that passes its level to every call still works."""
+    plain = llz("decompress", "-c", str(archive))
+    assert (plain.exit_code, plain.stdout_bytes, err(plain)) == (0, PROSE, "")
+    for level in (["-9"], ["--best"], ["--fast"], ["-3"], ["--level", "3"], ["-1", "--level", "9"]):
+        again = llz("decompress", *level, "-c", str(archive))
+        assert (again.exit_code, again.stdout_bytes, err(again)) == (0, PROSE, "")
+    assert llz("decompress", "-9c", str(archive)).stdout_bytes == PROSE
+    prose_file.unlink()
+    assert llz("decompress", "-9", str(archive)).exit_code == 0 and prose_file.read_bytes() == PROSE
+    checked = [llz("test", *level, str(archive)) for level in ([], ["--best"], ["-9"], ["--level", "5"])]
+    assert {(r.exit_code, r.stdout_bytes, err(r)) for r in checked} == {(0, b"", "")}
+    refused = llz("test", "--level", "10", str(archive))       # still checked as compress checks it
+    assert refused.exit_code == 1 and "10 is not in the range 1<=x<=9" in err(refused)
+
+
+@pytest.mark.parametrize("command", ["decompress", "test"])
+def test_help_says_the_level_is_ignored(llz, command):
+    text = " ".join(llz(command, "--help").stdout.split())
+    assert "--level N Accepted and ignored, as are -1 .. -9, --fast and --best: an archive records all its " \
+           "decoder needs." in text
+    assert "Level 9" not in text and "Compression level" not in text
 
 
 def test_test_verbose_lists_the_frames(llz, tmp_path):

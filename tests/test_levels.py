@@ -16,12 +16,9 @@ import llmzip
 from llmzip import cli, codec, frames, levels
 from llmzip.cli import jobs
 from llmzip.model import EMBEDDED_NAME, shipped_models
+from conftest import PROSE
 
 REPO = Path(__file__).resolve().parents[1]
-PROSE = (b"The old captain walked slowly up the beach, looking out to sea and whistling to himself, while "
-         b"the boy carried his chest behind him. He asked whether the inn was much frequented, and when he "
-         b"heard that it was lonely and had few visitors, he said it would suit him very well. Then he threw "
-         b"down three or four gold pieces on the threshold and told my father to call him captain.\n")
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -34,13 +31,6 @@ def lm_fields(blob: bytes) -> list:
 
 def methods(blob: bytes) -> set[str]:
     return set(llmzip.read_info(blob).method_mix())
-
-
-@pytest.fixture
-def prose_file(tmp_path):
-    path = tmp_path / "prose.txt"
-    path.write_bytes(PROSE)
-    return path
 
 
 @pytest.fixture

@@ -157,15 +157,23 @@ _CODEC_OPTIONS = ("verbose", "quiet", "threads", "batch_size", "model", "allow_d
 _COMPRESS_OPTIONS = tuple("compress_model" if name == "model" else name for name in _CODEC_OPTIONS)
 
 
-def _level_options(func: Any) -> Any:
-    """-1 .. -9 (gzip's), --fast (-1), --best (-9) and --level N: one value, the last given wins."""
-    for n in range(MAX_LEVEL, MIN_LEVEL - 1, -1):
-        alias = {MIN_LEVEL: ["--fast"], MAX_LEVEL: ["--best"]}.get(n, [])
-        func = click.option(f"-{n}", *alias, "level", flag_value=n, hidden=not alias,
-                            help=f"Level {n}: {levels.get(n).summary}.")(func)
-    return click.option("--level", "level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), metavar="N",
-                        help=f"Compression level, as -N: -{MIN_LEVEL} .. -{MAX_LEVEL} "
-                             f"[default: {DEFAULT_LEVEL}].")(func)
+def _level_options(ignored: bool = False) -> Callable[[Any], Any]:
+    """-1 .. -9 (gzip's), --fast (-1), --best (-9) and --level N: one value, the last given wins.
+
+    ``ignored``: decompress and test accept the same options and drop them, as ``gzip -d -9`` and
+    ``zstd -d -19`` do, so a script may pass its level to every call; their help shows --level only.
+    """
+    def decorate(func: Any) -> Any:
+        for n in range(MAX_LEVEL, MIN_LEVEL - 1, -1):
+            alias = {MIN_LEVEL: ["--fast"], MAX_LEVEL: ["--best"]}.get(n, [])
+            func = click.option(f"-{n}", *alias, "level", flag_value=n, hidden=ignored or not alias,
+                                expose_value=not ignored, help=f"Level {n}: {levels.get(n).summary}.")(func)
+        help_text = (f"Accepted and ignored, as are -{MIN_LEVEL} .. -{MAX_LEVEL}, --fast and --best: "
+                     "an archive records all its decoder needs." if ignored else
+                     f"Compression level, as -N: -{MIN_LEVEL} .. -{MAX_LEVEL} [default: {DEFAULT_LEVEL}].")
+        return click.option("--level", "level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), metavar="N",
+                            expose_value=not ignored, help=help_text)(func)
+    return decorate
 
 
 def _with(*names: str) -> Callable[[Any], Any]:
@@ -209,7 +217,7 @@ def _compress_help() -> str:
 
 @main.command(epilog=EPILOG, help=_compress_help())
 @_with("files", "stdout", "output", "force", "keep", "suffix", "frame_size")
-@_level_options
+@_level_options()
 @_with("method", "chunk_tokens", "mix", *_COMPRESS_OPTIONS)
 def compress(files: tuple[str, ...], **kw: Any) -> int:
     source = click.get_current_context().get_parameter_source("model")
@@ -219,14 +227,18 @@ def compress(files: tuple[str, ...], **kw: Any) -> int:
 
 
 @main.command(epilog=EPILOG)
-@_with("files", "stdout", "output", "force_decode", "keep", "suffix", *_CODEC_OPTIONS)
+@_with("files", "stdout", "output", "force_decode", "keep", "suffix")
+@_level_options(ignored=True)
+@_with(*_CODEC_OPTIONS)
 def decompress(files: tuple[str, ...], **kw: Any) -> int:
     """Decompress each FILE.llz to FILE (no FILE, or -: stdin to stdout)."""
     return _run("decompress", files, **kw)
 
 
 @main.command(epilog=EPILOG)
-@_with("files", "force_read", *_CODEC_OPTIONS)
+@_with("files", "force_read")
+@_level_options(ignored=True)
+@_with(*_CODEC_OPTIONS)
 def test(files: tuple[str, ...], **kw: Any) -> int:
     """Decode each archive and verify its checksum; write nothing."""
     return _run("test", files, **kw)

@@ -1,6 +1,6 @@
 """Archive format version 2: a stream of independent frames, then a trailer with an index.
 
-Layout (integers little-endian; varints are unsigned LEB128, minimal)::
+Layout (integers little-endian; varints are unsigned LEB128, minimal: :mod:`llmzip.varint`)::
 
     stream header   b"LLMZ" | format_version u8 = 2
     frame record    method u8 (1..255) | raw_size varint | payload_size varint
@@ -31,6 +31,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Sequence
 
+from .. import varint
 from ..container import MAGIC
 from ..errors import CorruptArchiveError, FrameError, NotAnArchiveError, UnsupportedFormatError
 
@@ -40,7 +41,6 @@ END_MARKER = 0
 CHECKSUM_SIZE = 16
 MAX_FRAME_RAW = 1 << 30            # a frame never holds more than 1 GiB of input...
 MAX_PAYLOAD_SLACK = 1 << 16        # ...nor a payload over 2x its input + 64 KiB (forged sizes are refused)
-MAX_VARINT_BYTES = 10
 _U32 = struct.Struct("<I")
 
 
@@ -55,17 +55,6 @@ def stream_digest(checksums: Iterable[bytes]) -> bytes:
     for c in checksums:
         h.update(c)
     return h.digest()
-
-
-def varint(value: int) -> bytes:
-    if not 0 <= value < 2**64:
-        raise ValueError(f"varint value out of range: {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -91,8 +80,8 @@ class Frame:
 
     def record(self) -> bytes:
         """The frame's bytes in a stream: record header, CRC, payload."""
-        head = (bytes([self.method]) + varint(self.raw_size) + varint(len(self.payload)) + self.checksum
-                + _U32.pack(zlib.crc32(self.payload)))
+        head = (bytes([self.method]) + varint.encode(self.raw_size) + varint.encode(len(self.payload))
+                + self.checksum + _U32.pack(zlib.crc32(self.payload)))
         return head + _U32.pack(zlib.crc32(head)) + self.payload
 
     @property
@@ -105,7 +94,7 @@ def payload_limit(raw_size: int) -> int:
 
 
 def record_header_size(raw_size: int, payload_size: int) -> int:
-    return 1 + len(varint(raw_size)) + len(varint(payload_size)) + CHECKSUM_SIZE + 8
+    return 1 + len(varint.encode(raw_size)) + len(varint.encode(payload_size)) + CHECKSUM_SIZE + 8
 
 
 @dataclass(frozen=True)
@@ -123,10 +112,10 @@ class FrameInfo:
 def trailer(frames: Sequence[tuple[int, int, bytes]]) -> bytes:
     """The trailer for frames given as ``(payload_size, raw_size, checksum)`` in order."""
     body = bytearray([END_MARKER])
-    body += varint(len(frames))
+    body += varint.encode(len(frames))
     for payload_size, raw_size, _ in frames:
-        body += varint(payload_size) + varint(raw_size)
-    body += varint(sum(raw for _, raw, _ in frames)) + stream_digest(c for _, _, c in frames)
+        body += varint.encode(payload_size) + varint.encode(raw_size)
+    body += varint.encode(sum(raw for _, raw, _ in frames)) + stream_digest(c for _, _, c in frames)
     body += _U32.pack(zlib.crc32(body))
     return bytes(body) + _U32.pack(len(body))
 
@@ -177,16 +166,15 @@ class RecordReader:
         return FrameError(reason, self.index, self.offset)
 
     def _varint(self, head: bytearray) -> int:
-        value = 0
-        for i in range(MAX_VARINT_BYTES):
-            byte = self._read(1)[0]
-            head.append(byte)
-            value |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if byte == 0 and i > 0:
-                    raise self._error("a size is not minimally encoded")
-                return value
-        raise self._error("a size is longer than 10 bytes")
+        """Read a size, appending its bytes to ``head`` (the record's bytes, for its CRC)."""
+        def next_byte() -> int:
+            head.append(self._read(1)[0])
+            return head[-1]
+
+        try:
+            return varint.read(next_byte)
+        except varint.VarintError as exc:
+            raise self._error(f"a size {exc}") from None
 
     def next_frame(self) -> tuple[FrameInfo, Frame] | None:
         """The next frame, or None once the trailer has been read and checked."""
@@ -254,14 +242,11 @@ def _parse_index(body: bytes) -> tuple[list[tuple[int, int]], int]:
 
     def take() -> int:
         nonlocal pos
-        value = shift = 0
-        while True:
-            if pos >= len(body) - 4 - CHECKSUM_SIZE:
-                raise CorruptArchiveError("trailer index runs past its end")
-            byte = body[pos]
-            pos, value, shift = pos + 1, value | (byte & 0x7F) << shift, shift + 7
-            if not byte & 0x80:
-                return value
+        try:
+            value, pos = varint.decode(body, pos, len(body) - 4 - CHECKSUM_SIZE)
+        except varint.VarintError as exc:
+            raise CorruptArchiveError(f"trailer index {exc}") from None
+        return value
 
     count = take()
     if count > len(body):

@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .. import codec
+from .. import codec, varint
 from ..container import Header, read_archive, write_archive
-from .format import varint
 from .methods import DecodeFailed
 
 ModelFor = Callable[[str], Any]     # model id (as the archive names it) -> a loaded model
@@ -37,11 +36,12 @@ def encode(data: bytes, model: codec.Model, mixing: codec.MixParams | None, chun
 def pack(header: Header, segments: Sequence[bytes | memoryview]) -> bytes:
     """The LM payload of a format-1 header and its segments (size and checksum go to the frame)."""
     model_id = header.model_id.encode("utf-8")
+    v = varint.encode
     fields = [bytes([len(model_id)]), model_id, header.fingerprint, bytes([header.engine]),
-              varint(header.vocab_size), varint(header.bos_id), bytes([header.freq_bits]),
-              varint(header.chunk_tokens), varint(header.group_chunks), varint(header.token_count),
-              varint(len(header.mix_params)), header.mix_params, varint(len(segments)),
-              *(varint(len(s)) for s in segments), *(bytes(s) for s in segments)]
+              v(header.vocab_size), v(header.bos_id), bytes([header.freq_bits]),
+              v(header.chunk_tokens), v(header.group_chunks), v(header.token_count),
+              v(len(header.mix_params)), header.mix_params, v(len(segments)),
+              *(v(len(s)) for s in segments), *(bytes(s) for s in segments)]
     return b"".join(fields)
 
 
@@ -56,15 +56,10 @@ class _Cursor:
         return self.buf[self.pos - size:self.pos]
 
     def varint(self) -> int:
-        value = 0
-        for i in range(10):
-            byte = self.take(1)[0]
-            value |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if byte == 0 and i > 0:
-                    raise DecodeFailed("a language-model frame field is not minimally encoded")
-                return value
-        raise DecodeFailed("a language-model frame field is longer than 10 bytes")
+        try:
+            return varint.read(lambda: self.take(1)[0])
+        except varint.VarintError as exc:
+            raise DecodeFailed(f"a language-model frame field {exc}") from None
 
 
 @dataclass(frozen=True)
