@@ -153,7 +153,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"Inputs: the first {report['kb']} KB of each file." if report["kb"] else "Inputs: whole files.",
              "Bits per byte of the archive; speeds are kB (1000 bytes) of input per second over all files, "
              "models loaded and warmed up before timing; one run each.",
-             *([f"**Contended**: {report['note']}"] if report["note"] else []), "",
+             *([f"**Note**: {report['note']}"] if report["note"] else []), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
         cells = [r["label"], describe(levels.Choice(**r["choice"]))]

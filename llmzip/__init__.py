@@ -21,18 +21,20 @@ from typing import Any
 
 from .errors import (
     CorruptArchiveError,
+    FrameError,
     LlmzipError,
     ModelLoadError,
     ModelMismatchError,
     NotAnArchiveError,
     TokenizerError,
     UnsupportedFormatError,
+    WorkerError,
 )
 
 __version__ = "0.1.0"
 __all__ = [
-    "compress", "decompress", "read_info", "LlmzipError", "CorruptArchiveError", "NotAnArchiveError",
-    "UnsupportedFormatError", "ModelMismatchError", "ModelLoadError", "TokenizerError",
+    "compress", "decompress", "read_info", "LlmzipError", "CorruptArchiveError", "FrameError", "NotAnArchiveError",
+    "UnsupportedFormatError", "ModelMismatchError", "ModelLoadError", "TokenizerError", "WorkerError",
 ]
 
 
@@ -59,9 +61,9 @@ def compress(data: bytes, model: Any = None, *, allow_download: bool = False, **
     return out.getvalue()
 
 
-def decompress(blob: bytes, model: Any = None, *, allow_download: bool = False, **options: Any) -> bytes:
+def decompress(blob: bytes, model: Any = None, *, allow_download: bool = False, settings: Any = None) -> bytes:
     """Decompress an archive of either format; loads the model an LM frame names when ``model``
-    is None (``options``: ``settings``)."""
+    is None. ``settings``: a :class:`llmzip.codec.Settings` (workers, batch size: speed only)."""
     from . import codec, frames
     from .container import read_header
 
@@ -69,7 +71,7 @@ def decompress(blob: bytes, model: Any = None, *, allow_download: bool = False, 
     if frames.format_version(blob[:5]) == 1:
         if model is None:
             model = read_header(blob)[0].model_id
-        return codec.decompress(blob, _resolve(model, allow_download), **options)
+        return codec.decompress(blob, _resolve(model, allow_download), settings or codec.Settings())
     models: dict[str, Any] = {}
 
     def model_for(model_id: str) -> Any:
@@ -77,7 +79,7 @@ def decompress(blob: bytes, model: Any = None, *, allow_download: bool = False, 
             models[model_id] = _resolve(model if model is not None else model_id, allow_download)
         return models[model_id]
 
-    return frames.decompress(blob, model_for, options.get("settings"))
+    return frames.decompress(blob, model_for, settings)
 
 
 def read_info(blob: bytes) -> Any:

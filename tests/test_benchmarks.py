@@ -103,7 +103,7 @@ STARTS = {
     "memory.py": "--help", "mix_study.py": "--help", "quant_sim.py": "--help", "run.py": "--help",
     "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
     "roofline.py": "--help", "stage_timer.py": "import", "fallbacks.py": "--help", "frame_choice.py": "--help",
-    "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help",
+    "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help", "workers.py": "--help",
 }
 _START_ALL = textwrap.dedent("""
     import contextlib, io, json, os, runpy, sys
@@ -184,3 +184,11 @@ def test_roofline_quick(tmp_path: Path) -> None:
         assert (r["stage_pct"]["mixer"] > 0) == (r["mode"] == "mix")
     md = (tmp_path / "roofline.md").read_text()
     assert "## Where the time goes" in md and "| llama-tiny | lm | decompress |" in md
+
+
+def test_workers_benchmark_measures_every_setting(golden):
+    import workers
+
+    best = workers.measure(golden, b"The quick brown fox jumps over the lazy dog. " * 20, repeats=1)
+    assert set(best) == {(name, op) for name in workers.settings_by_name() for op in ("compress", "decompress")}
+    assert "| two processes | decompress |" in workers.report(best, "title")
