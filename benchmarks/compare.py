@@ -53,22 +53,17 @@ def worker_main(root: str, model_name: str, threads: int | None) -> None:
 def _serve(req: dict[str, Any], codec: Any, model: Any, settings: Any, blobs: dict[str, bytes]) -> dict[str, Any]:
     """Time one compress or decompress (the archive is kept for the decompression)."""
     data = Path(req["file"]).read_bytes()[: req["limit"]]
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    from cputime import cpu_seconds
+
+    start, cpu = time.perf_counter(), cpu_seconds()
     if req["op"] == "compress":
         blob = codec.compress(data, model, settings=settings)
-        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         blobs[req["file"]] = blob
         return {"seconds": seconds, "cpu": cpu, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                 "tokens": len(model.tokenizer.encode(data))}
     ok = codec.decompress(blobs[req["file"]], model, settings) == data
-    return {"seconds": time.perf_counter() - start, "cpu": _cpu_seconds() - cpu, "ok": ok}
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of the worker processes it has reaped (the codec reaps its
-    workers before it returns)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return {"seconds": time.perf_counter() - start, "cpu": cpu_seconds() - cpu, "ok": ok}
 
 
 class Worker:

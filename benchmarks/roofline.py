@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cputime import cpu_seconds  # noqa: E402
 from llmzip.runtime import single_openmp_thread, tune_allocator  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -204,19 +205,14 @@ def coded(model: Any, data: bytes, mode: str, settings: Any, timer: Any = None) 
 
 class _Plain:
     """Wall and CPU time of a ``with`` block, the CPU time of worker processes included (the
-    codec reaps them before it returns, so ``os.times`` counts them)."""
+    codec reaps them before it returns, so :func:`cputime.cpu_seconds` counts them)."""
 
     def __enter__(self) -> _Plain:
-        self.cpu, self.wall = _cpu_with_children(), time.perf_counter()
+        self.cpu, self.wall = cpu_seconds(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.cpu, self.wall = _cpu_with_children() - self.cpu, time.perf_counter() - self.wall
-
-
-def _cpu_with_children() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+        self.cpu, self.wall = cpu_seconds() - self.cpu, time.perf_counter() - self.wall
 
 
 def run_model(model: Any, name: str, files: dict[str, bytes], settings: Any, repeats: int) -> list[dict[str, Any]]:

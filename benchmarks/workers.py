@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cputime import cpu_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 if str(REPO) not in sys.path:
@@ -37,11 +39,10 @@ def settings_by_name() -> dict[str, Any]:
 
 def timed(call: Any) -> tuple[Any, float, float, float]:
     """``call()``'s result, wall seconds, own CPU seconds, reaped children's CPU seconds."""
-    t0, w = os.times(), time.perf_counter()
+    own, w, total = time.process_time(), time.perf_counter(), cpu_seconds()
     result = call()
-    t1, w = os.times(), time.perf_counter() - w
-    return (result, w, t1.user + t1.system - t0.user - t0.system,
-            t1.children_user + t1.children_system - t0.children_user - t0.children_system)
+    own, w, total = time.process_time() - own, time.perf_counter() - w, cpu_seconds() - total
+    return result, w, own, total - own
 
 
 def measure(model: Any, data: bytes, repeats: int) -> dict[tuple[str, str], tuple[float, float, float]]:

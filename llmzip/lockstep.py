@@ -153,10 +153,10 @@ def use_processes(settings: Settings, decoding: bool) -> bool:
     """Forked worker processes rather than threads: ``settings.processes`` where fork exists; by
     default for the decoder only, and only from a process without other Python threads. A
     decoding step is many small numpy calls that hold the GIL; the encoder's calls are larger,
-    and its threads already keep both cores busy
-    (measured, quiet, first 64 KB of treasure_island.txt, compress / decompress seconds: one
-    thread 2.34 / 3.50, two threads 1.44 / 3.33, two processes 1.57 / 2.41 with the embedded
-    model; a 6x384 Llama, 32 KB: 3.49 / 4.70, 2.07 / 5.61, 2.17 / 3.45)."""
+    and its threads already keep both cores busy (`python benchmarks/workers.py`, quiet, first
+    64 KB of treasure_island.txt, compress / decompress seconds: one thread 2.53 / 3.63, two
+    threads 1.41 / 3.47, two processes 1.56 / 2.58 with the embedded model; a 6x384 Llama, 32 KB:
+    3.35 / 4.58, 1.97 / 5.36, 2.08 / 3.32)."""
     if settings.processes is None:
         return decoding and fork_safe()
     return settings.processes and fork_available()

@@ -291,7 +291,11 @@ def _serve(runner: ProcessRunner, b: int, conn: Connection) -> int:
     """Worker ``b``'s loop: advance or trim its batch's state on request, report each advance's
     outcome (None, or the first failure since the last report); exit code when told to stop."""
     one_torch_thread()
-    model, state, failed = runner.model, None, None
+    model, failed = runner.model, None
+    try:
+        state = model.start(runner.batches[b].stop - runner.batches[b].start)
+    except Exception as e:                                # reported with the first advance
+        failed = _report(e)
     while True:
         try:
             op, n, steps, parity = conn.recv()
@@ -301,7 +305,6 @@ def _serve(runner: ProcessRunner, b: int, conn: Connection) -> int:
             return 0
         try:
             if failed is None:
-                state = model.start(runner.batches[b].stop - runner.batches[b].start) if state is None else state
                 if op == "keep":
                     model.keep(state, np.arange(n))
                 else:
