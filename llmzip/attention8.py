@@ -32,6 +32,7 @@ import functools
 
 import numpy as np
 
+from . import fused
 from .fixedpoint import exp_table
 from .linear8 import Q_MAX, quantize_rows
 
@@ -152,13 +153,31 @@ def attend(q: np.ndarray, cache: KVCache8, layer: int, start: int) -> np.ndarray
     rows, heads, t_new, head_dim = q.shape
     kv_heads = cache.keys[layer].shape[1]
     end = start + t_new
-    q8, eq = quantize_vectors(q.reshape(rows, kv_heads, heads // kv_heads * t_new, head_dim))
-    out = np.empty(q8.shape, dtype=np.int64)
+    grouped = q.reshape(rows, kv_heads, heads // kv_heads * t_new, head_dim)
+    out = np.empty(grouped.shape, dtype=np.int64)
     step = max(1, ATTEND_BUDGET // (heads * t_new * end))
+    if fused.active():
+        for r in range(0, rows, step):
+            part = slice(r, r + step)
+            out[part] = _attend_rows_fused(grouped[part], cache, layer, part, start, end)
+        return out.reshape(q.shape)
+    q8, eq = quantize_vectors(grouped)
     for r in range(0, rows, step):
         part = slice(r, r + step)
         out[part] = _attend_rows(q8[part], eq[part], cache, layer, part, start, end)
     return out.reshape(q.shape)
+
+
+def _attend_rows_fused(q: np.ndarray, cache: KVCache8, layer: int, part: slice, start: int,
+                       end: int) -> np.ndarray:
+    """:func:`_attend_rows` (quantisation of ``q`` included) by the fused kernel: same integers."""
+    group = q.shape[2] // (end - start)
+    top = cache.value_max[layer][part, :, start:end]
+    top = np.tile(top, (1, 1, group)) if group > 1 else np.ascontiguousarray(top)
+    arrays = (q, cache.keys[layer][part], cache.values[layer][part], cache.value_exp[layer][part], end, top)
+    if start + 1 == end:
+        return fused.kernel("attend_step")(*arrays, _weight_table())
+    return fused.kernel("attend")(*arrays, _round_or_mask(group, start, end), _weight_table())
 
 
 def _attend_rows(q8: np.ndarray, eq: np.ndarray, cache: KVCache8, layer: int, part: slice,

@@ -84,7 +84,7 @@ def compress(
         mixing=mixing is not None, mix_params=mixing.to_bytes() if mixing else b"",
     )
     mixer = Mixer(model.vocab_size, mixing, chunk, len(tokens)) if mixing else None
-    model.prepare(len(tokens))
+    model.prepare(len(tokens), encoding=True)
     segments = [
         encode_group(model, rows, settings, mixer)
         for rows in _groups(tokens, chunk, group_chunks)

@@ -19,6 +19,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 import numpy as np
 
+from . import fused
+
 _PI = Decimal("3.14159265358979323846264338327950288419716939937510582097494459")
 EXACT_LIMIT = 2**53  # integers below this are exact in float64
 
@@ -165,6 +167,16 @@ def silu(u: np.ndarray, frac_bits: int) -> np.ndarray:
     return activation_lookup(u, "silu", frac_bits, half_range=SILU_HALF_RANGE)
 
 
+def silu_table(frac_bits: int) -> tuple[np.ndarray, int]:
+    """The table :func:`silu` reads (index ``u + limit``) and its ``limit``, for the fused kernels."""
+    return activation_values("silu", frac_bits, half_range=SILU_HALF_RANGE)
+
+
+def activation_values(kind: str, frac_bits: int, step_bits: int = 6, half_range: int = 8) -> tuple[np.ndarray, int]:
+    """The table :func:`activation_lookup` reads (index ``u + limit``) and its ``limit``."""
+    return _activation_values(kind, frac_bits, step_bits, half_range), half_range << frac_bits
+
+
 def activation_lookup(u: np.ndarray, kind: str, frac_bits: int, step_bits: int = 6, half_range: int = 8) -> np.ndarray:
     """:func:`gelu_clipped` of int64 ``u`` for any clip (|u| < 2**62), bit-identical: one read of
     a table holding its value at every input of the table's range, ``u`` above it, 0 below it.
@@ -173,6 +185,8 @@ def activation_lookup(u: np.ndarray, kind: str, frac_bits: int, step_bits: int =
     entries for SiLU at 12 fraction bits, 1 MiB) takes one.
     """
     limit = half_range << frac_bits
+    if fused.active():
+        return fused.kernel("activation")(u, _activation_values(kind, frac_bits, step_bits, half_range), limit)
     idx = np.clip(u, np.int64(-limit), np.int64(limit))
     idx += limit
     y = np.take(_activation_values(kind, frac_bits, step_bits, half_range), idx)

@@ -70,9 +70,9 @@ class Predictor(Protocol):
     def keep(self, state: Any, rows: np.ndarray) -> None:
         """Keep only the listed rows of ``state``, in that order."""
 
-    def prepare(self, tokens: int) -> None:
-        """Called once per codec call of ``tokens`` tokens, before any worker thread starts (e.g. to
-        choose a GEMM backend); never changes a table. May do nothing."""
+    def prepare(self, tokens: int, encoding: bool = False) -> None:
+        """Called once per codec call of ``tokens`` tokens (``encoding``: a compression), before any
+        worker thread starts (e.g. to choose a GEMM backend); never changes a table. May do nothing."""
 
 
 @dataclass

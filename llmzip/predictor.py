@@ -13,6 +13,7 @@ import numpy as np
 
 from .engine import ENGINES, ExactEngine, engine_version
 from .errors import ModelMismatchError
+from . import fused
 from .linear8 import select_backend
 from .quantize import FREQ_BITS, freqs_from_logits
 from .tokens import ByteTokenizer
@@ -83,11 +84,13 @@ class LoadedModel:
     def start(self, rows: int) -> Any:
         return self.engine.new_cache(rows)
 
-    def prepare(self, tokens: int) -> None:
-        """Get ready for a codec call of ``tokens`` tokens, before its worker threads start:
-        the int8 GEMM backend (:func:`llmzip.linear8.select_backend`). Never changes a table."""
-        if self.engine.version.int8_gemm:
-            select_backend(tokens)
+    def prepare(self, tokens: int, encoding: bool = False) -> None:
+        """Get ready for a codec call of ``tokens`` tokens, before its worker threads start: the
+        int8 GEMM backend (:func:`llmzip.linear8.select_backend`) and, for a compression, the fused
+        kernels (:func:`llmzip.fused.select`; the decoder's forked workers keep numpy). Never
+        changes a table."""
+        torch_gemm = self.engine.version.int8_gemm and select_backend(tokens)
+        fused.select(tokens, torch_gemm and encoding)
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32

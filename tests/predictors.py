@@ -28,5 +28,5 @@ class CountingPredictor:
     def keep(self, counts: np.ndarray, rows: np.ndarray) -> None:
         raise NotImplementedError  # the tests give equal-length rows
 
-    def prepare(self, tokens: int) -> None:
+    def prepare(self, tokens: int, encoding: bool = False) -> None:
         pass   # nothing to choose

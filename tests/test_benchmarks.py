@@ -103,7 +103,7 @@ STARTS = {
     "memory.py": "--help", "mix_study.py": "--help", "quant_sim.py": "--help", "run.py": "--help",
     "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
     "roofline.py": "--help", "stage_timer.py": "import", "fallbacks.py": "--help", "frame_choice.py": "--help",
-    "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help", "workers.py": "--help", "cputime.py": "import",
+    "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help", "workers.py": "--help", "cputime.py": "import", "fused.py": "--help",
 }
 _START_ALL = textwrap.dedent("""
     import contextlib, io, json, os, runpy, sys

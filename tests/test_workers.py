@@ -56,7 +56,7 @@ class HistoryPredictor:
     def keep(self, state: dict[str, np.ndarray], rows: np.ndarray) -> None:
         state["hash"] = state["hash"][rows]
 
-    def prepare(self, tokens: int) -> None:
+    def prepare(self, tokens: int, encoding: bool = False) -> None:
         pass
 
 

@@ -14,7 +14,8 @@ from typing import Any, Mapping, cast
 
 import numpy as np
 
-from ..fixedpoint import clip_inplace, silu
+from .. import fused
+from ..fixedpoint import clip_inplace, silu, silu_table
 from ..linear8 import Linear8, output_bound
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, RMSNorm, fingerprint, inverse_sqrt, to_fixed
@@ -254,6 +255,9 @@ class ExactLlama:
 
     def _swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         """silu(gate) * up, ACT_FRAC bits: both clipped to GATE_CLIP, so the int64 product < 2**48."""
+        if fused.active():
+            table, limit = silu_table(ACT_FRAC)
+            return fused.kernel("swiglu")(gate_up, table, limit, GATE_CLIP, ACT_FRAC)
         clip_inplace(gate_up, GATE_CLIP)
         inner = self.spec.n_inner
         y = silu(gate_up[..., :inner], ACT_FRAC)

@@ -1,0 +1,106 @@
+"""Fused kernels for the exact engine: the numpy reference's integers, in one pass where it takes ten.
+
+The engine's arithmetic is defined by its numpy code (:mod:`llmzip.linear8`,
+:mod:`llmzip.attention8`, :mod:`llmzip.fixedpoint`). Most of its time goes to chains of small
+elementwise passes around the matrix products (quantising a GEMM's input, rescaling its output,
+attention scores to weights, activation tables). Here the same chains are written with torch
+operations and compiled by ``torch.compile`` (Inductor: one C++ loop per chain), which needs
+torch and a C++ compiler. Nothing here is a new arithmetic:
+
+* every step is an integer operation, or a float operation whose exact result is representable
+  (products of small integers by powers of two, sums of integers below 2**53, ``floor``), so
+  fusing, vectorising or reordering them cannot change a bit; Inductor's C++ is built without
+  unsafe-math and without floating-point contraction (its defaults, checked in :func:`_compiler`);
+* the one rounding step, the quantiser's ``e * (2**28 / sum)``, is kept as two single IEEE
+  operations (one division per row, one product per entry);
+* shift counts are clamped where numpy defines shifts past the width and C++ does not (every such
+  clamp is argued at its line);
+* at first use each kernel is run on inputs chosen to hit its edge cases and compared with the
+  numpy reference (:func:`_probe`); any difference, compiler error or missing torch feature
+  leaves the engine on numpy, which gives the same integers.
+
+Compiling costs seconds (cached on disk by torch afterwards), so :func:`select` turns the kernels
+on only for codec calls long enough to repay it, as :func:`llmzip.linear8.select_backend` does
+for torch itself. The kernels hold no state: the numpy arrays are passed as zero-copy tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any, Callable
+
+
+# A process's first use of the kernels costs ~11 s even with torch's on-disk cache warm (tracing
+# and loading ~15 graphs; measured on a 2-core AMD EPYC) and then saves 15-25 % of a compression's
+# time: codec calls from this many tokens turn them on by themselves, smaller ones once they are built.
+FUSED_MIN_TOKENS = 1 << 19
+_active = False
+_lock = threading.Lock()
+
+
+def active() -> bool:
+    """Whether the engine's hot paths run the fused kernels (chosen by :func:`select`)."""
+    return _active
+
+
+def select(tokens: int, wanted: bool) -> bool:
+    """Choose for a codec call of ``tokens`` tokens, before its worker threads start: the fused
+    kernels if ``wanted`` (the caller runs its int8 GEMMs on torch and encodes), they compile and
+    pass their probe, and the call has :data:`FUSED_MIN_TOKENS` tokens or they are already built.
+    ``LLMZIP_FUSED=0`` keeps numpy; ``LLMZIP_FUSED=always`` takes the kernels at any size. Returns
+    the choice."""
+    global _active
+    mode = os.environ.get("LLMZIP_FUSED", "auto")
+    big = tokens >= FUSED_MIN_TOKENS or _kernels.cache_info().currsize > 0
+    _active = mode != "0" and (mode == "always" or (wanted and big)) and available()
+    return _active
+
+
+def force(on: bool) -> None:
+    """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`."""
+    global _active
+    _active = on and available()
+
+
+def available() -> bool:
+    """Whether torch.compile builds every kernel here and each matches the numpy reference."""
+    with _lock:
+        return _kernels() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels are not available here (None if they are): for diagnostics and benchmarks."""
+    return None if available() else _why[0]
+
+
+_why = ["not built yet"]
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels() -> dict[str, Callable[..., Any]] | None:
+    try:
+        from . import fused_torch
+        kernels = fused_torch.compile_all()
+        _probe(kernels)
+    except Exception as e:   # no torch, no compiler, an unsupported op, a probe mismatch: stay on numpy
+        _why[0] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return None
+    return kernels
+
+
+def kernel(name: str) -> Callable[..., Any]:
+    """The compiled kernel ``name`` (only while :func:`active`)."""
+    kernels = _kernels()
+    assert kernels is not None
+    return kernels[name]
+
+
+def _probe(kernels: dict[str, Callable[..., Any]]) -> None:
+    """Raise AssertionError unless every kernel gives the numpy reference's integers on its edge cases
+    (:mod:`llmzip.fused_check`); the references run while the kernels are off."""
+    from . import fused_check
+    assert not _active
+    for case in fused_check.CASES:
+        case(kernels)

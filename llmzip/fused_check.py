@@ -1,0 +1,128 @@
+"""The first-use proof of :mod:`llmzip.fused`: every kernel against the numpy reference, on inputs
+chosen to reach the edges of its arithmetic (quantisation shifts at their boundaries, clips, table
+ends, masked and unmasked attention, grouped heads, one row and one position), in the shapes the
+engine calls them with, so the probe also compiles what the codec will run.
+
+Each case takes the compiled kernels and raises AssertionError on the first difference. The numpy
+side always runs the reference code itself (never a copy of it).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+from . import attention8, fixedpoint
+from .linear8 import Linear8, _float64_matmul, _rescale, quantize_linear8, quantize_rows
+
+Kernels = dict[str, Callable[..., Any]]
+
+
+def _equal(name: str, want: np.ndarray, got: np.ndarray) -> None:
+    if want.dtype != got.dtype or want.shape != got.shape or not np.array_equal(want, got):
+        raise AssertionError(f"fused kernel {name} differs from the numpy reference")
+
+
+def _edge_rows(rng: np.random.Generator, k: int, big: int) -> np.ndarray:
+    """Rows whose peaks sit on every side of the int8 quantiser's shift boundaries, up to ``big``."""
+    peaks = [0, 1, 126, 127, 128, 129, 254, 255, 256, 257, 383, 384, 2**20 - 1, 2**20, big]
+    rows = []
+    for peak in peaks:
+        row = rng.integers(-peak, peak + 1, size=k)
+        row[rng.integers(k)] = peak if peak % 2 else -peak
+        rows.append(row)
+    rows.append(rng.integers(-big, big + 1, size=k))
+    return np.array(rows, dtype=np.int64)
+
+
+def _linear_reference(layer: Linear8, x: np.ndarray, dtype: type) -> np.ndarray:
+    q, e = quantize_rows(x)
+    return _rescale(_float64_matmul(q, layer.w), layer._factor, np.ldexp(1.0, e)[:, None], layer._bias, dtype)
+
+
+def check_linear8(kernels: Kernels) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(48, 24)) * np.logspace(-3, 1, 24)
+    w[:, 3] = 0.0                                                      # an all-zero column: mult 0
+    layer = quantize_linear8(w, rng.normal(size=24) * 100, 12, 16)
+    x = _edge_rows(rng, 48, 2**36)
+    for rows in (x, x[:1], x[5:6]):
+        _equal("linear8", _linear_reference(layer, rows, np.float64),
+               kernels["linear8"](rows, layer.w, layer._factor, layer._bias))
+        _equal("linear8_int", _linear_reference(layer, rows, np.int64),
+               kernels["linear8_int"](rows, layer.w, layer._factor, layer._bias))
+
+
+def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int) -> attention8.KVCache8:
+    from .engine.common import SCORE_SHIFT
+
+    cache = attention8.KVCache8(1, rows, kv_heads, 64, hd)
+    scale = 2.0 ** rng.integers(0, 20, size=(rows, kv_heads, length, 1))   # exponents that vary by position
+    k = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale).astype(np.int64)
+    v = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale[:, :, ::-1]).astype(np.int64)
+    v[0, 0, 2] = 0                                                       # a zero vector: exponent 0
+    attention8.store(cache, 0, k, v, 0, SCORE_SHIFT)
+    cache.length = length
+    return cache
+
+
+def check_attend(kernels: Kernels) -> None:
+    """Prefill blocks (masked) and single decoding steps, with 1 and 3 query heads per key/value head."""
+    rng = np.random.default_rng(2)
+    hd = 16
+    for group, rows in ((1, 2), (3, 2), (3, 1)):
+        cache = _filled_cache(rng, rows, 2, 9, hd)
+        for start, end in ((0, 9), (4, 9), (8, 9)):
+            t_new = end - start
+            q = (rng.uniform(-1, 1, size=(rows, 2, group * t_new, hd)) * 2.0 ** 36).astype(np.int64)
+            q[0, 0, 0] = 0
+            part = slice(0, rows)
+            q8, eq = attention8.quantize_vectors(q)
+            want = attention8._attend_rows(q8, eq, cache, 0, part, start, end)
+            top = cache.value_max[0][part, :, start:end]
+            top = np.tile(top, (1, 1, group)) if group > 1 else np.ascontiguousarray(top)
+            arrays = (q, cache.keys[0][part], cache.values[0][part], cache.value_exp[0][part], end, top)
+            if t_new == 1:
+                got = kernels["attend_step"](*arrays, attention8._weight_table())
+            else:
+                got = kernels["attend"](*arrays, attention8._round_or_mask(group, start, end), attention8._weight_table())
+            _equal("attend", want, got)
+
+
+def _around(limit: int, clip: int, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Values at and around the table's ends, the clip, zero, and random ones, shape (2, n)."""
+    edges = [0, 1, -1, limit - 1, limit, limit + 1, -limit + 1, -limit, -limit - 1, clip, -clip, clip + 5, -clip - 5]
+    values = np.concatenate([np.array(edges), rng.integers(-2 * limit, 2 * limit, size=2 * n - len(edges))])
+    return values.astype(np.int64).reshape(2, n)
+
+
+def check_swiglu(kernels: Kernels) -> None:
+    from .engine.common import ACT_FRAC
+    from .engine.llama import GATE_CLIP, ExactLlama
+
+    rng = np.random.default_rng(3)
+    table, limit = fixedpoint.silu_table(ACT_FRAC)
+    for inner in (40, 7):
+        gate_up = np.concatenate([_around(limit, GATE_CLIP, rng, inner), _around(limit, GATE_CLIP, rng, inner)[::-1]], -1)
+        owner = SimpleNamespace(spec=SimpleNamespace(n_inner=inner))
+        for rows in (gate_up, gate_up[:1]):
+            want = ExactLlama._swiglu(owner, rows.copy())   # type: ignore[arg-type]
+            _equal("swiglu", want, kernels["swiglu"](rows[None], table, limit, GATE_CLIP, ACT_FRAC)[0])
+
+
+def check_activation(kernels: Kernels) -> None:
+    from .engine.common import ACT_CLIP, ACT_FRAC
+
+    rng = np.random.default_rng(4)
+    for kind in ("gelu_new", "gelu", "silu"):
+        half = fixedpoint.SILU_HALF_RANGE if kind == "silu" else 8
+        table, limit = fixedpoint.activation_values(kind, ACT_FRAC, half_range=half)
+        u = _around(limit, ACT_CLIP, rng, 30)
+        for rows in (u, u[:1]):
+            want = fixedpoint.activation_lookup(rows, kind, ACT_FRAC, half_range=half)
+            _equal("activation", want, kernels["activation"](rows, table, limit))
+
+
+CASES: tuple[Callable[[Kernels], None], ...] = (check_linear8, check_attend, check_swiglu, check_activation)

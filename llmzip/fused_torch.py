@@ -1,0 +1,157 @@
+"""The torch side of :mod:`llmzip.fused`: each kernel is the numpy reference's chain of passes
+written as torch operations (compiled into one loop nest by Inductor), behind a wrapper that takes
+and returns numpy arrays without copies. Imports torch: only :func:`llmzip.fused._kernels` loads it.
+
+Each function's docstring names the numpy code it must equal; :mod:`llmzip.fused_check` holds the
+inputs that prove it at first use.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+# The engine's tables and masks are read-only numpy arrays; the kernels only read them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+Q_MAX = 127
+# Inductor's C++ wrapper releases the GIL while a kernel runs, so the encoder's worker threads run
+# their kernels on both cores at once (the Python wrapper holds it: measured 0.89x with 2 threads
+# against 1.79x).
+COMPILE_OPTIONS = {"cpp_wrapper": True}
+RECOMPILE_LIMIT = 32
+_POW2 = [1 << k for k in range(63)]
+
+
+def _bit_length(peak: torch.Tensor) -> torch.Tensor:
+    """Bit length of non-negative int64 values (``fixedpoint.bit_length``, frexp-exact below 2**53):
+    the number of powers of two at or below each value, compared exactly in int64."""
+    powers = torch.tensor(_POW2, dtype=torch.int64, device=peak.device)
+    return (peak.unsqueeze(-1) >= powers).sum(-1)
+
+
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear8.quantize_rows`` over the last axis: int8 values, int64 shifts (one per row)."""
+    peak = torch.maximum(x.amax(-1), -x.amin(-1))
+    e = torch.clamp(_bit_length(peak) - 7, min=0)              # 0 <= e <= 55: defined shifts
+    q = (x + ((torch.ones_like(e) << e) >> 1).unsqueeze(-1)) >> e.unsqueeze(-1)
+    return torch.clamp(q, -Q_MAX, Q_MAX).to(torch.int8), e
+
+
+def _pow2_float32(e: torch.Tensor) -> torch.Tensor:
+    """2**e as float32 for integers -126 <= e <= 127, built from its bits (no libm)."""
+    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def _pow2_float64(e: torch.Tensor) -> torch.Tensor:
+    """2**e as float64 for integers -1022 <= e <= 1023, built from its bits (no libm)."""
+    return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+def linear8(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``Linear8.float_out``: ``floor(q(x) @ W * factor * 2**e + bias)`` as float64 (n, out).
+
+    The int32 product is exact; ``acc * factor`` has at most 46 significant bits and the scaling by
+    ``2**e`` is exact, so the only rounding is the bias addition, as in numpy's order."""
+    q, e = _quantize_rows(x)
+    acc = torch._int_mm(q, w)
+    out = acc.to(torch.float64) * factor * _pow2_float64(e).unsqueeze(-1) + bias
+    return torch.floor(out)
+
+
+def linear8_int(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``Linear8.__call__``: :func:`linear8` as int64 (every value below 2**62 by the load-time bound)."""
+    return linear8(x, w, factor, bias).to(torch.int64)
+
+
+def attend_step(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp: torch.Tensor, end: int,
+                top: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """:func:`attend` for one new position per row (decoding): every key is visible, scores round by 1/2."""
+    return attend(q, keys, values, value_exp, end, top, 0.5, table)
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp: torch.Tensor, end: int,
+           top: torch.Tensor, add: torch.Tensor | float, table: torch.Tensor) -> torch.Tensor:
+    """``attention8._attend_rows`` for queries (R, KV, G*T, hd) int64 (``quantize_vectors`` included).
+
+    ``keys``/``values`` float32 (R, KV, capacity, hd) and ``value_exp`` int64 (R, KV, capacity) are
+    the cache's rows (whole arrays: stable strides, one compiled graph), read up to position ``end``;
+    ``top`` int64 (R, KV, G*T) the running maximum of value exponents at each query's position
+    (already tiled over the G heads); ``add`` float64 (G*T, end), ``_round_or_mask``: the rounding
+    half or the mask; ``table`` the int32 weight table. Returns int64 (R, KV, G*T, hd).
+    """
+    keys, values, value_exp = keys[:, :, :end], values[:, :, :end], value_exp[:, :, :end]
+    q8, eq = _quantize_rows(q)
+    queries = q8.to(torch.float32) * _pow2_float32(eq).unsqueeze(-1)          # exact: |q8| <= 127
+    scores = torch.matmul(queries, keys.transpose(-1, -2)).to(torch.float64)   # exact (module doc of attention8)
+    scores = torch.floor(scores + add)
+    gaps = scores.amax(-1, keepdim=True) - scores
+    last = table.shape[0] - 1
+    weights = table[torch.clamp(gaps, max=float(last)).to(torch.int64)]        # masked gaps -> last entry, 0
+    den = weights.sum(-1, keepdim=True, dtype=torch.int64)
+    # numpy's w >> (E - e_s) gives 0 for counts < 0 (only at masked positions, where w == 0) and for
+    # counts >= 32 (w <= 2**15); clamping to [0, 31] gives the same 0 without C++'s undefined shifts.
+    count = torch.clamp(top.to(torch.int32).unsqueeze(-1) - value_exp.to(torch.int32).unsqueeze(-2), 0, 31)
+    weights = weights >> count
+    num = torch.matmul(weights.to(torch.float64), values.to(torch.float64)).to(torch.int64)   # sums < 2**53
+    num = num << top.unsqueeze(-1)
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+
+
+def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: int, clip: int, frac: int) -> torch.Tensor:
+    """``ExactLlama._swiglu``: clip both halves to ``clip``, ``silu(gate) * up``, rounded half up by
+    ``frac`` bits. ``table``: :func:`fixedpoint._activation_values` for SiLU (index ``u + limit``)."""
+    inner = gate_up.shape[-1] // 2
+    g = torch.clamp(gate_up[..., :inner], -clip, clip)
+    u = torch.clamp(gate_up[..., inner:], -clip, clip)
+    y = activation(g, table, limit)
+    return (y * u + (1 << (frac - 1))) >> frac
+
+
+def activation(u: torch.Tensor, table: torch.Tensor, limit: int) -> torch.Tensor:
+    """``fixedpoint.activation_lookup``: the table inside ``[-limit, limit]``, ``u`` above, 0 below."""
+    y = table[torch.clamp(u, -limit, limit) + limit]
+    return torch.where(u > limit, u, y)
+
+
+def _flat_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
+    """:func:`_numpy_io` for an elementwise kernel: its first argument is passed as 2-D (rows, last
+    axis), one graph for every rank."""
+    inner = _numpy_io(fn)
+
+    def call(x: np.ndarray, *args: Any) -> np.ndarray:
+        y = inner(x.reshape(-1, x.shape[-1]), *args)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+    return call
+
+
+def _numpy_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
+    """Wrap a compiled kernel: numpy arrays in (zero-copy tensors; other arguments as they are),
+    a numpy array out."""
+    def call(*args: Any) -> np.ndarray:
+        return fn(*(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)).numpy()
+    return call
+
+
+def _configure() -> None:
+    """Dynamo settings for kernels called with ever-changing sizes: no "duck" equalities between
+    sizes that happened to match at the first call, and room for the graphs that sizes of 1 need
+    (one row, one position, one query head: each a specialised graph, compiled in the probe)."""
+    import torch._dynamo.config
+    import torch.fx.experimental._config
+
+    torch.fx.experimental._config.use_duck_shape = False
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+
+
+def compile_all() -> dict[str, Callable[..., np.ndarray]]:
+    """Every kernel, compiled (lazily: Inductor builds each at its first call, i.e. in the probe)."""
+    _configure()
+    compiled = {name: torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS)
+                for name, fn in (("linear8", linear8), ("linear8_int", linear8_int), ("attend", attend), ("attend_step", attend_step),
+                                 ("swiglu", swiglu), ("activation", activation))}
+    flat = {"swiglu", "activation"}
+    return {name: (_flat_io if name in flat else _numpy_io)(fn) for name, fn in compiled.items()}

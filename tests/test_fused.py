@@ -1,0 +1,117 @@
+"""The fused kernels (llmzip.fused) give the numpy engine's integers, and archives do not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmzip import attention8, codec, fused, fixedpoint
+from llmzip.engine.common import ACT_CLIP, ACT_FRAC, SCORE_SHIFT
+from llmzip.linear8 import quantize_linear8
+
+pytest.importorskip("torch")
+needs_kernels = pytest.mark.skipif(not fused.available(), reason="torch.compile cannot build the kernels here")
+
+
+@pytest.fixture
+def kernels_on():
+    fused.force(True)
+    yield
+    fused.force(False)
+
+
+@needs_kernels
+def test_probe_cases_pass_on_the_compiled_kernels() -> None:
+    from llmzip import fused_check
+
+    for case in fused_check.CASES:
+        case(fused._kernels())
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(3))
+def test_linear_layer_outputs_match(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    layer = quantize_linear8(rng.normal(size=(96, 40)), rng.normal(size=40), ACT_FRAC, 16)
+    x = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(3, 11, 96)) >> rng.integers(0, 20, size=(3, 11, 1))
+    want_int, want_float = layer(x), layer.float_out(x)
+    fused.force(True)
+    try:
+        got_int, got_float = layer(x), layer.float_out(x)
+    finally:
+        fused.force(False)
+    np.testing.assert_array_equal(want_int, got_int)
+    np.testing.assert_array_equal(want_float, got_float)
+    assert got_int.dtype == np.int64 and got_float.dtype == np.float64
+
+
+@needs_kernels
+@pytest.mark.parametrize("group, steps", [(1, (0, 40, 47)), (3, (0, 30, 47))])
+def test_attention_over_a_growing_cache_matches(group: int, steps: tuple[int, ...]) -> None:
+    """Prefill blocks then single steps, the cache growing past its first capacity, as the codec runs."""
+    rng = np.random.default_rng(group)
+    rows, kv, hd, length = 3, 2, 32, 70
+    k = rng.integers(-2**20, 2**20, size=(rows, kv, length, hd)) >> rng.integers(0, 16, size=(rows, kv, length, 1))
+    v = rng.integers(-2**20, 2**20, size=(rows, kv, length, hd)) >> rng.integers(0, 16, size=(rows, kv, length, 1))
+    q = rng.integers(-2**36, 2**36, size=(rows, kv * group, length, hd))
+    caches = {on: attention8.KVCache8(1, rows, kv, 128, hd) for on in (False, True)}
+    bounds = [*steps, *range(steps[-1] + 1, length + 1)]
+    for start, end in zip(bounds, bounds[1:]):
+        outs = []
+        for on, cache in caches.items():
+            fused.force(on)
+            try:
+                attention8.store(cache, 0, k[:, :, start:end], v[:, :, start:end], start, SCORE_SHIFT)
+                outs.append(attention8.attend(q[:, :, start:end], cache, 0, start))
+            finally:
+                fused.force(False)
+        np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@needs_kernels
+def test_activation_tables_match(kernels_on: None) -> None:
+    u = np.arange(-ACT_CLIP, ACT_CLIP + 1, 37, dtype=np.int64)[:56672].reshape(-1, 8)
+    for kind, half in (("gelu_new", 8), ("silu", fixedpoint.SILU_HALF_RANGE)):
+        got = fixedpoint.activation_lookup(u, kind, ACT_FRAC, half_range=half)
+        fused.force(False)
+        want = fixedpoint.activation_lookup(u, kind, ACT_FRAC, half_range=half)
+        fused.force(True)
+        np.testing.assert_array_equal(want, got)
+
+
+def _same_archives(model, data: bytes, monkeypatch) -> None:
+    monkeypatch.setenv("LLMZIP_FUSED", "0")
+    plain = codec.compress(data, model)
+    assert not fused.active()
+    monkeypatch.setenv("LLMZIP_FUSED", "always")
+    try:
+        assert codec.compress(data, model) == plain
+        assert fused.active()
+        assert codec.decompress(plain, model) == data      # the kernels in the decoder's workers too
+    finally:
+        fused.force(False)
+
+
+@needs_kernels
+def test_embedded_archives_are_identical_with_the_kernels(prose_file, monkeypatch) -> None:
+    from llmzip.model import load_model
+
+    _same_archives(load_model(None), prose_file.read_bytes()[:6000], monkeypatch)
+
+
+@needs_kernels
+def test_llama_family_archives_are_identical_with_the_kernels(llama_family_dir, prose_file, monkeypatch) -> None:
+    from llmzip.model import load_model
+
+    _same_archives(load_model(str(llama_family_dir)), prose_file.read_bytes()[:3000], monkeypatch)
+
+
+def test_select_rules(monkeypatch) -> None:
+    monkeypatch.setenv("LLMZIP_FUSED", "0")
+    assert fused.select(1 << 30, True) is False
+    monkeypatch.setenv("LLMZIP_FUSED", "auto")
+    assert fused.select(1 << 30, False) is False            # decoding, or GEMMs not on torch
+    if fused.available():
+        assert fused.select(10, True) is True                # already built in this process
+        assert fused.select(fused.FUSED_MIN_TOKENS, True) is True
+    fused.force(False)
