@@ -219,12 +219,16 @@ def layer_norm(
     The mean is an exact integer sum, rounded half up; the centred row goes through
     :func:`_normalise`. ``gamma`` has ``gamma_frac`` and ``beta`` ``out_frac`` fraction bits.
     """
-    d = h.shape[-1]
-    mean = (2 * h.sum(-1, keepdims=True) + d) // (2 * d)
-    z = _normalise(h - mean, eps, in_frac, out_frac)
+    z = _normalise(h - row_mean(h), eps, in_frac, out_frac)
     _scale_round(z, gamma, gamma_frac)
     z += beta
     return z
+
+
+def row_mean(h: np.ndarray) -> np.ndarray:
+    """LayerNorm's mean of each row, an integer rounded half up: (..., 1)."""
+    d = h.shape[-1]
+    return (2 * h.sum(-1, keepdims=True) + d) // (2 * d)
 
 
 def rms_norm(h: np.ndarray, gamma: np.ndarray, eps: float, in_frac: int, out_frac: int, gamma_frac: int) -> np.ndarray:
@@ -241,25 +245,39 @@ def _scale_round(z: np.ndarray, factor: np.ndarray, shift: int | np.ndarray) -> 
     return z
 
 
+def norm_square_bits(d: int) -> int:
+    """Bits a row of ``d`` entries keeps before squaring, so that its sum of squares stays below 2**62."""
+    return (62 - int(d - 1).bit_length()) // 2 - 1
+
+
 def _normalise(x: np.ndarray, eps: float, in_frac: int, out_frac: int) -> np.ndarray:
     """``x / sqrt(mean(x**2) + eps)`` over the last axis, ``in_frac`` -> ``out_frac`` fraction bits.
 
     The shared integer core of both norms. Each row is shifted right just enough that its sum
-    of squares stays below 2**62 (a deterministic function of the row) and summed exactly.
-    ``rms = sqrt(ss / d + eps)`` is a correctly rounded float64 (IEEE-754 rounds division and
-    ``sqrt`` correctly); ``2**g / rms`` is floored to an integer of 25 bits whatever the row's
-    scale (``g`` follows rms's exponent), so the result keeps ~24 significant bits; the integer
-    product ``|xs| < 2**sq_bits <= 2**30`` times ``inv <= 2**25`` stays below 2**55.
+    of squares stays below 2**62 (a deterministic function of the row) and summed exactly; the
+    row's scale comes from :func:`norm_scale`, and the product
+    ``|xs| < 2**sq_bits <= 2**30`` times ``inv <= 2**25`` stays below 2**55.
     Returns a new array (``x`` is not modified).
     """
-    d = x.shape[-1]
-    sq_bits = (62 - int(d - 1).bit_length()) // 2 - 1
     peak = np.maximum(x.max(-1, keepdims=True), -x.min(-1, keepdims=True))    # max |x|, no |x| array
-    shift = np.maximum(bit_length(peak) - sq_bits, 0)
+    shift = np.maximum(bit_length(peak) - norm_square_bits(x.shape[-1]), 0)
     xs = x >> shift
     ss = np.einsum("...i,...i->...", xs, xs)[..., None]                      # exact int64 sums of squares
+    inv, out_shift = norm_scale(ss, shift, x.shape[-1], eps, in_frac, out_frac)
+    return _scale_round(xs, inv, out_shift)
+
+
+def norm_scale(ss: np.ndarray, shift: np.ndarray, d: int, eps: float, in_frac: int,
+               out_frac: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the integer ``inv`` and shift ``s`` with ``x / rms ~ (x >> shift) * inv >> s``, from
+    the row's exact sum of squares ``ss`` of ``x >> shift``.
+
+    ``rms = sqrt(ss / d + eps)`` is a correctly rounded float64 (IEEE-754 rounds division and
+    ``sqrt`` correctly); ``2**g / rms`` is floored to an integer of 25 bits whatever the row's
+    scale (``g`` follows rms's exponent), so the result keeps ~24 significant bits.
+    """
     eps_scaled = np.ldexp(np.float64(eps), 2 * (in_frac - shift))  # exact power-of-two scaling
     rms = np.sqrt(ss.astype(np.float64) / d + eps_scaled)
     g = 24 + np.frexp(rms)[1].astype(np.int64)                      # rms < 2**(g - 24)
     inv = np.floor(np.ldexp(1.0, g) / rms).astype(np.int64)         # in (2**24, 2**25]
-    return _scale_round(xs, inv, g - out_frac)
+    return inv, g - out_frac

@@ -125,4 +125,62 @@ def check_activation(kernels: Kernels) -> None:
             _equal("activation", want, kernels["activation"](rows, table, limit))
 
 
-CASES: tuple[Callable[[Kernels], None], ...] = (check_linear8, check_attend, check_swiglu, check_activation)
+def check_norms(kernels: Kernels) -> None:
+    """LayerNorm and RMSNorm on rows of zeros, constant rows, rows at the residual clip, mixed scales."""
+    from .engine.common import ACT_CLIP, ACT_FRAC, GAMMA_FRAC, RESID_CLIP, RESID_FRAC, LayerNorm, RMSNorm
+
+    rng = np.random.default_rng(5)
+    for d in (48, 7):
+        h = _edge_rows(rng, d, RESID_CLIP)
+        h[1] = 5
+        h[2] = -RESID_CLIP
+        h = np.concatenate([h, rng.integers(-RESID_CLIP, RESID_CLIP + 1, size=(3, d)) >> rng.integers(0, 30, size=(3, 1))])
+        gamma = rng.normal(1.0, 0.5, size=d)
+        for norm, centre in ((LayerNorm.quantize(gamma, rng.normal(0, 2, size=d)), True), (RMSNorm.quantize(gamma), False)):
+            beta = norm.beta if centre else np.zeros_like(norm.gamma)   # type: ignore[attr-defined]
+            for rows in (h, h[:1]):
+                for eps in (1e-5, 1e-6):
+                    want = norm(rows, eps)
+                    mean, shift, ss = kernels["norm_stats"](rows, centre, fixedpoint.norm_square_bits(d))
+                    inv, out_shift = fixedpoint.norm_scale(ss, shift, d, eps, RESID_FRAC, ACT_FRAC)
+                    got = kernels["norm_apply"](rows, mean, shift, inv, out_shift, norm.gamma, GAMMA_FRAC, beta, ACT_CLIP)
+                    _equal("norm", want, got)
+
+
+def check_rotate(kernels: Kernels) -> None:
+    from .engine.common import ACT_CLIP
+    from .engine.rope import ROPE_FRAC, rope_table, rotate
+
+    rng = np.random.default_rng(6)
+    cos, sin = rope_table("10000.0", 16, (), 40)
+    for rows, start, t_new in ((2, 0, 40), (1, 7, 1), (3, 39, 1)):
+        qkv = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(rows, t_new, 7, 16))
+        qkv[0, 0, 0] = ACT_CLIP
+        c, s = cos[start : start + t_new], sin[start : start + t_new]
+        want = fixedpoint.clip_inplace(rotate(qkv[:, :, :5], c, s), ACT_CLIP)
+        _equal("rotate", want, kernels["rotate"](qkv, c, s, 5, ROPE_FRAC, ACT_CLIP))
+
+
+def check_freqs(kernels: Kernels) -> None:
+    """Tables from float64 logits: peaked and flat rows, logits past the clip, gaps past the table."""
+    from . import quantize
+
+    rng = np.random.default_rng(7)
+    table = quantize._exp_table_f64()
+    for vocab in (300, 5):
+        logits = rng.integers(-6000, 6000, size=(6, vocab)).astype(np.float64)
+        logits[1] = 0.0
+        logits[2, :2] = (2.0**40, -(2.0**40))
+        logits[3] = rng.integers(-(2**31), -(2**29), size=vocab)
+        logits[4, 0] = 2.0**30 + 17
+        for bits in (quantize.FREQ_BITS, 16):
+            want = quantize.freqs_from_logits(logits, bits)
+            for dtype in (np.int64, np.int32):
+                out = np.zeros(logits.shape, dtype=dtype)
+                ratio = float(1 << bits) / kernels["exp_sums"](logits, table, float(quantize._CLIP))
+                kernels["freqs_into"](logits, table, float(quantize._CLIP), ratio, out)
+                _equal("freqs", want.astype(dtype), out)
+
+
+CASES: tuple[Callable[[Kernels], None], ...] = (check_linear8, check_attend, check_swiglu, check_activation,
+                                                check_norms, check_rotate, check_freqs)

@@ -117,6 +117,64 @@ def activation(u: torch.Tensor, table: torch.Tensor, limit: int) -> torch.Tensor
     return torch.where(u > limit, u, y)
 
 
+def norm_stats(x: torch.Tensor, centre: bool, square_bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of int64 ``x`` (n, d): LayerNorm's mean (``fixedpoint.row_mean``; 0 unless ``centre``),
+    the shift and the exact sum of squares of ``fixedpoint._normalise``."""
+    d = x.shape[-1]
+    mean = (torch.div(2 * x.sum(-1, keepdim=True) + d, 2 * d, rounding_mode="floor") if centre
+            else torch.zeros_like(x[:, :1]))
+    x = x - mean
+    peak = torch.maximum(x.amax(-1), -x.amin(-1))
+    shift = torch.clamp(_bit_length(peak) - square_bits, min=0)               # 0 <= shift < 63
+    xs = x >> shift.unsqueeze(-1)
+    return mean.squeeze(-1), shift, (xs * xs).sum(-1)
+
+
+def norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: torch.Tensor,
+               out_shift: torch.Tensor, gamma: torch.Tensor, gamma_frac: int, beta: torch.Tensor,
+               clip: int) -> torch.Tensor:
+    """``fixedpoint._normalise``'s last step, then the gain, the bias and the clip of
+    ``engine.common.LayerNorm``/``RMSNorm`` (``beta`` zeros for RMSNorm). ``out_shift`` >= 1."""
+    xs = (x - mean.unsqueeze(-1)) >> shift.unsqueeze(-1)
+    s = out_shift.unsqueeze(-1)
+    z = (xs * inv.unsqueeze(-1) + ((torch.ones_like(s) << s) >> 1)) >> s
+    z = ((z * gamma + (1 << (gamma_frac - 1))) >> gamma_frac) + beta
+    return torch.clamp(z, -clip, clip)
+
+
+def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, frac: int, clip: int) -> torch.Tensor:
+    """``rope.rotate`` of the first ``heads`` heads of ``qkv`` (rows, T, all heads, hd), then the clip
+    ``ExactLlama._attention`` applies: int64 (rows, T, heads, hd)."""
+    x = qkv[:, :, :heads]
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    r = 1 << (frac - 1)
+    out = torch.cat([(a * c - b * s + r) >> frac, (b * c + a * s + r) >> frac], dim=-1)
+    return torch.clamp(out, -clip, clip)
+
+
+def _exp_values(logits: torch.Tensor, table: torch.Tensor, clip: float) -> torch.Tensor:
+    """``quantize._scaled_block_clipped``'s ``e``: the exp table at each logit's gap to its row's maximum."""
+    x = torch.clamp(logits, -clip, clip)
+    gap = torch.clamp(x.amax(-1, keepdim=True) - x, max=float(table.shape[0] - 1))   # integers: exact
+    return table[gap.to(torch.int64)]
+
+
+def exp_sums(logits: torch.Tensor, table: torch.Tensor, clip: float) -> torch.Tensor:
+    """Each row's sum of :func:`_exp_values` (float64 sums of integers below 2**53: exact in any order)."""
+    return _exp_values(logits, table, clip).sum(-1)
+
+
+def freqs_into(logits: torch.Tensor, table: torch.Tensor, clip: float, ratio: torch.Tensor,
+               out: torch.Tensor) -> torch.Tensor:
+    """``quantize.freqs_from_logits`` written into ``out``: ``floor(e * ratio) + 1`` with ``ratio`` the
+    row's ``2**freq_bits / sum`` (divided by numpy: one IEEE division); one IEEE product per entry."""
+    e = _exp_values(logits, table, clip) * ratio.unsqueeze(-1)
+    out.copy_(e.to(out.dtype) + 1)                   # the cast truncates: floor (e >= 0)
+    return out
+
+
 def _flat_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
     """:func:`_numpy_io` for an elementwise kernel: its first argument is passed as 2-D (rows, last
     axis), one graph for every rank."""
@@ -131,8 +189,9 @@ def _flat_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
 def _numpy_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
     """Wrap a compiled kernel: numpy arrays in (zero-copy tensors; other arguments as they are),
     a numpy array out."""
-    def call(*args: Any) -> np.ndarray:
-        return fn(*(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)).numpy()
+    def call(*args: Any) -> Any:
+        out = fn(*(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args))
+        return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
     return call
 
 
@@ -152,6 +211,8 @@ def compile_all() -> dict[str, Callable[..., np.ndarray]]:
     _configure()
     compiled = {name: torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS)
                 for name, fn in (("linear8", linear8), ("linear8_int", linear8_int), ("attend", attend), ("attend_step", attend_step),
-                                 ("swiglu", swiglu), ("activation", activation))}
+                                 ("swiglu", swiglu), ("activation", activation), ("norm_stats", norm_stats),
+                                 ("norm_apply", norm_apply), ("rotate", rotate), ("exp_sums", exp_sums),
+                                 ("freqs_into", freqs_into))}
     flat = {"swiglu", "activation"}
     return {name: (_flat_io if name in flat else _numpy_io)(fn) for name, fn in compiled.items()}

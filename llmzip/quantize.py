@@ -17,6 +17,7 @@ import functools
 
 import numpy as np
 
+from . import fused
 from .fixedpoint import exp_table
 
 FREQ_BITS = 28          # probability resolution of the tables written by this version
@@ -54,11 +55,22 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
     result = np.empty(logits.shape, dtype=np.int64) if out is None else out
     dest = result.view()
     dest.shape = flat.shape   # raises rather than copy (and lose the writes) if out is not contiguous
+    if fused.active() and flat.dtype == np.float64 and len(flat):
+        _fused_freqs(flat, freq_bits, dest)
+        return result
     for i in range(0, len(flat), QUANT_ROWS):
         block = dest[i : i + QUANT_ROWS]
         block[...] = _scaled_block(flat[i : i + QUANT_ROWS], freq_bits)   # the cast truncates: floor (>= 0)
         block += 1
     return result
+
+
+def _fused_freqs(logits: np.ndarray, freq_bits: int, out: np.ndarray) -> None:
+    """:func:`_scaled_block_clipped`'s floor plus one, by the fused kernels, into ``out``: the same
+    exact table values and sums, the same single division per row (here, in numpy) and product."""
+    table = _exp_table_f64()
+    ratio = float(1 << freq_bits) / fused.kernel("exp_sums")(logits, table, float(_CLIP))
+    fused.kernel("freqs_into")(logits, table, float(_CLIP), ratio, out)
 
 
 def _scaled_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:

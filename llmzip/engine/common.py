@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import attention8
-from ..fixedpoint import clip_inplace, layer_norm, rms_norm
+from .. import attention8, fused
+from ..fixedpoint import clip_inplace, layer_norm, norm_scale, norm_square_bits, rms_norm
 
 RESID_FRAC = 16          # residual stream fraction bits
 RESID_CLIP = 2**30 - 1   # residual magnitude bound (2**14 in real units)
@@ -44,6 +44,9 @@ class LayerNorm:
         return cls(to_fixed(gamma, GAMMA_FRAC), to_fixed(beta, ACT_FRAC))
 
     def __call__(self, h: np.ndarray, eps: float) -> np.ndarray:
+        y = _fused_norm(h, self.gamma, self.beta, eps, centre=True) if fused.active() else None
+        if y is not None:
+            return y
         y = layer_norm(h, self.gamma, self.beta, eps, RESID_FRAC, ACT_FRAC, GAMMA_FRAC)
         return clip_inplace(y, ACT_CLIP)
 
@@ -59,8 +62,26 @@ class RMSNorm:
         return cls(to_fixed(gamma, GAMMA_FRAC))
 
     def __call__(self, h: np.ndarray, eps: float) -> np.ndarray:
+        y = _fused_norm(h, self.gamma, np.zeros_like(self.gamma), eps, centre=False) if fused.active() else None
+        if y is not None:
+            return y
         y = rms_norm(h, self.gamma, eps, RESID_FRAC, ACT_FRAC, GAMMA_FRAC)
         return clip_inplace(y, ACT_CLIP)
+
+
+def _fused_norm(h: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, centre: bool) -> np.ndarray | None:
+    """LayerNorm (``centre``) or RMSNorm then the clip, by the fused kernels: the numpy integers.
+    The rows' scales come from the same :func:`~llmzip.fixedpoint.norm_scale`. None (use numpy)
+    if a row's final shift is below 1, which the kernel's shifts do not define (never seen: it
+    needs a row of zeros and eps below ~1e-13)."""
+    d = h.shape[-1]
+    flat = h.reshape(-1, d)
+    mean, shift, ss = fused.kernel("norm_stats")(flat, centre, norm_square_bits(d))
+    inv, out_shift = norm_scale(ss, shift, d, eps, RESID_FRAC, ACT_FRAC)
+    if len(out_shift) and out_shift.min() < 1:
+        return None
+    y = fused.kernel("norm_apply")(flat, mean, shift, inv, out_shift, gamma, GAMMA_FRAC, beta, ACT_CLIP)
+    return y.reshape(h.shape)
 
 
 def inverse_sqrt(n: int) -> int:

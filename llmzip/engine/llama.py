@@ -19,7 +19,7 @@ from ..fixedpoint import clip_inplace, silu, silu_table
 from ..linear8 import Linear8, output_bound
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, RMSNorm, fingerprint, inverse_sqrt, to_fixed
-from .rope import inverse_frequencies, rope_table, rotate
+from .rope import ROPE_FRAC, inverse_frequencies, rope_table, rotate
 from .versions import EngineVersion, LinearLayer, engine_version, newest_engine
 
 ARCHITECTURE = "llama"
@@ -272,7 +272,10 @@ class ExactLlama:
         rows, t_new, _ = qkv.shape
         qkv = clip_inplace(qkv, ACT_CLIP).reshape(rows, t_new, s.n_head + 2 * s.n_kv_head, s.head_dim)
         cos, sin = (table[start : start + t_new] for table in self.rope)
-        qk = clip_inplace(rotate(qkv[:, :, : s.n_head + s.n_kv_head], cos, sin), ACT_CLIP)   # rotation: |.| <= 2**20.5
+        if fused.active():
+            qk = fused.kernel("rotate")(qkv, cos, sin, s.n_head + s.n_kv_head, ROPE_FRAC, ACT_CLIP)
+        else:   # rotation: |.| <= 2**20.5
+            qk = clip_inplace(rotate(qkv[:, :, : s.n_head + s.n_kv_head], cos, sin), ACT_CLIP)
         q, k = qk[:, :, : s.n_head], qk[:, :, s.n_head :]
         v = qkv[:, :, s.n_head + s.n_kv_head :]
         q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))   # (rows, heads, T, hd)
