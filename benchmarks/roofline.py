@@ -67,6 +67,7 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {   # name -> (architecture, Hug
 }
 SQUARE = ((2048, 2048, 2048), (1024, 1024, 1024), (256, 384, 1152))
 MODES = ("lm", "mix")
+FUSED_COMPRESS = False   # --fused-compress
 
 
 def gemm_rate(dtype: str, m: int, k: int, n: int, workers: int, seconds: float) -> float | None:
@@ -193,6 +194,8 @@ def coded(model: Any, data: bytes, mode: str, settings: Any, timer: Any = None) 
     mixing = codec.DEFAULT_MIX if mode == "mix" else None
     result: dict[str, Any] = {}
     for op in ("compress", "decompress"):
+        if FUSED_COMPRESS:   # the fused kernels code the compressions only (slower for decoding today)
+            os.environ["LLMZIP_FUSED"] = "always" if op == "compress" else "0"
         with timer() if timer else _Plain() as clock:
             if op == "compress":
                 blob = codec.compress(data, model, settings=replace(settings, stats=stats), mixing=mixing)
@@ -269,6 +272,8 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
              f"torch {m['torch']}; first {result['kb']} KB of {', '.join(result['files'])}."
              + (" **Contended**: the machine was busy with other jobs while this ran; compare ratios "
                 "within this run, not absolute numbers across runs." if m["contended"] else ""), "",
+             *(["Compressions run the fused kernels (`llmzip.fused`, built before timing); decompressions the "
+                "numpy engine.", ""] if result["fused_compress"] else []),
              "## GEMM peaks", "",
              f"GOPS = 2 x multiply-accumulates per second; one torch thread per worker, {m['workers']} "
              "concurrent workers (as the codec runs its GEMMs) and one alone.", "",
@@ -289,8 +294,9 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "roofline.md").write_text(text)
-        (out / "roofline.json").write_text(json.dumps(result, indent=1))
+        stem = "roofline_fused" if result["fused_compress"] else "roofline"
+        (out / f"{stem}.md").write_text(text)
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     return text
 
 
@@ -347,6 +353,12 @@ def main() -> None:
     from llmzip.lockstep import cpu_threads
     from llmzip.model import load_model
 
+    global FUSED_COMPRESS
+    FUSED_COMPRESS = args.fused_compress
+    if FUSED_COMPRESS:
+        from llmzip import fused
+        if not fused.available():
+            raise SystemExit(f"--fused-compress: the kernels are not available here: {fused.unavailable_reason()}")
     settings = codec.Settings(threads=args.threads)
     files = {p.name: p.read_bytes()[: args.kb * 1024] for p in args.files}
     with tempfile.TemporaryDirectory(prefix="llmzip-roofline-") as tmp:
@@ -361,7 +373,7 @@ def main() -> None:
     derive(rows, peaks)
     result = {"machine": {**machine(), "workers": workers, "contended": args.contended},
               "command": "python benchmarks/roofline.py " + " ".join(sys.argv[1:]),
-              "kb": args.kb, "files": list(files), "peaks": peaks, "rows": rows,
+              "kb": args.kb, "files": list(files), "peaks": peaks, "rows": rows, "fused_compress": FUSED_COMPRESS,
               "models": {label: {"path": names[label], "ops_per_token": m.flops_per_token, "vocab": m.vocab_size}
                          for label, m in models.items()}}
     text = write_reports(result, args.out)
@@ -383,6 +395,8 @@ def parse_args() -> argparse.Namespace:
                    help="write roofline.md and roofline.json here [default: benchmarks/results; --quick: nowhere]")
     p.add_argument("--contended", action="store_true", help="say in the results that the machine was busy")
     p.add_argument("--quick", action="store_true", help="a tiny run (CI): 2 KB, llama-tiny, short GEMM timings")
+    p.add_argument("--fused-compress", action="store_true",
+                   help="compress with the fused kernels (llmzip.fused); write roofline_fused.md/.json")
     args = p.parse_args()
     args.kb = args.kb or (2 if args.quick else 16)
     args.models = args.models if args.models is not None else ([] if args.quick else ["embedded"])

@@ -195,6 +195,19 @@ def _numpy_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
     return call
 
 
+def _no_tqdm_monitor() -> None:
+    """Keep tqdm from starting its monitor thread (Inductor shows progress bars): the decoder forks
+    its workers only from a process without other threads (``lockstep.use_processes``), and one
+    stray thread would leave it on slower threads for the rest of the process."""
+    try:
+        import tqdm
+    except ImportError:
+        return
+    tqdm.tqdm.monitor_interval = 0
+    if tqdm.tqdm.monitor is not None:
+        tqdm.tqdm.monitor.exit()
+
+
 def _configure() -> None:
     """Dynamo settings for kernels called with ever-changing sizes: no "duck" equalities between
     sizes that happened to match at the first call, and room for the graphs that sizes of 1 need
@@ -209,6 +222,7 @@ def _configure() -> None:
 def compile_all() -> dict[str, Callable[..., np.ndarray]]:
     """Every kernel, compiled (lazily: Inductor builds each at its first call, i.e. in the probe)."""
     _configure()
+    _no_tqdm_monitor()
     compiled = {name: torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS)
                 for name, fn in (("linear8", linear8), ("linear8_int", linear8_int), ("attend", attend), ("attend_step", attend_step),
                                  ("swiglu", swiglu), ("activation", activation), ("norm_stats", norm_stats),

@@ -115,3 +115,12 @@ def test_select_rules(monkeypatch) -> None:
         assert fused.select(10, True) is True                # already built in this process
         assert fused.select(fused.FUSED_MIN_TOKENS, True) is True
     fused.force(False)
+
+
+@needs_kernels
+def test_building_the_kernels_leaves_no_thread_running() -> None:
+    """The decoder forks its workers only from a process without other threads."""
+    import threading
+
+    assert fused.available()
+    assert "tqdm_monitor" not in {t.name for t in threading.enumerate()}
