@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 
 # A process's first use of the kernels costs ~15 s even with torch's on-disk cache warm (tracing and
-# loading 35 graphs; 2-core AMD EPYC) and then saves 7-17 % of a compression's time (benchmarks/
+# loading 25 graphs; 2-core AMD EPYC) and then saves 7-17 % of a compression's time (benchmarks/
 # fused.py): a codec call from this many tokens turns them on by itself, smaller ones once they are built.
 FUSED_MIN_TOKENS = 1 << 19
 _active = False
