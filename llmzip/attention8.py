@@ -174,6 +174,7 @@ def _attend_rows_fused(q: np.ndarray, cache: KVCache8, layer: int, part: slice, 
     group = q.shape[2] // (end - start)
     top = cache.value_max[layer][part, :, start:end]
     top = np.tile(top, (1, 1, group)) if group > 1 else np.ascontiguousarray(top)
+    q = np.ascontiguousarray(q)   # one layout, the probe's: a strided one would be another graph
     arrays = (q, cache.keys[layer][part], cache.values[layer][part], cache.value_exp[layer][part], end, top)
     if start + 1 == end:
         return fused.kernel("attend_step")(*arrays, _weight_table())

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from . import fused
 from .container import Header, content_checksum, read_archive, write_archive
 from .errors import CorruptArchiveError, UnsupportedFormatError
 from .lockstep import CodingStats, Predictor, Settings, decode_group, encode_group
@@ -85,10 +86,10 @@ def compress(
     )
     mixer = Mixer(model.vocab_size, mixing, chunk, len(tokens)) if mixing else None
     model.prepare(len(tokens), encoding=True)
-    segments = [
-        encode_group(model, rows, settings, mixer)
-        for rows in _groups(tokens, chunk, group_chunks)
-    ]
+    try:
+        segments = [encode_group(model, rows, settings, mixer) for rows in _groups(tokens, chunk, group_chunks)]
+    finally:
+        fused.deactivate()   # the choice was this call's (llmzip.fused.select)
     return write_archive(header, segments)
 
 

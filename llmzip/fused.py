@@ -10,14 +10,16 @@ torch and a C++ compiler. Nothing here is a new arithmetic:
 * every step is an integer operation, or a float operation whose exact result is representable
   (products of small integers by powers of two, sums of integers below 2**53, ``floor``), so
   fusing, vectorising or reordering them cannot change a bit; Inductor's C++ is built without
-  unsafe-math and without floating-point contraction (its defaults, checked in :func:`_compiler`);
+  unsafe-math and without floating-point contraction (set in ``fused_torch.COMPILE_OPTIONS``);
 * the one rounding step, the quantiser's ``e * (2**28 / sum)``, is kept as two single IEEE
   operations (one division per row, one product per entry);
 * shift counts are clamped where numpy defines shifts past the width and C++ does not (every such
   clamp is argued at its line);
 * at first use each kernel is run on inputs chosen to hit its edge cases and compared with the
-  numpy reference (:func:`_probe`); any difference, compiler error or missing torch feature
-  leaves the engine on numpy, which gives the same integers.
+  numpy reference (:func:`_probe`), in every shape class the engine calls it with (those calls
+  build the compiled graphs); any difference, compiler error or missing torch feature leaves the
+  engine on numpy, which gives the same integers. After the probe the kernels never compile
+  again: a call no graph fits runs the same torch operations eagerly.
 
 Compiling costs seconds (cached on disk by torch afterwards), so :func:`select` turns the kernels
 on only for codec calls long enough to repay it, as :func:`llmzip.linear8.select_backend` does
@@ -54,8 +56,16 @@ def select(tokens: int, wanted: bool) -> bool:
     global _active
     mode = os.environ.get("LLMZIP_FUSED", "auto")
     big = tokens >= FUSED_MIN_TOKENS or _kernels.cache_info().currsize > 0
-    _active = mode != "0" and (mode == "always" or (wanted and big)) and available()
+    _active = mode != "0" and (mode == "always" or (wanted and big)) and available() and _exact_matmul()
     return _active
+
+
+def _exact_matmul() -> bool:
+    """Whether torch's float32 GEMMs run in full float32 (the attention scores' exactness needs it;
+    an application may have switched torch to bf16/tf32 products)."""
+    import torch
+
+    return bool(torch.get_float32_matmul_precision() == "highest")
 
 
 def force(on: bool) -> None:
@@ -70,20 +80,21 @@ def available() -> bool:
         return _kernels() is not None
 
 
+_why = ["not built yet"]    # why _kernels() gave None (one mutable cell, set once)
+
+
 def unavailable_reason() -> str | None:
-    """Why the kernels are not available here (None if they are): for diagnostics and benchmarks."""
+    """Why the kernels are not available here (None if they are): for diagnostics and tests."""
     return None if available() else _why[0]
-
-
-_why = ["not built yet"]
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels() -> dict[str, Callable[..., Any]] | None:
     try:
         from . import fused_torch
-        kernels = fused_torch.compile_all()
-        _probe(kernels)
+        compiled, frozen = fused_torch.compile_all()
+        _probe(compiled)
+        kernels = frozen
     except Exception as e:   # no torch, no compiler, an unsupported op, a probe mismatch: stay on numpy
         _why[0] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return None
@@ -92,9 +103,25 @@ def _kernels() -> dict[str, Callable[..., Any]] | None:
 
 def kernel(name: str) -> Callable[..., Any]:
     """The compiled kernel ``name`` (only while :func:`active`)."""
+    global _calls
     kernels = _kernels()
     assert kernels is not None
+    _calls += 1
     return kernels[name]
+
+
+_calls = 0
+
+
+def kernel_calls() -> int:
+    """How many kernel calls this process has made (approximate under threads: tests, benchmarks)."""
+    return _calls
+
+
+def deactivate() -> None:
+    """Back to numpy (the end of a codec call)."""
+    global _active
+    _active = False
 
 
 def _probe(kernels: dict[str, Callable[..., Any]]) -> None:

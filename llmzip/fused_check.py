@@ -42,7 +42,7 @@ def _linear_reference(layer: Linear8, x: np.ndarray, dtype: type) -> np.ndarray:
     return _rescale(_float64_matmul(q, layer.w), layer._factor, np.ldexp(1.0, e)[:, None], layer._bias, dtype)
 
 
-def check_linear8(kernels: Kernels) -> None:
+def check_linear_layer(kernels: Kernels) -> None:
     rng = np.random.default_rng(1)
     w = rng.normal(size=(48, 24)) * np.logspace(-3, 1, 24)
     w[:, 3] = 0.0                                                      # an all-zero column: mult 0
@@ -69,14 +69,15 @@ def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: in
 
 
 def check_attend(kernels: Kernels) -> None:
-    """Prefill blocks (masked) and single decoding steps, with 1 and 3 query heads per key/value head."""
+    """Prefill blocks (masked) and single decoding steps (the first position among them), with 1 and 3
+    query heads per key/value head, 1 and 2 key/value heads, 1 and 2 rows."""
     rng = np.random.default_rng(2)
     hd = 16
-    for group, rows in ((1, 2), (3, 2), (3, 1)):
-        cache = _filled_cache(rng, rows, 2, 9, hd)
-        for start, end in ((0, 9), (4, 9), (8, 9)):
+    for group, rows, kv in ((1, 2, 2), (3, 2, 2), (3, 1, 2), (1, 1, 2), (1, 2, 1), (3, 1, 1)):
+        cache = _filled_cache(rng, rows, kv, 9, hd)
+        for start, end in ((0, 9), (4, 9), (8, 9), (0, 1)):
             t_new = end - start
-            q = (rng.uniform(-1, 1, size=(rows, 2, group * t_new, hd)) * 2.0 ** 36).astype(np.int64)
+            q = (rng.uniform(-1, 1, size=(rows, kv, group * t_new, hd)) * 2.0 ** 36).astype(np.int64)
             q[0, 0, 0] = 0
             part = slice(0, rows)
             q8, eq = attention8.quantize_vectors(q)
@@ -182,5 +183,5 @@ def check_freqs(kernels: Kernels) -> None:
                 _equal("freqs", want.astype(dtype), out)
 
 
-CASES: tuple[Callable[[Kernels], None], ...] = (check_linear8, check_attend, check_swiglu, check_activation,
+CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_swiglu, check_activation,
                                                 check_norms, check_rotate, check_freqs)

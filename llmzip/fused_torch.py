@@ -20,8 +20,11 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 Q_MAX = 127
 # Inductor's C++ wrapper releases the GIL while a kernel runs, so the encoder's worker threads run
 # their kernels on both cores at once (the Python wrapper holds it: measured 0.89x with 2 threads
-# against 1.79x).
-COMPILE_OPTIONS = {"cpp_wrapper": True}
+# against 1.79x). One OpenMP thread per kernel, fixed at compile time (the codec's workers are the
+# parallelism). No unsafe-math and no floating-point contraction, whatever the environment says
+# (Inductor's defaults; the kernels' float steps are exact, so neither could change a bit anyway).
+COMPILE_OPTIONS: dict[str, Any] = {"cpp_wrapper": True, "cpp.threads": 1, "cpp.enable_unsafe_math_opt_flag": False,
+                                   "cpp.enable_floating_point_contract_flag": "off"}
 RECOMPILE_LIMIT = 32
 _POW2 = [1 << k for k in range(63)]
 
@@ -219,14 +222,30 @@ def _configure() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
 
-def compile_all() -> dict[str, Callable[..., np.ndarray]]:
-    """Every kernel, compiled (lazily: Inductor builds each at its first call, i.e. in the probe)."""
+KERNELS: dict[str, Callable[..., Any]] = {
+    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "attend_step": attend_step,
+    "swiglu": swiglu, "activation": activation, "norm_stats": norm_stats, "norm_apply": norm_apply,
+    "rotate": rotate, "exp_sums": exp_sums, "freqs_into": freqs_into,
+}
+_FLAT = {"swiglu", "activation"}     # elementwise: called with their input as 2-D
+
+
+def _wrapped(fns: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    return {name: (_flat_io if name in _FLAT else _numpy_io)(fn) for name, fn in fns.items()}
+
+
+def compile_all() -> tuple[dict[str, Callable[..., Any]], dict[str, Callable[..., Any]]]:
+    """Every kernel compiled (Inductor builds a graph at each new shape class; the probe's calls
+    build them all), and the same kernels frozen: run with the graphs built so far and never
+    compiling again (a shape no graph fits runs the same torch operations eagerly, same integers,
+    slower), so no compilation ever happens inside the codec's worker threads."""
     _configure()
     _no_tqdm_monitor()
-    compiled = {name: torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS)
-                for name, fn in (("linear8", linear8), ("linear8_int", linear8_int), ("attend", attend), ("attend_step", attend_step),
-                                 ("swiglu", swiglu), ("activation", activation), ("norm_stats", norm_stats),
-                                 ("norm_apply", norm_apply), ("rotate", rotate), ("exp_sums", exp_sums),
-                                 ("freqs_into", freqs_into))}
-    flat = {"swiglu", "activation"}
-    return {name: (_flat_io if name in flat else _numpy_io)(fn) for name, fn in compiled.items()}
+    compiled = {name: torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS) for name, fn in KERNELS.items()}
+    frozen = {name: torch._dynamo.run(fn) for name, fn in compiled.items()}
+    return _wrapped(compiled), _wrapped(frozen)
+
+
+def eager_all() -> dict[str, Callable[..., Any]]:
+    """The kernels as plain torch operations (tests: the probe must hold for them too)."""
+    return _wrapped(KERNELS)

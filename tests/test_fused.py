@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Iterator
+
 import numpy as np
 import pytest
 
@@ -10,22 +13,40 @@ from llmzip.engine.common import ACT_CLIP, ACT_FRAC, SCORE_SHIFT
 from llmzip.linear8 import quantize_linear8
 
 pytest.importorskip("torch")
-needs_kernels = pytest.mark.skipif(not fused.available(), reason="torch.compile cannot build the kernels here")
+needs_kernels = pytest.mark.skipif(not fused.available(), reason=f"no fused kernels here: {fused.unavailable_reason()}")
+
+
+def test_the_kernels_build_or_the_reason_is_the_platform() -> None:
+    """A probe mismatch must fail the suite; only a missing compiler or torch feature may skip."""
+    reason = fused.unavailable_reason()
+    assert reason is None or not reason.startswith("AssertionError"), reason
 
 
 @pytest.fixture
-def kernels_on():
+def kernels_on() -> Iterator[None]:
     fused.force(True)
     yield
     fused.force(False)
 
 
-@needs_kernels
-def test_probe_cases_pass_on_the_compiled_kernels() -> None:
-    from llmzip import fused_check
+def test_probe_holds_for_the_uncompiled_kernels() -> None:
+    """The same torch operations run eagerly (what a frozen kernel does for a shape no graph fits)."""
+    from llmzip import fused_check, fused_torch
 
     for case in fused_check.CASES:
-        case(fused._kernels())
+        case(fused_torch.eager_all())
+
+
+def test_probe_catches_a_kernel_off_by_one() -> None:
+    from llmzip import fused_check, fused_torch
+
+    kernels = fused_torch.eager_all()
+    for name, broken in (("linear8_int", lambda *a: kernels["linear8_int"](*a) + 1),
+                         ("attend", lambda *a: kernels["attend"](*a) ^ 1),
+                         ("freqs_into", lambda *a: np.add(kernels["freqs_into"](*a), 1, out=a[-1]))):
+        with pytest.raises(AssertionError, match="differs"):
+            for case in fused_check.CASES:
+                case({**kernels, name: broken})
 
 
 @needs_kernels
@@ -79,34 +100,36 @@ def test_activation_tables_match(kernels_on: None) -> None:
         np.testing.assert_array_equal(want, got)
 
 
-def _same_archives(model, data: bytes, monkeypatch) -> None:
+def _same_archives(model: Any, data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMZIP_FUSED", "0")
+    calls = fused.kernel_calls()
     plain = codec.compress(data, model)
-    assert not fused.active()
+    assert fused.kernel_calls() == calls
     monkeypatch.setenv("LLMZIP_FUSED", "always")
     try:
         assert codec.compress(data, model) == plain
-        assert fused.active()
+        assert fused.kernel_calls() > calls and not fused.active()   # used, and off after the call
         assert codec.decompress(plain, model) == data      # the kernels in the decoder's workers too
     finally:
         fused.force(False)
 
 
 @needs_kernels
-def test_embedded_archives_are_identical_with_the_kernels(prose_file, monkeypatch) -> None:
+def test_embedded_archives_are_identical_with_the_kernels(prose_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from llmzip.model import load_model
 
     _same_archives(load_model(None), prose_file.read_bytes()[:6000], monkeypatch)
 
 
 @needs_kernels
-def test_llama_family_archives_are_identical_with_the_kernels(llama_family_dir, prose_file, monkeypatch) -> None:
+def test_llama_family_archives_are_identical_with_the_kernels(llama_family_dir: Path, prose_file: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from llmzip.model import load_model
 
     _same_archives(load_model(str(llama_family_dir)), prose_file.read_bytes()[:3000], monkeypatch)
 
 
-def test_select_rules(monkeypatch) -> None:
+def test_select_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMZIP_FUSED", "0")
     assert fused.select(1 << 30, True) is False
     monkeypatch.setenv("LLMZIP_FUSED", "auto")
@@ -124,3 +147,4 @@ def test_building_the_kernels_leaves_no_thread_running() -> None:
 
     assert fused.available()
     assert "tqdm_monitor" not in {t.name for t in threading.enumerate()}
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]

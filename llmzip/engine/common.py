@@ -73,7 +73,7 @@ def _fused_norm(h: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, 
     """LayerNorm (``centre``) or RMSNorm then the clip, by the fused kernels: the numpy integers.
     The rows' scales come from the same :func:`~llmzip.fixedpoint.norm_scale`. None (use numpy)
     if a row's final shift is below 1, which the kernel's shifts do not define (never seen: it
-    needs a row of zeros and eps below ~1e-13)."""
+    needs a row of zeros and eps below 2**-56)."""
     d = h.shape[-1]
     flat = h.reshape(-1, d)
     mean, shift, ss = fused.kernel("norm_stats")(flat, centre, norm_square_bits(d))
