@@ -34,8 +34,8 @@ import threading
 from typing import Any, Callable
 
 
-# A process's first use of the kernels costs ~15 s even with torch's on-disk cache warm (tracing and
-# loading 25 graphs; 2-core AMD EPYC) and then saves 7-17 % of a compression's time (benchmarks/
+# A process's first use of the kernels costs ~22 s even with torch's on-disk cache warm (tracing and
+# loading 36 graphs; 2-core AMD EPYC) and then saves 15-16 % of a compression's time (benchmarks/
 # fused.py): a codec call from this many tokens turns them on by itself, smaller ones once they are built.
 FUSED_MIN_TOKENS = 1 << 19
 _active = False
