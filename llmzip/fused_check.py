@@ -88,7 +88,8 @@ def check_attend(kernels: Kernels) -> None:
             if t_new == 1:
                 got = kernels["attend_step"](*arrays, attention8._weight_table())
             else:
-                got = kernels["attend"](*arrays, attention8._round_or_mask(group, start, end), attention8._weight_table())
+                mask = attention8._round_or_mask(group, start, end)
+                got = kernels["attend"](*arrays, mask, attention8._weight_table())
             _equal("attend", want, got)
 
 
@@ -106,7 +107,8 @@ def check_swiglu(kernels: Kernels) -> None:
     rng = np.random.default_rng(3)
     table, limit = fixedpoint.silu_table(ACT_FRAC)
     for inner in (40, 7):
-        gate_up = np.concatenate([_around(limit, GATE_CLIP, rng, inner), _around(limit, GATE_CLIP, rng, inner)[::-1]], -1)
+        halves = (_around(limit, GATE_CLIP, rng, inner), _around(limit, GATE_CLIP, rng, inner)[::-1])
+        gate_up = np.concatenate(halves, -1)
         owner = SimpleNamespace(spec=SimpleNamespace(n_inner=inner))
         for rows in (gate_up, gate_up[:1]):
             want = ExactLlama._swiglu(owner, rows.copy())   # type: ignore[arg-type]
@@ -135,16 +137,19 @@ def check_norms(kernels: Kernels) -> None:
         h = _edge_rows(rng, d, RESID_CLIP)
         h[1] = 5
         h[2] = -RESID_CLIP
-        h = np.concatenate([h, rng.integers(-RESID_CLIP, RESID_CLIP + 1, size=(3, d)) >> rng.integers(0, 30, size=(3, 1))])
+        mixed = rng.integers(-RESID_CLIP, RESID_CLIP + 1, size=(3, d)) >> rng.integers(0, 30, size=(3, 1))
+        h = np.concatenate([h, mixed])
         gamma = rng.normal(1.0, 0.5, size=d)
-        for norm, centre in ((LayerNorm.quantize(gamma, rng.normal(0, 2, size=d)), True), (RMSNorm.quantize(gamma), False)):
+        norms = ((LayerNorm.quantize(gamma, rng.normal(0, 2, size=d)), True), (RMSNorm.quantize(gamma), False))
+        for norm, centre in norms:
             beta = norm.beta if centre else np.zeros_like(norm.gamma)   # type: ignore[attr-defined]
             for rows in (h, h[:1]):
                 for eps in (1e-5, 1e-6):
                     want = norm(rows, eps)
                     mean, shift, ss = kernels["norm_stats"](rows, centre, fixedpoint.norm_square_bits(d))
                     inv, out_shift = fixedpoint.norm_scale(ss, shift, d, eps, RESID_FRAC, ACT_FRAC)
-                    got = kernels["norm_apply"](rows, mean, shift, inv, out_shift, norm.gamma, GAMMA_FRAC, beta, ACT_CLIP)
+                    got = kernels["norm_apply"](rows, mean, shift, inv, out_shift, norm.gamma, GAMMA_FRAC, beta,
+                                                ACT_CLIP)
                     _equal("norm", want, got)
 
 

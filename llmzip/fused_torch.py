@@ -30,8 +30,10 @@ _POW2 = [1 << k for k in range(63)]
 
 
 def _bit_length(peak: torch.Tensor) -> torch.Tensor:
-    """Bit length of non-negative int64 values (``fixedpoint.bit_length``, frexp-exact below 2**53):
-    the number of powers of two at or below each value, compared exactly in int64."""
+    """Bit length of non-negative int64 values: the number of powers of two at or below each value,
+    compared exactly in int64. Equal to ``fixedpoint.bit_length`` (frexp) below 2**53, the only
+    range the engine passes (its largest inputs: 2**36 into ``down`` and the attention queries,
+    2**31 into the norms); from 2**53 on, frexp's rounding can make the reference one larger."""
     powers = torch.tensor(_POW2, dtype=torch.int64, device=peak.device)
     return (peak.unsqueeze(-1) >= powers).sum(-1)
 
