@@ -107,7 +107,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp:
 
 
 def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: int, clip: int, frac: int) -> torch.Tensor:
-    """``ExactLlama._swiglu``: clip both halves to ``clip``, ``silu(gate) * up``, rounded half up by
+    """``engine.llama.swiglu``: clip both halves to ``clip``, ``silu(gate) * up``, rounded half up by
     ``frac`` bits. ``table``: :func:`fixedpoint._activation_values` for SiLU (index ``u + limit``)."""
     inner = gate_up.shape[-1] // 2
     g = torch.clamp(gate_up[..., :inner], -clip, clip)

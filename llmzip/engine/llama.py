@@ -120,6 +120,21 @@ def _canonical(key: str, value: Any) -> str:
     return str(int(number))
 
 
+def swiglu(gate_up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up for ``gate_up`` (..., 2 * inner), gate then up, ACT_FRAC bits: both clipped to
+    GATE_CLIP (in place), so the int64 product < 2**48."""
+    if fused.active():
+        table, limit = silu_table(ACT_FRAC)
+        return fused.kernel("swiglu")(gate_up, table, limit, GATE_CLIP, ACT_FRAC)
+    clip_inplace(gate_up, GATE_CLIP)
+    inner = gate_up.shape[-1] // 2
+    y = silu(gate_up[..., :inner], ACT_FRAC)
+    y *= gate_up[..., inner:]
+    y += 1 << (ACT_FRAC - 1)          # rounding half up, in place
+    y >>= ACT_FRAC
+    return y
+
+
 @dataclass(frozen=True)
 class LlamaBlock:
     attn_norm: RMSNorm
@@ -249,22 +264,9 @@ class ExactLlama:
         for layer, blk in enumerate(self.blocks):
             a = self._attention(blk.qkv(blk.attn_norm(h, eps)), cache, layer, start)
             h = clip_inplace(h + blk.o_proj(a), RESID_CLIP)
-            h = clip_inplace(h + blk.down(self._swiglu(blk.gate_up(blk.mlp_norm(h, eps)))), RESID_CLIP)
+            h = clip_inplace(h + blk.down(swiglu(blk.gate_up(blk.mlp_norm(h, eps)))), RESID_CLIP)
         cache.length = start + t_new
         return self.norm(h, eps)
-
-    def _swiglu(self, gate_up: np.ndarray) -> np.ndarray:
-        """silu(gate) * up, ACT_FRAC bits: both clipped to GATE_CLIP, so the int64 product < 2**48."""
-        if fused.active():
-            table, limit = silu_table(ACT_FRAC)
-            return fused.kernel("swiglu")(gate_up, table, limit, GATE_CLIP, ACT_FRAC)
-        clip_inplace(gate_up, GATE_CLIP)
-        inner = self.spec.n_inner
-        y = silu(gate_up[..., :inner], ACT_FRAC)
-        y *= gate_up[..., inner:]
-        y += 1 << (ACT_FRAC - 1)          # rounding half up, in place
-        y >>= ACT_FRAC
-        return y
 
     def _attention(self, qkv: np.ndarray, cache: Any, layer: int, start: int) -> np.ndarray:
         """Rotary positions, then causal grouped-query attention; returns (rows, T, H * hd)."""
