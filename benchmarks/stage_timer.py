@@ -56,7 +56,7 @@ _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (common.LayerNorm, "__call__", "norms_activations", {}),
     (common.RMSNorm, "__call__", "norms_activations", {}),
     (gpt2, "activation_lookup", "norms_activations", {}),
-    (llama.ExactLlama, "_swiglu", "norms_activations", {}),
+    (llama, "swiglu", "norms_activations", {}),
     (predictor.LoadedModel, "advance", "engine_other", {}),
     (predictor, "freqs_from_logits", "quantiser", {}),
     (lockstep, "table_terms", "quantiser", {}),
