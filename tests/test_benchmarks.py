@@ -103,7 +103,8 @@ STARTS = {
     "memory.py": "--help", "mix_study.py": "--help", "quant_sim.py": "--help", "run.py": "--help",
     "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
     "roofline.py": "--help", "stage_timer.py": "import", "fallbacks.py": "--help", "frame_choice.py": "--help",
-    "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help", "workers.py": "--help", "cputime.py": "import", "fused.py": "--help",
+    "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help", "workers.py": "--help", "cputime.py": "import",
+    "fused.py": "--help", "abtest.py": "import",
 }
 _START_ALL = textwrap.dedent("""
     import contextlib, io, json, os, runpy, sys
@@ -187,8 +188,20 @@ def test_roofline_quick(tmp_path: Path) -> None:
 
 
 def test_workers_benchmark_measures_every_setting(golden):
+    import abtest
     import workers
 
-    best = workers.measure(golden, b"The quick brown fox jumps over the lazy dog. " * 20, repeats=1)
-    assert set(best) == {(name, op) for name in workers.settings_by_name() for op in ("compress", "decompress")}
+    best = abtest.measure(golden, b"The quick brown fox jumps over the lazy dog. " * 20, 1, workers.variants())
+    assert set(best) == {(name, op) for name in workers.variants() for op in ("compress", "decompress")}
     assert "| two processes | decompress |" in workers.report(best, "title")
+
+
+def test_abtest_refuses_a_variant_that_fails_its_check(golden):
+    import abtest
+    from llmzip import codec
+
+    def fail() -> None:
+        raise SystemExit("checked")
+    variants = {"plain": abtest.Variant(codec.Settings), "checked": abtest.Variant(codec.Settings, fail)}
+    with pytest.raises(SystemExit, match="checked"):
+        abtest.measure(golden, b"abc " * 50, 1, variants)
