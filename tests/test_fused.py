@@ -133,10 +133,15 @@ def test_select_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMZIP_FUSED", "0")
     assert fused.select(1 << 30, True) is False
     monkeypatch.setenv("LLMZIP_FUSED", "auto")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert fused.select(1 << 30, False) is False            # decoding, or GEMMs not on torch
     if fused.available():
         assert fused.select(10, True) is True                # already built in this process
         assert fused.select(fused.FUSED_MIN_TOKENS, True) is True
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")           # GEMMs would fork teams: not by itself...
+        assert fused.select(fused.FUSED_MIN_TOKENS, True) is False
+        monkeypatch.setenv("LLMZIP_FUSED", "always")         # ...only when asked for
+        assert fused.select(10, True) is True
     fused.force(False)
 
 
