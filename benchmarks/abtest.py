@@ -110,3 +110,19 @@ def emit(text: str, out: Path | None) -> None:
     if out:
         with out.open("a") as f:
             f.write(text + "\n")
+
+
+Report = Callable[[dict[tuple[str, str], Times], str], str]
+
+
+def main(doc: str, script: str, compared: str, variants: Callable[[], dict[str, Variant]], report: Report) -> None:
+    """A benchmark's whole run: its command line (``doc`` as help), the model and input, the variants
+    (made after the model is loaded) warmed up and measured, the table printed and appended to --out."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args()
+    model, data = load(args)
+    chosen = variants()
+    warm_up(model, data, chosen)
+    best = measure(model, data, args.repeats, chosen)
+    emit(report(best, title(script, args, compared)), args.out)

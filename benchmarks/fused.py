@@ -14,7 +14,6 @@ process (torch's on-disk cache as it is).
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -27,6 +26,9 @@ MODES = {"numpy": "0", "fused": "always"}
 def variants() -> dict[str, abtest.Variant]:
     """The two modes; each checks after its compression that the kernels did (not) run."""
     from llmzip import codec, fused
+
+    if not fused.available():
+        raise SystemExit(f"the fused kernels are not available here: {fused.unavailable_reason()}")
 
     def mode(name: str, value: str) -> abtest.Variant:
         calls = [0]
@@ -63,20 +65,5 @@ def report(best: dict[tuple[str, str], abtest.Times], first_use: float, title: s
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    abtest.add_arguments(p)
-    args = p.parse_args()
-    model, data = abtest.load(args)
-    from llmzip import fused
-
-    if not fused.available():
-        raise SystemExit(f"the fused kernels are not available here: {fused.unavailable_reason()}")
-    modes = variants()
-    abtest.warm_up(model, data, modes)
-    best = abtest.measure(model, data, args.repeats, modes)
-    abtest.emit(report(best, first_use_seconds(), abtest.title("fused.py", args, "modes")), args.out)
-
-
 if __name__ == "__main__":
-    main()
+    abtest.main(__doc__, "fused.py", "modes", variants, lambda best, title: report(best, first_use_seconds(), title))

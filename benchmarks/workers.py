@@ -14,8 +14,6 @@ and warmed up before timing. ``--out FILE`` also appends the table as Markdown.
 
 from __future__ import annotations
 
-import argparse
-
 import abtest
 
 
@@ -35,16 +33,5 @@ def report(best: dict[tuple[str, str], abtest.Times], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    abtest.add_arguments(p)
-    args = p.parse_args()
-    model, data = abtest.load(args)
-    compared = variants()
-    abtest.warm_up(model, data, compared)
-    best = abtest.measure(model, data, args.repeats, compared)
-    abtest.emit(report(best, abtest.title("workers.py", args, "settings")), args.out)
-
-
 if __name__ == "__main__":
-    main()
+    abtest.main(__doc__, "workers.py", "settings", variants, report)
