@@ -287,6 +287,26 @@ def decode_group(
     return [out[i, :n] for i, n in enumerate(lengths)]
 
 
+class _Launcher:
+    """Starts a batch's forward pass for a decoding step on the tokens of the previous one, first
+    dropping the batch's rows that have ended (rows end only at the tail of a group)."""
+
+    def __init__(self, runner: Runner, live: list[int], prev: np.ndarray) -> None:
+        self.runner, self.live, self.prev = runner, live, prev
+        self.sizes = [s.stop - s.start for s in runner.batches]     # rows each batch's state holds
+
+    def __call__(self, b: int, t: int) -> Callable[[], np.ndarray] | None:
+        """Batch ``b``'s pass for step ``t`` (None if none of its rows is live then)."""
+        start = self.runner.batches[b].start
+        n = min(max(self.live[t] - start, 0), self.sizes[b]) if t < len(self.live) else 0
+        if n == 0:
+            return None
+        if n < self.sizes[b]:
+            self.runner.keep(b, n)
+            self.sizes[b] = n
+        return self.runner.advance(b, self.prev[start : start + n, None].copy())
+
+
 def _decode_steps(
     model: Predictor, decoder: ArithmeticDecoder, lengths: Sequence[int], runner: Runner,
     settings: Settings, mixer: Mixer | None,
@@ -303,17 +323,7 @@ def _decode_steps(
     out = np.zeros((len(lengths), steps), dtype=np.int64)
     prev = np.full(len(lengths), model.bos_id, dtype=np.int64)
     batches = runner.batches
-    sizes = [s.stop - s.start for s in batches]       # rows each batch's state holds
-
-    def launch(b: int, t: int) -> Callable[[], np.ndarray] | None:
-        """Start batch ``b``'s forward pass for step ``t`` (None if none of its rows is live)."""
-        n = min(max(live[t] - batches[b].start, 0), sizes[b]) if t < steps else 0
-        if n == 0:
-            return None
-        if n < sizes[b]:                                # rows end only at the tail of the group
-            runner.keep(b, n)
-            sizes[b] = n
-        return runner.advance(b, prev[batches[b].start : batches[b].start + n, None].copy())
+    launch = _Launcher(runner, live, prev)
 
     if mixer is not None:
         mixer.begin_group(len(lengths))
