@@ -104,7 +104,7 @@ STARTS = {
     "compressors.py": "import", "llmzip_bench.py": "import", "report.py": "import", "shapes.py": "--help",
     "roofline.py": "--help", "stage_timer.py": "import", "fallbacks.py": "--help", "frame_choice.py": "--help",
     "frame_size.py": "--help", "mixed_set.py": "--help", "levels.py": "--help", "workers.py": "--help", "cputime.py": "import",
-    "fused.py": "--help", "abtest.py": "import",
+    "fused.py": "--help", "abtest.py": "import", "roofline_report.py": "import",
 }
 _START_ALL = textwrap.dedent("""
     import contextlib, io, json, os, runpy, sys
