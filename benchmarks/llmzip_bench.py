@@ -70,23 +70,8 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
     """Load, compress, decompress; everything the entry needs, timed."""
     from llmzip import codec, frames, read_info
-    from llmzip.errors import CorruptArchiveError, LlmzipError
-    from llmzip.model import load_model
 
-    def load() -> Any:
-        """The model, and torch's int8 GEMM set up with it: these timings are steady-state coding,
-        as in a process that codes many files (a CLI call on a small input skips torch
-        altogether, see llmzip.linear8.select_backend; its wall times: latency.py)."""
-        from llmzip import linear8
-
-        loaded = load_model(spec["model"])
-        linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS)
-        return loaded
-
-    try:
-        model, load_s = _timed(load)
-    except LlmzipError as exc:
-        raise SystemExit(f"cannot load model {spec['model']!r}: {exc}") from None
+    model, load_s = _load(spec["model"])
     # One-time lazy set-up (lookup tables, first BLAS call) belongs with loading, not coding.
     warm = codec.Settings(batch_size=spec["batch_size"], threads=spec["threads"])
     _, warmup_s = _timed(lambda: codec.decompress(codec.compress(WARMUP, model, settings=warm), model, warm))
@@ -100,20 +85,46 @@ def _code(spec: dict[str, Any], data: bytes) -> dict[str, Any]:
         if again != blob:
             raise SystemExit("llmzip compressed the same input to two different archives")
         c_s = min(c_s, seconds)
+    back, d_s = _best_decompress(blob, model, warm, spec.get("runs", 1))
+    return {"model": model, "load_s": load_s, "warmup_s": warmup_s, "stats": stats, "blob": blob,
+            "back": back, "c_s": c_s, "d_s": d_s, "info": read_info(blob)}
+
+
+def _load(name: str | None) -> tuple[Any, float]:
+    """The model and its load time, with torch's int8 GEMM set up: these timings are steady-state
+    coding, as in a process that codes many files (a CLI call on a small input skips torch
+    altogether, see llmzip.linear8.select_backend; its wall times: latency.py)."""
+    from llmzip import linear8
+    from llmzip.errors import LlmzipError
+    from llmzip.model import load_model
+
+    def load() -> Any:
+        loaded = load_model(name)
+        linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS)
+        return loaded
+    try:
+        return _timed(load)
+    except LlmzipError as exc:
+        raise SystemExit(f"cannot load model {name!r}: {exc}") from None
+
+
+def _best_decompress(blob: bytes, model: Any, settings: Any, runs: int) -> tuple[bytes, float]:
+    """The decoded bytes (empty if any run failed or disagreed) and the best time of ``runs``."""
+    from llmzip import frames
+    from llmzip.errors import CorruptArchiveError
 
     def decompress() -> bytes:
         try:
-            return frames.decompress(blob, lambda _: model, warm)
+            return frames.decompress(blob, lambda _: model, settings)
         except CorruptArchiveError as exc:  # the codec's own checksum caught a mismatch
             print(f"llmzip round trip failed: {exc}", file=sys.stderr)
             return b""
 
     back, d_s = _timed(decompress)
-    for _ in range(spec.get("runs", 1) - 1):
+    for _ in range(runs - 1):
         again, seconds = _timed(decompress)
         back, d_s = (back, min(d_s, seconds)) if again == back else (b"", d_s)
-    return {"model": model, "load_s": load_s, "warmup_s": warmup_s, "stats": stats, "blob": blob,
-            "back": back, "c_s": c_s, "d_s": d_s, "info": read_info(blob)}
+    return back, d_s
 
 
 def _default_frame_size() -> int:
