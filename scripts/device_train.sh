@@ -4,7 +4,18 @@
 #
 #     bash scripts/device_train.sh 8            # train for ~8 minutes, results in $OUT
 #
-# It tokenises the training data (../shared/train or ./shared/train, or $DATA), trains the
+# The data: the tool sends only this working tree, at most 64 MiB with what a call carries, so
+# ../shared/train (218 MB) cannot travel. Pack the CPU run's token streams first, into a folder
+# git ignores, and carry it (the call's `carry`: [".devdata"]):
+#
+#     echo /.devdata/ >> .git/info/exclude
+#     python scripts/pack_streams.py pack --work /work/llmzip-train-llama --out .devdata --budget-mb 8
+#
+# The budget is what the tracked tree (55 MB on 2026-12-01) leaves of the 64 MiB. Moving its two
+# largest files (scripts/checkpoints/*.safetensors, the v1 model's weights) out of the checkout
+# for the call and restoring them with `git checkout` afterwards should leave room for ~50 MB
+# (not yet tried with the tool). With $PACKED (default .devdata) present the script
+# unpacks it; otherwise it tokenises $DATA, ../shared/train or ./shared/train. Then it trains the
 # default Llama shape of train_embedded.py in bf16 with a schedule planned to fit MINUTES at
 # the speed measured over the first steps, and writes to $OUT: model/ (Hugging Face layout, the
 # same export the CPU runs make, for llmzip's exact CPU engine), snapshot/ (weights-only bf16,
@@ -16,10 +27,17 @@ MINUTES=${1:-8}
 shift || true
 OUT=${OUT:?set OUT to the directory that comes back}
 DEVICE=${DEVICE:-cuda}
-for candidate in "${DATA:-}" ../shared/train shared/train; do
-  if [ -n "$candidate" ] && [ -f "$candidate/MANIFEST.md" ]; then DATA=$candidate; break; fi
-done
-[ -f "${DATA:-}/MANIFEST.md" ] || { echo "no training data found (set DATA)" >&2; exit 2; }
+WORK=${WORK:-/tmp/llmzip-train-device}
+PACKED=${PACKED:-.devdata}
+if [ -f "$PACKED/streams.json" ]; then
+  python scripts/pack_streams.py unpack --packed "$PACKED" --work "$WORK"
+  DATA=$PACKED   # not read: the work directory already holds the tokenizer and the streams
+else
+  for candidate in "${DATA:-}" ../shared/train shared/train; do
+    if [ -n "$candidate" ] && [ -f "$candidate/MANIFEST.md" ]; then DATA=$candidate; break; fi
+  done
+  [ -f "${DATA:-}/MANIFEST.md" ] || { echo "no training data found (set DATA or PACKED)" >&2; exit 2; }
+fi
 python - "$DEVICE" <<'PY'
 import sys, torch
 if sys.argv[1].startswith("cuda") and not torch.cuda.is_available():
@@ -27,7 +45,6 @@ if sys.argv[1].startswith("cuda") and not torch.cuda.is_available():
 print("torch", torch.__version__, "device", sys.argv[1],
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 PY
-WORK=${WORK:-/tmp/llmzip-train-device}
 python scripts/train_embedded.py --data "$DATA" --work "$WORK" --device "$DEVICE" --threads "$(nproc)" \
   --batch 128 --lr 2e-3 --warmup 300 --plan-minutes "$MINUTES" --minutes "$(python -c "print($MINUTES * 1.1)")" \
   --eval-every 500 --ckpt-every 1000 --export "$OUT/model" \

@@ -113,3 +113,39 @@ def test_device_script_plans_to_the_minutes_and_exports(data_dir: Path, tmp_path
     last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert last["step"] == int(planned.group(1)) and "held_out_bpb" in last
     assert (out / "model" / "model.safetensors").exists() and (out / "snapshot" / "llama-6x384.json").exists()
+
+
+def test_packed_streams_train_without_the_data(data_dir: Path, tmp_path: Path) -> None:
+    """pack_streams.py: what a lent accelerator receives instead of ../shared/train (see device_train.sh)."""
+    import numpy as np
+
+    common = [*TINY, "--plan-tokens", str(2 * 4 * 31)]
+    run_script("--work", str(tmp_path / "a"), "--data", str(data_dir), *common)
+    pack = [sys.executable, str(SCRIPTS / "pack_streams.py")]
+    subprocess.run([*pack, "pack", "--work", str(tmp_path / "a"), "--out", str(tmp_path / "packed"),
+                    "--budget-mb", "1"], check=True, capture_output=True, timeout=120)
+    subprocess.run([*pack, "unpack", "--packed", str(tmp_path / "packed"), "--work", str(tmp_path / "b")],
+                   check=True, capture_output=True, timeout=120)
+    for path in (tmp_path / "a").glob("*.npy"):                # a budget this large keeps every token
+        assert np.array_equal(np.load(path), np.load(tmp_path / "b" / path.name))
+    out = tmp_path / "out"                                     # device_train.sh unpacks them itself
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "PACKED": str(tmp_path / "packed"),
+           "DATA": str(tmp_path / "absent"), "WORK": str(tmp_path / "c")}
+    proc = subprocess.run(["bash", str(SCRIPTS / "device_train.sh"), "0.05", *TINY, "--eval-every", "1000"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "unpacked" in proc.stdout and "tokenizer trained" not in proc.stdout and "streams built" not in proc.stdout
+    assert (out / "model" / "model.safetensors").exists()
+
+
+def test_pack_keeps_the_share_of_training_tokens_that_fits() -> None:
+    import numpy as np
+    from pack_streams import _xz, keep_fraction
+
+    tokens = np.random.default_rng(0).integers(0, 8192, size=200_000).astype(np.uint16)
+    whole = len(_xz(tokens))
+    assert keep_fraction({"prose.train": tokens}, 0, 10 * whole) == 1.0
+    assert keep_fraction({"prose.train": tokens}, whole // 2, whole) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(SystemExit, match="held-out"):
+        keep_fraction({"prose.train": tokens}, 2 * whole, whole)
