@@ -9,7 +9,7 @@
 # git ignores, and carry it (the call's `carry`: [".devdata"]):
 #
 #     echo /.devdata/ >> .git/info/exclude
-#     python scripts/pack_streams.py pack --work /work/llmzip-train-llama --out .devdata --budget-mb 8
+#     python scripts/pack_streams.py pack --work /work/llmzip-train-llama --out .devdata --budget-mb 10   # or ~50, see below
 #
 # The budget is what the tracked tree (55 MB on 2026-12-01) leaves of the 64 MiB. Moving its two
 # largest files (scripts/checkpoints/*.safetensors, the v1 model's weights) out of the checkout
@@ -28,7 +28,10 @@ shift || true
 OUT=${OUT:?set OUT to the directory that comes back}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-/tmp/llmzip-train-device}
-PACKED=${PACKED:-.devdata}
+if [ -n "${PACKED:-}" ] && [ ! -f "$PACKED/streams.json" ]; then
+  echo "PACKED=$PACKED holds no finished pack (streams.json)" >&2; exit 2
+fi
+PACKED=${PACKED:-.devdata}   # relative paths are from the repository root
 if [ -f "$PACKED/streams.json" ]; then
   python scripts/pack_streams.py unpack --packed "$PACKED" --work "$WORK"
   DATA=$PACKED   # not read: the work directory already holds the tokenizer and the streams

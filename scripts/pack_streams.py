@@ -6,14 +6,14 @@ tree, at most 64 MiB of it with what a call carries, and cannot read ``../shared
 streams that ``train_embedded.py`` builds (uint16, 145 MB for ``../shared/train``) fit there only
 compressed, and only in part::
 
-    python scripts/pack_streams.py pack --work /work/llmzip-train-llama --out .devdata --budget-mb 30
+    python scripts/pack_streams.py pack --work /work/llmzip-train-llama --out .devdata --budget-mb 50
     python scripts/pack_streams.py unpack --packed .devdata --work /tmp/w      # on the other machine
 
 ``pack`` keeps every held-out stream whole (the held-out report stays comparable) and the first
 ``f`` of every training stream, one fraction ``f`` for all, the largest that fits the budget
 (each stream's compressed size is estimated from compressing its first tokens). ``streams.json``
 is copied unchanged, so the sampler keeps the run's source weights (they follow the full byte
-counts). Streams are xz-compressed (Python's ``lzma``: on every machine without extra packages).
+counts; its token counts then describe the full streams, not the packed ones). Streams are xz-compressed (Python's ``lzma``: on every machine without extra packages).
 ``unpack`` restores ``<source>.<split>.npy``, ``streams.json`` and ``tokenizer.json`` into a work
 directory that ``train_embedded.py --work`` then uses as if it had tokenised the data itself.
 """
@@ -31,7 +31,7 @@ import numpy as np
 SAMPLE_TOKENS = 1 << 20     # tokens compressed to estimate a stream's ratio
 MIN_TOKENS = 1 << 13        # tokens kept of any training stream: room for the sampler's windows
 PRESET = 6                  # xz level: 9 gains ~1 % here at several times the time
-META_FILES = ("streams.json", "tokenizer.json")
+META_FILES = ("tokenizer.json", "streams.json")   # streams.json last: it marks a finished pack
 
 
 def _xz(tokens: np.ndarray) -> bytes:
@@ -58,10 +58,14 @@ def pack(work: Path, out: Path, budget_mb: float) -> None:
     streams = {p.name[: -len(".npy")]: np.load(p, mmap_mode="r") for p in sorted(work.glob("*.npy"))}
     if not streams:
         raise SystemExit(f"no token streams (*.npy) in {work}")
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: pack into a new folder (unpack restores every stream it finds)")
     out.mkdir(parents=True, exist_ok=True)
     val = {n: _xz(s) for n, s in streams.items() if n.endswith(".val")}
     train = {n: s for n, s in streams.items() if n.endswith(".train")}
-    fraction = keep_fraction(train, sum(map(len, val.values())), int(budget_mb * 1e6))
+    fixed = sum(map(len, val.values())) + sum((work / m).stat().st_size for m in META_FILES)
+    budget = int(budget_mb * 1e6)
+    fraction = keep_fraction(train, fixed, budget)
     for name, blob in val.items():
         (out / f"{name}.npy.xz").write_bytes(blob)
     for name, tokens in train.items():
@@ -69,6 +73,8 @@ def pack(work: Path, out: Path, budget_mb: float) -> None:
     for meta in META_FILES:
         shutil.copyfile(work / meta, out / meta)
     total = sum(f.stat().st_size for f in out.iterdir())
+    if total > budget:   # the ratio estimate from each stream's first tokens was optimistic
+        raise SystemExit(f"packed {total / 1e6:.1f} MB, over the budget of {budget_mb} MB: pack again with less")
     print(f"packed {len(streams)} streams into {out}: {total / 1e6:.1f} MB, {fraction:.1%} of each training stream")
 
 
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     a = sub.add_parser("pack", help="compress a work directory's streams into --out, within --budget-mb")
     a.add_argument("--work", type=Path, required=True)
     a.add_argument("--out", type=Path, required=True)
-    a.add_argument("--budget-mb", type=float, default=30.0, help="size of the packed folder [default: 30 MB]")
+    a.add_argument("--budget-mb", type=float, required=True,
+                   help="size of the packed folder in MB: what the device call leaves beside the working tree")
     b = sub.add_parser("unpack", help="restore packed streams into a work directory")
     b.add_argument("--packed", type=Path, required=True)
     b.add_argument("--work", type=Path, required=True)

@@ -153,3 +153,13 @@ def test_building_the_kernels_leaves_no_thread_running() -> None:
     assert fused.available()
     assert "tqdm_monitor" not in {t.name for t in threading.enumerate()}
     assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+
+
+def test_kernels_turn_on_by_themselves_only_with_one_openmp_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert fused._one_openmp_thread()
+    for value in ("2", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert not fused._one_openmp_thread()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert not fused._one_openmp_thread()

@@ -126,7 +126,9 @@ def test_packed_streams_train_without_the_data(data_dir: Path, tmp_path: Path) -
                     "--budget-mb", "1"], check=True, capture_output=True, timeout=120)
     subprocess.run([*pack, "unpack", "--packed", str(tmp_path / "packed"), "--work", str(tmp_path / "b")],
                    check=True, capture_output=True, timeout=120)
-    for path in (tmp_path / "a").glob("*.npy"):                # a budget this large keeps every token
+    streams = sorted((tmp_path / "a").glob("*.npy"))
+    assert {p.name.split(".")[1] for p in streams} == {"train", "val"}
+    for path in streams:                                       # a budget this large keeps every token
         assert np.array_equal(np.load(path), np.load(tmp_path / "b" / path.name))
     out = tmp_path / "out"                                     # device_train.sh unpacks them itself
     out.mkdir()
