@@ -33,6 +33,8 @@ import os
 import threading
 from typing import Any, Callable
 
+from . import runtime
+
 
 # A process's first use of the kernels costs ~22 s even with torch's on-disk cache warm (tracing and
 # loading 36 graphs; 2-core AMD EPYC) and then saves 15-16 % of a compression's time (benchmarks/
@@ -51,24 +53,19 @@ def select(tokens: int, wanted: bool) -> bool:
     """Choose for a codec call of ``tokens`` tokens, before its worker threads start: the fused
     kernels if ``wanted`` (the caller runs its int8 GEMMs on torch and encodes), they compile and
     pass their probe, the call has :data:`FUSED_MIN_TOKENS` tokens or they are already built, and
-    torch's GEMMs run on one OpenMP thread per caller (:func:`_one_openmp_thread`).
+    torch's GEMMs run on one OpenMP thread per caller (:func:`llmzip.runtime.one_openmp_thread`).
     ``LLMZIP_FUSED=0`` keeps numpy; ``LLMZIP_FUSED=always`` takes the kernels at any size and
     thread setting. Returns the choice."""
     global _active
     mode = os.environ.get("LLMZIP_FUSED", "auto")
     big = tokens >= FUSED_MIN_TOKENS or _kernels.cache_info().currsize > 0
-    automatic = wanted and big and _one_openmp_thread()
+    # Without OMP_NUM_THREADS=1 (the CLI sets it before torch loads) the GEMMs inside the kernels
+    # fork an OpenMP team per codec worker and the kernels lose to numpy: the 6x384 Llama compressed
+    # 32 KB at 2,528 tokens/s fused against 3,919 with numpy, and at 5,406 against 4,139 with the
+    # variable set (2-core AMD EPYC, two worker threads, one run each).
+    automatic = wanted and big and runtime.one_openmp_thread()
     _active = mode != "0" and (mode == "always" or automatic) and available() and _exact_matmul()
     return _active
-
-
-def _one_openmp_thread() -> bool:
-    """Whether ``OMP_NUM_THREADS=1`` is set, as the CLI sets it before torch loads
-    (:func:`llmzip.runtime.single_openmp_thread`). Without it the GEMMs inside the kernels fork an
-    OpenMP team per codec worker, and the kernels lose to numpy: the 6x384 Llama compressed 32 KB at
-    2,528 tokens/s fused against 3,919 with numpy, and at 5,406 against 4,139 with the variable set
-    (2-core AMD EPYC, two worker threads, one run each)."""
-    return os.environ.get("OMP_NUM_THREADS") == "1"
 
 
 def _exact_matmul() -> bool:

@@ -54,6 +54,12 @@ def single_openmp_thread() -> bool:
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return one_openmp_thread()
+
+
+def one_openmp_thread() -> bool:
+    """Whether ``OMP_NUM_THREADS=1`` is set (by :func:`single_openmp_thread` or the user); nothing
+    is changed."""
     return os.environ.get("OMP_NUM_THREADS") == "1"
 
 

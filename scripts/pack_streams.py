@@ -13,7 +13,8 @@ compressed, and only in part::
 ``f`` of every training stream, one fraction ``f`` for all, the largest that fits the budget
 (each stream's compressed size is estimated from compressing its first tokens). ``streams.json``
 is copied unchanged, so the sampler keeps the run's source weights (they follow the full byte
-counts; its token counts then describe the full streams, not the packed ones). Streams are xz-compressed (Python's ``lzma``: on every machine without extra packages).
+counts; its token counts then describe the full streams, not the packed ones). Streams are
+xz-compressed (Python's ``lzma``: on every machine without extra packages).
 ``unpack`` restores ``<source>.<split>.npy``, ``streams.json`` and ``tokenizer.json`` into a work
 directory that ``train_embedded.py --work`` then uses as if it had tokenised the data itself.
 """
@@ -45,12 +46,14 @@ def _bytes_per_token(tokens: np.ndarray) -> float:
     return len(_xz(sample)) / max(1, len(sample))
 
 
-def keep_fraction(train: dict[str, np.ndarray], val_bytes: int, budget: int) -> float:
-    """The share of every training stream that fits ``budget`` bytes beside ``val_bytes`` (0 to 1)."""
+def keep_fraction(train: dict[str, np.ndarray], fixed_bytes: int, budget: int) -> float:
+    """The share of every training stream that fits ``budget`` bytes beside ``fixed_bytes`` (the
+    held-out streams and the metadata), 0 to 1."""
     estimate = sum(_bytes_per_token(t) * len(t) for t in train.values())
-    room = budget - val_bytes
+    room = budget - fixed_bytes
     if room <= 0:
-        raise SystemExit(f"the held-out streams alone take {val_bytes / 1e6:.1f} MB: raise --budget-mb")
+        raise SystemExit(f"the held-out streams and metadata alone take {fixed_bytes / 1e6:.1f} MB: "
+                         "raise --budget-mb")
     return min(1.0, room / estimate)
 
 
@@ -74,7 +77,8 @@ def pack(work: Path, out: Path, budget_mb: float) -> None:
         shutil.copyfile(work / meta, out / meta)
     total = sum(f.stat().st_size for f in out.iterdir())
     if total > budget:   # the ratio estimate from each stream's first tokens was optimistic
-        raise SystemExit(f"packed {total / 1e6:.1f} MB, over the budget of {budget_mb} MB: pack again with less")
+        raise SystemExit(f"packed {total / 1e6:.1f} MB, over the budget of {budget_mb} MB: delete {out} and "
+                         "pack again with a smaller --budget-mb")
     print(f"packed {len(streams)} streams into {out}: {total / 1e6:.1f} MB, {fraction:.1%} of each training stream")
 
 

@@ -156,10 +156,12 @@ def test_building_the_kernels_leaves_no_thread_running() -> None:
 
 
 def test_kernels_turn_on_by_themselves_only_with_one_openmp_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmzip import runtime
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert fused._one_openmp_thread()
+    assert runtime.one_openmp_thread()
     for value in ("2", ""):
         monkeypatch.setenv("OMP_NUM_THREADS", value)
-        assert not fused._one_openmp_thread()
+        assert not runtime.one_openmp_thread()
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert not fused._one_openmp_thread()
+    assert not runtime.one_openmp_thread()
