@@ -3,9 +3,10 @@
 The engine's arithmetic is defined by its numpy code (:mod:`llmzip.linear8`,
 :mod:`llmzip.attention8`, :mod:`llmzip.fixedpoint`). Most of its time goes to chains of small
 elementwise passes around the matrix products (quantising a GEMM's input, rescaling its output,
-attention scores to weights, activation tables). Here the same chains are written with torch
-operations and compiled by ``torch.compile`` (Inductor: one C++ loop per chain), which needs
-torch and a C++ compiler. Nothing here is a new arithmetic:
+attention scores to weights, activation tables). The same chains are written with torch
+operations (:mod:`llmzip.fused_torch`) and compiled ahead of time by AOTInductor into C++ loops,
+once per machine, into llmzip's cache (:mod:`llmzip.fused_aot`; it needs torch and a C++
+compiler). Nothing here is a new arithmetic:
 
 * every step is an integer operation, or a float operation whose exact result is representable
   (products of small integers by powers of two, sums of integers below 2**53, ``floor``), so
@@ -15,20 +16,17 @@ torch and a C++ compiler. Nothing here is a new arithmetic:
   operations (one division per row, one product per entry);
 * shift counts are clamped where numpy defines shifts past the width and C++ does not (every such
   clamp is argued at its line);
-* at first use each kernel is run on inputs chosen to hit its edge cases and compared with the
-  numpy reference (:func:`_probe`), in every shape class the engine calls it with (those calls
-  build the compiled graphs); any difference, compiler error or missing torch feature leaves the
-  engine on numpy, which gives the same integers. After the probe the kernels never compile
-  again: a call no graph fits runs the same torch operations eagerly.
+* each process that loads the kernels first runs each on inputs chosen to hit its edge cases and
+  compares it with the numpy reference (:func:`_probe`); any difference, build error or missing
+  torch feature leaves the engine on numpy, which gives the same integers.
 
-Compiling costs seconds (cached on disk by torch afterwards), so :func:`select` turns the kernels
-on only for codec calls long enough to repay it, as :func:`llmzip.linear8.select_backend` does
-for torch itself. The kernels hold no state: the numpy arrays are passed as zero-copy tensors.
+Building takes a minute or two, once per machine (``llmzip kernels --build``, or by itself for a
+codec call long enough to repay it); loading a build takes milliseconds, so once built the kernels
+serve every compression. The kernels hold no state: numpy arrays are passed as zero-copy tensors.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from typing import Any, Callable
@@ -36,10 +34,12 @@ from typing import Any, Callable
 from . import runtime
 
 
-# A process's first use of the kernels costs ~22 s even with torch's on-disk cache warm (tracing and
-# loading 36 graphs; 2-core AMD EPYC) and then saves 15-16 % of a compression's time (benchmarks/
-# fused.py): a codec call from this many tokens turns them on by itself, smaller ones once they are built.
+# Building the kernels costs a minute or two, once per machine; they then save ~20 % of a
+# compression's time (benchmarks/fused.py): a codec call from this many tokens builds them by itself...
 FUSED_MIN_TOKENS = 1 << 19
+# ...and once built, loading and probing them costs a process ~0.3 s, which a compression of this
+# many tokens earns back (the embedded model compresses ~14k tokens/s with numpy on two cores).
+FUSED_LOAD_MIN_TOKENS = 1 << 14
 _active = False
 _lock = threading.Lock()
 
@@ -51,20 +51,24 @@ def active() -> bool:
 
 def select(tokens: int, wanted: bool) -> bool:
     """Choose for a codec call of ``tokens`` tokens, before its worker threads start: the fused
-    kernels if ``wanted`` (the caller runs its int8 GEMMs on torch and encodes), they compile and
-    pass their probe, the call has :data:`FUSED_MIN_TOKENS` tokens or they are already built, and
-    torch's GEMMs run on one OpenMP thread per caller (:func:`llmzip.runtime.one_openmp_thread`).
-    ``LLMZIP_FUSED=0`` keeps numpy; ``LLMZIP_FUSED=always`` takes the kernels at any size and
-    thread setting. Returns the choice."""
+    kernels if ``wanted`` (the caller runs its int8 GEMMs on torch and encodes), this machine has
+    a build of them that passes its probe (one is built first for a call of
+    :data:`FUSED_MIN_TOKENS` tokens or more), they are loaded or the call has
+    :data:`FUSED_LOAD_MIN_TOKENS` tokens, and torch's GEMMs run on one OpenMP thread per caller
+    (:func:`llmzip.runtime.one_openmp_thread`). ``LLMZIP_FUSED=0`` keeps numpy;
+    ``LLMZIP_FUSED=always`` takes the kernels (building them if needed) at any size and thread
+    setting. Returns the choice."""
     global _active
     mode = os.environ.get("LLMZIP_FUSED", "auto")
-    big = tokens >= FUSED_MIN_TOKENS or _kernels.cache_info().currsize > 0
     # Without OMP_NUM_THREADS=1 (the CLI sets it before torch loads) the GEMMs inside the kernels
     # fork an OpenMP team per codec worker and the kernels lose to numpy: the 6x384 Llama compressed
     # 32 KB at 2,528 tokens/s fused against 3,919 with numpy, and at 5,406 against 4,139 with the
     # variable set (2-core AMD EPYC, two worker threads, one run each).
-    automatic = wanted and big and runtime.one_openmp_thread()
-    _active = mode != "0" and (mode == "always" or automatic) and available() and _exact_matmul()
+    automatic = wanted and runtime.one_openmp_thread() and (_kernels is not None or tokens >= FUSED_LOAD_MIN_TOKENS)
+    if mode == "0" or not (mode == "always" or automatic):
+        _active = False
+    else:
+        _active = available(build=mode == "always" or tokens >= FUSED_MIN_TOKENS) and _exact_matmul()
     return _active
 
 
@@ -79,43 +83,71 @@ def _exact_matmul() -> bool:
 def force(on: bool) -> None:
     """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`."""
     global _active
-    _active = on and available()
+    _active = on and available(build=True)
 
 
-def available() -> bool:
-    """Whether torch.compile builds every kernel here and each matches the numpy reference."""
+def available(build: bool = False) -> bool:
+    """Whether the compiled kernels are loaded and proven here: loads this machine's build (with
+    ``build``, builds it first if there is none). A failed build or probe is not retried in this
+    process."""
     with _lock:
-        return _kernels() is not None
+        return _load(build) is not None
 
 
-_why = ["not built yet"]    # why _kernels() gave None (one mutable cell, set once)
+_kernels: dict[str, Callable[..., Any]] | None = None
+_compiled: Any = None          # the loaded build (fused_aot.CompiledKernels)
+_why = "not built on this machine (llmzip kernels --build)"   # why _kernels is None
+_failed = False
+
+
+def describe() -> str:
+    """One line on the kernels here: where this machine's build is and whether it loads and passes
+    its probe (``llmzip kernels``). Imports torch."""
+    try:
+        from . import fused_aot
+        where = fused_aot.build_dir()
+    except Exception as e:   # no torch
+        return f"fused kernels: unavailable ({type(e).__name__}: {e})"
+    if not fused_aot.built(where) and not _failed:
+        return f"fused kernels: not built on this machine ({where}); llmzip kernels --build builds them"
+    if available():
+        return f"fused kernels: built in {where}, loaded, and equal to the numpy engine on the probe"
+    return f"fused kernels: unavailable ({_why})"
 
 
 def unavailable_reason() -> str | None:
     """Why the kernels are not available here (None if they are): for diagnostics and tests."""
-    return None if available() else _why[0]
+    return None if available() else _why
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels() -> dict[str, Callable[..., Any]] | None:
+def _load(build: bool) -> dict[str, Callable[..., Any]] | None:
+    global _kernels, _compiled, _why, _failed
+    if _kernels is not None or _failed:
+        return _kernels
     try:
-        from . import fused_torch
-        compiled, frozen = fused_torch.compile_all()
-        _probe(compiled)
-        kernels = frozen
+        from . import fused_aot
+        directory = fused_aot.build_dir()
+        if not fused_aot.built(directory):
+            if not build:
+                return None
+            fused_aot.build(directory=directory)
+        fused_aot.no_tqdm_monitor()
+        compiled = fused_aot.CompiledKernels(directory)
+        kernels = fused_aot.numpy_kernels(compiled.run)
+        _probe(kernels)
     except Exception as e:   # no torch, no compiler, an unsupported op, a probe mismatch: stay on numpy
-        _why[0] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        _why, _failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", True
         return None
-    return kernels
+    _kernels, _compiled = kernels, compiled
+    return _kernels
 
 
 def kernel(name: str) -> Callable[..., Any]:
     """The compiled kernel ``name`` (only while :func:`active`)."""
     global _calls
-    kernels = _kernels()
-    assert kernels is not None
+    assert _kernels is not None
     _calls += 1
-    return kernels[name]
+    return _kernels[name]
 
 
 _calls = 0
@@ -124,6 +156,11 @@ _calls = 0
 def kernel_calls() -> int:
     """How many kernel calls this process has made (approximate under threads: tests, benchmarks)."""
     return _calls
+
+
+def eager_calls() -> int:
+    """How many of them no compiled kernel fitted, so that torch ran them op by op (tests, benchmarks)."""
+    return _compiled.eager_calls if _compiled is not None else 0
 
 
 def deactivate() -> None:

@@ -1,6 +1,7 @@
 """The torch side of :mod:`llmzip.fused`: each kernel is the numpy reference's chain of passes
-written as torch operations (compiled into one loop nest by Inductor), behind a wrapper that takes
-and returns numpy arrays without copies. Imports torch: only :func:`llmzip.fused._kernels` loads it.
+written as torch operations, compiled ahead of time into one loop nest per chain by Inductor
+(:mod:`llmzip.fused_aot`). Every argument is a tensor (numbers travel as 0-d tensors), so one
+compiled kernel serves every value. Imports torch: only :mod:`llmzip.fused_aot` loads it.
 
 Each function's docstring names the numpy code it must equal; :mod:`llmzip.fused_check` holds the
 inputs that prove it at first use.
@@ -11,22 +12,19 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 # The engine's tables and masks are read-only numpy arrays; the kernels only read them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 Q_MAX = 127
-# Inductor's C++ wrapper releases the GIL while a kernel runs, so the encoder's worker threads run
-# their kernels on both cores at once (the Python wrapper holds it: measured 0.89x with 2 threads
-# against 1.79x). One OpenMP thread per kernel, fixed at compile time (the codec's workers are the
-# parallelism). No unsafe-math and no floating-point contraction, whatever the environment says
-# (Inductor's defaults; the kernels' float steps are exact, so neither could change a bit anyway).
-COMPILE_OPTIONS: dict[str, Any] = {"cpp_wrapper": True, "cpp.threads": 1, "cpp.enable_unsafe_math_opt_flag": False,
+# One OpenMP thread per kernel, fixed at compile time (the codec's workers are the parallelism).
+# No unsafe-math and no floating-point contraction, whatever the environment says (Inductor's
+# defaults; the kernels' float steps are exact, so neither could change a bit anyway).
+COMPILE_OPTIONS: dict[str, Any] = {"cpp.threads": 1, "cpp.enable_unsafe_math_opt_flag": False,
                                    "cpp.enable_floating_point_contract_flag": "off"}
-RECOMPILE_LIMIT = 32
 _POW2 = [1 << k for k in range(63)]
+Scalar = Any    # an int or float, or the 0-d tensor that carries it into a compiled kernel
 
 
 def _bit_length(peak: torch.Tensor) -> torch.Tensor:
@@ -72,22 +70,18 @@ def linear8_int(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: to
     return linear8(x, w, factor, bias).to(torch.int64)
 
 
-def attend_step(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp: torch.Tensor, end: int,
-                top: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """:func:`attend` for one new position per row (decoding): every key is visible, scores round by 1/2."""
-    return attend(q, keys, values, value_exp, end, top, 0.5, table)
-
-
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp: torch.Tensor, end: int,
-           top: torch.Tensor, add: torch.Tensor | float, table: torch.Tensor) -> torch.Tensor:
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp: torch.Tensor,
+           top: torch.Tensor, add: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``attention8._attend_rows`` for queries (R, KV, G*T, hd) int64 (``quantize_vectors`` included).
 
     ``keys``/``values`` float32 (R, KV, capacity, hd) and ``value_exp`` int64 (R, KV, capacity) are
-    the cache's rows (whole arrays: stable strides, one compiled graph), read up to position ``end``;
-    ``top`` int64 (R, KV, G*T) the running maximum of value exponents at each query's position
-    (already tiled over the G heads); ``add`` float64 (G*T, end), ``_round_or_mask``: the rounding
-    half or the mask; ``table`` the int32 weight table. Returns int64 (R, KV, G*T, hd).
+    the cache's rows (whole arrays: one layout whatever the position), read up to position ``end``,
+    the length of ``add``; ``top`` int64 (R, KV, G*T) the running maximum of value exponents at each
+    query's position (already tiled over the G heads); ``add`` float64 (G*T, end),
+    ``_round_or_mask``: the rounding half or the mask, or (end,) halves for a decoding step, where
+    every key is visible; ``table`` the int32 weight table. Returns int64 (R, KV, G*T, hd).
     """
+    end = add.shape[-1]
     keys, values, value_exp = keys[:, :, :end], values[:, :, :end], value_exp[:, :, :end]
     q8, eq = _quantize_rows(q)
     queries = q8.to(torch.float32) * _pow2_float32(eq).unsqueeze(-1)          # exact: |q8| <= 127
@@ -106,7 +100,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp:
     return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
 
 
-def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: int, clip: int, frac: int) -> torch.Tensor:
+def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: Scalar, clip: Scalar, frac: Scalar) -> torch.Tensor:
     """``engine.llama.swiglu``: clip both halves to ``clip``, ``silu(gate) * up``, rounded half up by
     ``frac`` bits. ``table``: :func:`fixedpoint._activation_values` for SiLU (index ``u + limit``)."""
     inner = gate_up.shape[-1] // 2
@@ -116,18 +110,18 @@ def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: int, clip: int, fr
     return (y * u + (1 << (frac - 1))) >> frac
 
 
-def activation(u: torch.Tensor, table: torch.Tensor, limit: int) -> torch.Tensor:
+def activation(u: torch.Tensor, table: torch.Tensor, limit: Scalar) -> torch.Tensor:
     """``fixedpoint.activation_lookup``: the table inside ``[-limit, limit]``, ``u`` above, 0 below."""
     y = table[torch.clamp(u, -limit, limit) + limit]
     return torch.where(u > limit, u, y)
 
 
-def norm_stats(x: torch.Tensor, centre: bool, square_bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of int64 ``x`` (n, d): LayerNorm's mean (``fixedpoint.row_mean``; 0 unless ``centre``),
-    the shift and the exact sum of squares of ``fixedpoint._normalise``."""
+def norm_stats(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of int64 ``x`` (n, d): LayerNorm's mean (``fixedpoint.row_mean``; 0 unless ``centre``,
+    a boolean tensor: one compiled kernel for both norms), the shift and the exact sum of squares of
+    ``fixedpoint._normalise``."""
     d = x.shape[-1]
-    mean = (torch.div(2 * x.sum(-1, keepdim=True) + d, 2 * d, rounding_mode="floor") if centre
-            else torch.zeros_like(x[:, :1]))
+    mean = torch.div(2 * x.sum(-1, keepdim=True) + d, 2 * d, rounding_mode="floor") * centre.to(torch.int64)
     x = x - mean
     peak = torch.maximum(x.amax(-1), -x.amin(-1))
     shift = torch.clamp(_bit_length(peak) - square_bits, min=0)               # 0 <= shift < 63
@@ -136,8 +130,8 @@ def norm_stats(x: torch.Tensor, centre: bool, square_bits: int) -> tuple[torch.T
 
 
 def norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: torch.Tensor,
-               out_shift: torch.Tensor, gamma: torch.Tensor, gamma_frac: int, beta: torch.Tensor,
-               clip: int) -> torch.Tensor:
+               out_shift: torch.Tensor, gamma: torch.Tensor, gamma_frac: Scalar, beta: torch.Tensor,
+               clip: Scalar) -> torch.Tensor:
     """``fixedpoint._normalise``'s last step, then the gain, the bias and the clip of
     ``engine.common.LayerNorm``/``RMSNorm`` (``beta`` zeros for RMSNorm). ``out_shift`` >= 1."""
     xs = (x - mean.unsqueeze(-1)) >> shift.unsqueeze(-1)
@@ -147,10 +141,9 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: to
     return torch.clamp(z, -clip, clip)
 
 
-def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, frac: int, clip: int) -> torch.Tensor:
-    """``rope.rotate`` of the first ``heads`` heads of ``qkv`` (rows, T, all heads, hd), then the clip
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frac: Scalar, clip: Scalar) -> torch.Tensor:
+    """``rope.rotate`` of every head of ``x`` (rows, T, heads, hd), then the clip
     ``ExactLlama._attention`` applies: int64 (rows, T, heads, hd)."""
-    x = qkv[:, :, :heads]
     half = x.shape[-1] // 2
     a, b = x[..., :half], x[..., half:]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
@@ -159,95 +152,29 @@ def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, 
     return torch.clamp(out, -clip, clip)
 
 
-def _exp_values(logits: torch.Tensor, table: torch.Tensor, clip: float) -> torch.Tensor:
+def _exp_values(logits: torch.Tensor, table: torch.Tensor, clip: Scalar) -> torch.Tensor:
     """``quantize._scaled_block_clipped``'s ``e``: the exp table at each logit's gap to its row's maximum."""
     x = torch.clamp(logits, -clip, clip)
     gap = torch.clamp(x.amax(-1, keepdim=True) - x, max=float(table.shape[0] - 1))   # integers: exact
     return table[gap.to(torch.int64)]
 
 
-def exp_sums(logits: torch.Tensor, table: torch.Tensor, clip: float) -> torch.Tensor:
+def exp_sums(logits: torch.Tensor, table: torch.Tensor, clip: Scalar) -> torch.Tensor:
     """Each row's sum of :func:`_exp_values` (float64 sums of integers below 2**53: exact in any order)."""
     return _exp_values(logits, table, clip).sum(-1)
 
 
-def freqs_into(logits: torch.Tensor, table: torch.Tensor, clip: float, ratio: torch.Tensor,
-               out: torch.Tensor) -> torch.Tensor:
+def freqs_into(logits: torch.Tensor, table: torch.Tensor, clip: Scalar, ratio: torch.Tensor,
+               out: torch.Tensor) -> tuple[()]:
     """``quantize.freqs_from_logits`` written into ``out``: ``floor(e * ratio) + 1`` with ``ratio`` the
     row's ``2**freq_bits / sum`` (divided by numpy: one IEEE division); one IEEE product per entry."""
     e = _exp_values(logits, table, clip) * ratio.unsqueeze(-1)
     out.copy_(e.to(out.dtype) + 1)                   # the cast truncates: floor (e >= 0)
-    return out
-
-
-def _flat_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
-    """:func:`_numpy_io` for an elementwise kernel: its first argument is passed as 2-D (rows, last
-    axis), one graph for every rank."""
-    inner = _numpy_io(fn)
-
-    def call(x: np.ndarray, *args: Any) -> np.ndarray:
-        y = inner(x.reshape(-1, x.shape[-1]), *args)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-    return call
-
-
-def _numpy_io(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
-    """Wrap a compiled kernel: numpy arrays in (zero-copy tensors; other arguments as they are),
-    a numpy array out."""
-    def call(*args: Any) -> Any:
-        out = fn(*(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args))
-        return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
-    return call
-
-
-def _no_tqdm_monitor() -> None:
-    """Keep tqdm from starting its monitor thread (Inductor shows progress bars): the decoder forks
-    its workers only from a process without other threads (``lockstep.use_processes``), and one
-    stray thread would leave it on slower threads for the rest of the process."""
-    try:
-        import tqdm
-    except ImportError:
-        return
-    tqdm.tqdm.monitor_interval = 0
-    if tqdm.tqdm.monitor is not None:
-        tqdm.tqdm.monitor.exit()
-
-
-def _configure() -> None:
-    """Dynamo settings for kernels called with ever-changing sizes: no "duck" equalities between
-    sizes that happened to match at the first call, and room for the graphs that sizes of 1 need
-    (one row, one position, one query head: each a specialised graph, compiled in the probe)."""
-    import torch._dynamo.config
-    import torch.fx.experimental._config
-
-    torch.fx.experimental._config.use_duck_shape = False
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return ()
 
 
 KERNELS: dict[str, Callable[..., Any]] = {
-    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "attend_step": attend_step,
-    "swiglu": swiglu, "activation": activation, "norm_stats": norm_stats, "norm_apply": norm_apply,
-    "rotate": rotate, "exp_sums": exp_sums, "freqs_into": freqs_into,
+    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "swiglu": swiglu, "activation": activation,
+    "norm_stats": norm_stats, "norm_apply": norm_apply, "rotate": rotate, "exp_sums": exp_sums,
+    "freqs_into": freqs_into,
 }
-_FLAT = {"swiglu", "activation"}     # elementwise: called with their input as 2-D
-
-
-def _wrapped(fns: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
-    return {name: (_flat_io if name in _FLAT else _numpy_io)(fn) for name, fn in fns.items()}
-
-
-def compile_all() -> tuple[dict[str, Callable[..., Any]], dict[str, Callable[..., Any]]]:
-    """Every kernel compiled (Inductor builds a graph at each new shape class; the probe's calls
-    build them all), and the same kernels frozen: run with the graphs built so far and never
-    compiling again (a shape no graph fits runs the same torch operations eagerly, same integers,
-    slower), so no compilation ever happens inside the codec's worker threads."""
-    _configure()
-    _no_tqdm_monitor()
-    compiled = {name: torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS) for name, fn in KERNELS.items()}
-    frozen = {name: torch._dynamo.run(fn) for name, fn in compiled.items()}
-    return _wrapped(compiled), _wrapped(frozen)
-
-
-def eager_all() -> dict[str, Callable[..., Any]]:
-    """The kernels as plain torch operations (tests: the probe must hold for them too)."""
-    return _wrapped(KERNELS)

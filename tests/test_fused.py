@@ -13,7 +13,7 @@ from llmzip.engine.common import ACT_CLIP, ACT_FRAC, SCORE_SHIFT
 from llmzip.linear8 import quantize_linear8
 
 pytest.importorskip("torch")
-needs_kernels = pytest.mark.skipif(not fused.available(), reason=f"no fused kernels here: {fused.unavailable_reason()}")
+needs_kernels = pytest.mark.skipif(not fused.available(build=True), reason=f"no fused kernels here: {fused.unavailable_reason()}")
 
 
 def test_the_kernels_build_or_the_reason_is_the_platform() -> None:
@@ -29,18 +29,24 @@ def kernels_on() -> Iterator[None]:
     fused.force(False)
 
 
+def _eager_kernels() -> dict[str, Any]:
+    from llmzip import fused_aot
+
+    return fused_aot.numpy_kernels(fused_aot.eager)
+
+
 def test_probe_holds_for_the_uncompiled_kernels() -> None:
-    """The same torch operations run eagerly (what a frozen kernel does for a shape no graph fits)."""
-    from llmzip import fused_check, fused_torch
+    """The same torch operations run eagerly (what a call no compiled kernel fits runs)."""
+    from llmzip import fused_check
 
     for case in fused_check.CASES:
-        case(fused_torch.eager_all())
+        case(_eager_kernels())
 
 
 def test_probe_catches_a_kernel_off_by_one() -> None:
-    from llmzip import fused_check, fused_torch
+    from llmzip import fused_check
 
-    kernels = fused_torch.eager_all()
+    kernels = _eager_kernels()
     for name, broken in (("linear8_int", lambda *a: kernels["linear8_int"](*a) + 1),
                          ("attend", lambda *a: kernels["attend"](*a) ^ 1),
                          ("freqs_into", lambda *a: np.add(kernels["freqs_into"](*a), 1, out=a[-1]))):
@@ -106,9 +112,11 @@ def _same_archives(model: Any, data: bytes, monkeypatch: pytest.MonkeyPatch) -> 
     plain = codec.compress(data, model)
     assert fused.kernel_calls() == calls
     monkeypatch.setenv("LLMZIP_FUSED", "always")
+    eager = fused.eager_calls()
     try:
         assert codec.compress(data, model) == plain
         assert fused.kernel_calls() > calls and not fused.active()   # used, and off after the call
+        assert fused.eager_calls() == eager                          # every call fitted a compiled kernel
         assert codec.decompress(plain, model) == data      # the kernels in the decoder's workers too
     finally:
         fused.force(False)
@@ -136,13 +144,28 @@ def test_select_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert fused.select(1 << 30, False) is False            # decoding, or GEMMs not on torch
     if fused.available():
-        assert fused.select(10, True) is True                # already built in this process
+        assert fused.select(10, True) is True                # loaded in this process: any size
         assert fused.select(fused.FUSED_MIN_TOKENS, True) is True
         monkeypatch.setenv("OMP_NUM_THREADS", "2")           # GEMMs would fork teams: not by itself...
         assert fused.select(fused.FUSED_MIN_TOKENS, True) is False
         monkeypatch.setenv("LLMZIP_FUSED", "always")         # ...only when asked for
         assert fused.select(10, True) is True
     fused.force(False)
+
+
+def test_select_loads_or_builds_by_the_call_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the kernels are loaded: small calls stay on numpy without touching the cache, calls
+    that earn back a load load a build, calls that earn back a build may build one."""
+    asked: list[bool] = []
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_load", lambda build: asked.append(build))   # finds nothing
+    monkeypatch.setenv("LLMZIP_FUSED", "auto")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert not fused.select(fused.FUSED_LOAD_MIN_TOKENS - 1, True) and asked == []
+    assert not fused.select(fused.FUSED_LOAD_MIN_TOKENS, True) and asked == [False]
+    assert not fused.select(fused.FUSED_MIN_TOKENS, True) and asked == [False, True]
+    monkeypatch.setenv("LLMZIP_FUSED", "always")
+    assert not fused.select(1, False) and asked == [False, True, True]
 
 
 @needs_kernels
@@ -165,3 +188,70 @@ def test_kernels_turn_on_by_themselves_only_with_one_openmp_thread(monkeypatch: 
         assert not runtime.one_openmp_thread()
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert not runtime.one_openmp_thread()
+
+
+@needs_kernels
+def test_a_strided_input_is_made_contiguous_first(kernels_on: None) -> None:
+    """A compiled kernel reads its inputs with the example's layout: others must be copied first."""
+    rng = np.random.default_rng(9)
+    layer = quantize_linear8(rng.normal(size=(48, 24)), rng.normal(size=24), ACT_FRAC, 16)
+    wide = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(10, 96))
+    for x in (wide[:, ::2], wide[:, :48], wide[::2, 48:]):
+        got = fused.kernel("linear8_int")(x, layer.w, layer._factor, layer._bias)
+        fused.force(False)
+        np.testing.assert_array_equal(layer(np.ascontiguousarray(x)), got)
+        fused.force(True)
+
+
+def test_a_build_is_named_by_what_it_depends_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    from llmzip import fused_aot
+
+    monkeypatch.setenv(fused_aot.CACHE_ENV, str(tmp_path))
+    here = fused_aot.build_dir()
+    assert here.parent == tmp_path / "kernels" and not fused_aot.built(here)
+    assert fused_aot.build_dir(fused_aot.SPECS[:1]) != here
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
+    assert fused_aot.build_dir() != here
+    monkeypatch.setattr(fused_aot, "_cpu_features", lambda: "flags : another cpu")
+    assert fused_aot.build_dir() != here
+
+
+@needs_kernels
+def test_one_kernel_builds_loads_and_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A build of one spec into an empty cache: finished (manifest last), loaded, run, not rebuilt."""
+    import torch
+
+    from llmzip import fused_aot
+
+    monkeypatch.setenv(fused_aot.CACHE_ENV, str(tmp_path))
+    specs = [s for s in fused_aot.SPECS if s.name == "activation"]
+    directory = fused_aot.build(specs)
+    assert fused_aot.built(directory) and [p.name for p in tmp_path.joinpath("kernels").iterdir()] == [directory.name]
+    mtime = (directory / fused_aot.MANIFEST).stat().st_mtime_ns
+    assert fused_aot.build(specs) == directory and (directory / fused_aot.MANIFEST).stat().st_mtime_ns == mtime
+    compiled = fused_aot.CompiledKernels(directory, specs)
+    table, limit = fixedpoint.silu_table(ACT_FRAC)
+    u = np.arange(-3 * limit, 3 * limit, 7, dtype=np.int64)[:600].reshape(-1, 6)
+    got = compiled.run("activation", (u, table, limit))[0]
+    want = fused_aot.eager("activation", (u, table, limit))[0]
+    assert compiled.eager_calls == 0 and torch.equal(got, want)
+    compiled.run("activation", (u.astype(np.int32), table, limit))     # no kernel of that dtype: eager
+    assert compiled.eager_calls == 1
+
+
+def test_the_kernels_command_says_where_the_build_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from llmzip.cli import main
+
+    built_here = fused.available(build=True)
+    result = CliRunner().invoke(main, ["kernels"])
+    assert result.exit_code == 0
+    assert ("loaded, and equal to the numpy engine" in result.output) == built_here
+    monkeypatch.setenv("LLMZIP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_failed", False)
+    result = CliRunner().invoke(main, ["kernels"])
+    assert result.exit_code == 0 and "not built on this machine" in result.output and str(tmp_path) in result.output
