@@ -195,8 +195,9 @@ def coded(model: Any, data: bytes, mode: str, settings: Any, timer: Any = None) 
     mixing = codec.DEFAULT_MIX if mode == "mix" else None
     result: dict[str, Any] = {}
     for op in ("compress", "decompress"):
-        if FUSED_COMPRESS:   # the fused kernels code the compressions only (slower for decoding today)
-            os.environ["LLMZIP_FUSED"] = "always" if op == "compress" else "0"
+        # The fused kernels code the compressions of --fused-compress only (slower for decoding
+        # today); otherwise numpy throughout, even where this machine has a build of them.
+        os.environ["LLMZIP_FUSED"] = "always" if FUSED_COMPRESS and op == "compress" else "0"
         with timer() if timer else _Plain() as clock:
             if op == "compress":
                 blob = codec.compress(data, model, settings=replace(settings, stats=stats), mixing=mixing)
@@ -296,7 +297,7 @@ def main() -> None:
     FUSED_COMPRESS = args.fused_compress
     if FUSED_COMPRESS:
         from llmzip import fused
-        if not fused.available():
+        if not fused.available(build=True):
             raise SystemExit(f"--fused-compress: the kernels are not available here: {fused.unavailable_reason()}")
     settings = codec.Settings(threads=args.threads)
     files = {p.name: p.read_bytes()[: args.kb * 1024] for p in args.files}

@@ -17,6 +17,7 @@ any of them builds afresh rather than loading a stale or foreign library.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -273,7 +274,14 @@ def _tensor(a: Any) -> torch.Tensor:
     if isinstance(a, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(a))
     a = a.item() if isinstance(a, np.generic) else a
-    return torch.tensor(a, dtype=torch.bool if isinstance(a, bool) else torch.int64 if isinstance(a, int) else torch.float64)
+    return _number(type(a), a)
+
+
+@functools.lru_cache(maxsize=1024)
+def _number(kind: type, value: Any) -> torch.Tensor:
+    """The 0-d tensor of a number (kept: the engine passes the same few constants at every call, and
+    building a tensor costs more than a small kernel; the kernels never write their inputs)."""
+    return torch.tensor(value, dtype=torch.bool if kind is bool else torch.int64 if kind is int else torch.float64)
 
 
 Run = Callable[[str, Sequence[Any]], list[torch.Tensor]]
