@@ -255,3 +255,23 @@ def test_the_kernels_command_says_where_the_build_is(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(fused, "_failed", False)
     result = CliRunner().invoke(main, ["kernels"])
     assert result.exit_code == 0 and "not built on this machine" in result.output and str(tmp_path) in result.output
+
+
+@needs_kernels
+def test_attention_at_the_float32_bound_matches(kernels_on: None) -> None:
+    """SPAN positions of equal scores (every weight 2**15, both bytes' sums at their largest) and
+    values at +-127 with equal exponents: the float32 value GEMMs' sums at the top of their range."""
+    rows, kv, hd, end = 1, 1, 8, attention8.SPAN
+    k = np.full((rows, kv, end, hd), 1 << 20, dtype=np.int64)
+    v = np.where(np.arange(hd) % 2, 127, -127).astype(np.int64) * np.ones((rows, kv, end, 1), dtype=np.int64) << 13
+    v[:, :, ::3] = (v[:, :, ::3] * 255) >> 8                     # weights below 2**15 once shifted: low bytes
+    q = np.full((rows, kv, 1, hd), 1 << 30, dtype=np.int64)
+    outs = []
+    for on in (True, False):
+        fused.force(on)
+        cache = attention8.KVCache8(1, rows, kv, end, hd)
+        attention8.store(cache, 0, k[:, :, :-1], v[:, :, :-1], 0, SCORE_SHIFT)
+        attention8.store(cache, 0, k[:, :, -1:], v[:, :, -1:], end - 1, SCORE_SHIFT)
+        outs.append(attention8.attend(q, cache, 0, end - 1))
+    fused.force(False)
+    np.testing.assert_array_equal(outs[0], outs[1])
