@@ -20,9 +20,10 @@ compiler). Nothing here is a new arithmetic:
   compares it with the numpy reference (:func:`_probe`); any difference, build error or missing
   torch feature leaves the engine on numpy, which gives the same integers.
 
-Building takes a minute or two, once per machine (``llmzip kernels --build``, or by itself for a
-codec call long enough to repay it); loading a build takes milliseconds, so once built the kernels
-serve every compression. The kernels hold no state: numpy arrays are passed as zero-copy tensors.
+Building takes a minute or two, once per machine (``llmzip kernels --build``, or
+``LLMZIP_FUSED=always``); a process then loads and probes the build in about 0.3 s, so once built
+the kernels serve every compression long enough to earn that back. The kernels hold no state:
+numpy arrays are passed as zero-copy tensors (copied first where they are not contiguous).
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ from typing import Any, Callable
 from . import runtime
 
 
-# Building the kernels costs a minute or two, once per machine; they then save ~20 % of a
-# compression's time (benchmarks/fused.py): a codec call from this many tokens builds them by itself...
-FUSED_MIN_TOKENS = 1 << 19
-# ...and once built, loading and probing them costs a process ~0.3 s, which a compression of this
-# many tokens earns back (the embedded model compresses ~14k tokens/s with numpy on two cores).
+# Loading and probing a build costs a process ~0.3 s, which a compression of this many tokens earns
+# back (the kernels save ~25 % of its time; the embedded model compresses ~14k tokens/s with numpy on
+# two cores). Building is never automatic: it takes a minute or two, more than one compression saves.
 FUSED_LOAD_MIN_TOKENS = 1 << 14
 _active = False
 _lock = threading.Lock()
@@ -52,8 +51,7 @@ def active() -> bool:
 def select(tokens: int, wanted: bool) -> bool:
     """Choose for a codec call of ``tokens`` tokens, before its worker threads start: the fused
     kernels if ``wanted`` (the caller runs its int8 GEMMs on torch and encodes), this machine has
-    a build of them that passes its probe (one is built first for a call of
-    :data:`FUSED_MIN_TOKENS` tokens or more), they are loaded or the call has
+    a build of them that passes its probe, they are loaded or the call has
     :data:`FUSED_LOAD_MIN_TOKENS` tokens, and torch's GEMMs run on one OpenMP thread per caller
     (:func:`llmzip.runtime.one_openmp_thread`). ``LLMZIP_FUSED=0`` keeps numpy;
     ``LLMZIP_FUSED=always`` takes the kernels (building them if needed) at any size and thread
@@ -68,7 +66,7 @@ def select(tokens: int, wanted: bool) -> bool:
     if mode == "0" or not (mode == "always" or automatic):
         _active = False
     else:
-        _active = available(build=mode == "always" or tokens >= FUSED_MIN_TOKENS) and _exact_matmul()
+        _active = available(build=mode == "always") and _exact_matmul()
     return _active
 
 
@@ -88,16 +86,25 @@ def force(on: bool) -> None:
 
 def available(build: bool = False) -> bool:
     """Whether the compiled kernels are loaded and proven here: loads this machine's build (with
-    ``build``, builds it first if there is none). A failed build or probe is not retried in this
-    process."""
+    ``build``, builds it first if there is none, and replaces one that fails to load or to pass
+    its probe). A failure is not retried in this process."""
     with _lock:
         return _load(build) is not None
 
 
 _kernels: dict[str, Callable[..., Any]] | None = None
-_compiled: Any = None          # the loaded build (fused_aot.CompiledKernels)
+_dispatcher: Any = None        # the loaded build (a fused_calls.Dispatcher; torch is imported only with it)
 _why = "not built on this machine (llmzip kernels --build)"   # why _kernels is None
 _failed = False
+
+
+def built_here() -> bool:
+    """Whether this machine's cache holds a finished build of the kernels (loaded or not)."""
+    try:
+        from . import fused_aot
+        return fused_aot.built(fused_aot.build_dir())
+    except Exception:   # no torch, no usable cache directory
+        return False
 
 
 def describe() -> str:
@@ -106,7 +113,7 @@ def describe() -> str:
     try:
         from . import fused_aot
         where = fused_aot.build_dir()
-    except Exception as e:   # no torch
+    except Exception as e:   # no torch, no usable cache directory
         return f"fused kernels: unavailable ({type(e).__name__}: {e})"
     if not fused_aot.built(where) and not _failed:
         return f"fused kernels: not built on this machine ({where}); llmzip kernels --build builds them"
@@ -121,7 +128,7 @@ def unavailable_reason() -> str | None:
 
 
 def _load(build: bool) -> dict[str, Callable[..., Any]] | None:
-    global _kernels, _compiled, _why, _failed
+    global _kernels, _dispatcher, _why, _failed
     if _kernels is not None or _failed:
         return _kernels
     try:
@@ -131,15 +138,27 @@ def _load(build: bool) -> dict[str, Callable[..., Any]] | None:
             if not build:
                 return None
             fused_aot.build(directory=directory)
-        fused_aot.no_tqdm_monitor()
-        compiled = fused_aot.CompiledKernels(directory)
-        kernels = fused_aot.numpy_kernels(compiled.run)
-        _probe(kernels)
-    except Exception as e:   # no torch, no compiler, an unsupported op, a probe mismatch: stay on numpy
+        try:
+            _dispatcher, _kernels = _proven(directory)
+        except Exception:
+            if not build:
+                raise
+            fused_aot.discard(directory)   # a stale, truncated or foreign build: once more, from scratch
+            fused_aot.build(directory=directory)
+            _dispatcher, _kernels = _proven(directory)
+    except Exception as e:   # no torch or cache, no compiler, an unsupported op, a probe mismatch: numpy
         _why, _failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", True
-        return None
-    _kernels, _compiled = kernels, compiled
     return _kernels
+
+
+def _proven(directory: Any) -> tuple[Any, dict[str, Callable[..., Any]]]:
+    """The build in ``directory``, loaded, and its kernels once they pass the probe."""
+    from . import fused_aot, fused_calls
+
+    dispatcher = fused_aot.load(directory)
+    kernels = fused_calls.numpy_kernels(dispatcher.run)
+    _probe(kernels)
+    return dispatcher, kernels
 
 
 def kernel(name: str) -> Callable[..., Any]:
@@ -160,7 +179,7 @@ def kernel_calls() -> int:
 
 def eager_calls() -> int:
     """How many of them no compiled kernel fitted, so that torch ran them op by op (tests, benchmarks)."""
-    return _compiled.eager_calls if _compiled is not None else 0
+    return _dispatcher.eager_calls if _dispatcher is not None else 0
 
 
 def deactivate() -> None:

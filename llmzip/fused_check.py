@@ -1,7 +1,7 @@
-"""The first-use proof of :mod:`llmzip.fused`: every kernel against the numpy reference, on inputs
-chosen to reach the edges of its arithmetic (quantisation shifts at their boundaries, clips, table
-ends, masked and unmasked attention, grouped heads, one row and one position), in the shapes the
-engine calls them with, so the probe also compiles what the codec will run.
+"""The proof :mod:`llmzip.fused` runs in every process that loads the kernels: every kernel against
+the numpy reference, on inputs chosen to reach the edges of its arithmetic (quantisation shifts at
+their boundaries, clips, table ends, masked and unmasked attention, grouped heads, one row and one
+position), in the shapes the engine calls them with.
 
 Each case takes the compiled kernels and raises AssertionError on the first difference. The numpy
 side always runs the reference code itself (never a copy of it).
@@ -177,12 +177,12 @@ def check_freqs(kernels: Kernels) -> None:
         logits[2, :2] = (2.0**40, -(2.0**40))
         logits[3] = rng.integers(-(2**31), -(2**29), size=vocab)
         logits[4, 0] = 2.0**30 + 17
-        for bits in (quantize.FREQ_BITS, 16):
-            want = quantize.freqs_from_logits(logits, bits)
+        for bits, rows in ((quantize.FREQ_BITS, logits), (16, logits), (quantize.FREQ_BITS, logits[2:3])):
+            want = quantize.freqs_from_logits(rows, bits)
             for dtype in (np.int64, np.int32):
-                out = np.zeros(logits.shape, dtype=dtype)
-                ratio = float(1 << bits) / kernels["exp_sums"](logits, table, float(quantize._CLIP))
-                kernels["freqs_into"](logits, table, float(quantize._CLIP), ratio, out)
+                out = np.zeros(rows.shape, dtype=dtype)
+                ratio = float(1 << bits) / kernels["exp_sums"](rows, table, float(quantize._CLIP))
+                kernels["freqs_into"](rows, table, float(quantize._CLIP), ratio, out)
                 _equal("freqs", want.astype(dtype), out)
 
 

@@ -4,7 +4,7 @@ written as torch operations, compiled ahead of time into one loop nest per chain
 compiled kernel serves every value. Imports torch: only :mod:`llmzip.fused_aot` loads it.
 
 Each function's docstring names the numpy code it must equal; :mod:`llmzip.fused_check` holds the
-inputs that prove it at first use.
+inputs that prove it in every process that loads the kernels.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 Q_MAX = 127
 # One OpenMP thread per kernel, fixed at compile time (the codec's workers are the parallelism).
 # No unsafe-math and no floating-point contraction, whatever the environment says (Inductor's
-# defaults; the kernels' float steps are exact, so neither could change a bit anyway).
+# defaults; the kernels' float steps are exact, so neither could change a bit anyway). Constants
+# (``_POW2``) inside the shared library, which is all fused_aot keeps of a build.
 COMPILE_OPTIONS: dict[str, Any] = {"cpp.threads": 1, "cpp.enable_unsafe_math_opt_flag": False,
-                                   "cpp.enable_floating_point_contract_flag": "off"}
+                                   "cpp.enable_floating_point_contract_flag": "off",
+                                   "aot_inductor.package_constants_in_so": True}
 _POW2 = [1 << k for k in range(63)]
 Scalar = Any    # an int or float, or the 0-d tensor that carries it into a compiled kernel
 

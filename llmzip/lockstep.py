@@ -11,7 +11,6 @@ so neither changes the archive.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 from .coder import ArithmeticDecoder, ArithmeticEncoder
 from .errors import CorruptArchiveError
 from .mix import Mixer
-from .runtime import torch_threads
+from .runtime import torch_threads, usable_cores
 from .workers import ProcessRunner, Runner, ThreadRunner, fork_available, fork_safe
 
 Progress = Callable[[int], None]   # called with the number of tokens just finished
@@ -112,8 +111,7 @@ def cpu_threads(settings: Settings, model: Predictor | None = None) -> int:
         return 1
     if settings.threads:
         return settings.threads
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
+    return usable_cores()
 
 
 @contextlib.contextmanager

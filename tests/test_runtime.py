@@ -71,3 +71,18 @@ def test_single_openmp_thread_keeps_a_user_setting_and_never_claims_too_late():
     assert _run_python(code) == "True"
     assert _run_python(code, OMP_NUM_THREADS="2") == "False"
     assert _run_python("import torch; " + code) == "False"   # torch (libgomp) already loaded
+
+
+def test_the_cli_progress_bar_starts_no_thread(monkeypatch) -> None:
+    """tqdm's monitor thread would keep the decoder from forking its workers (workers.fork_safe)."""
+    import threading
+
+    from llmzip.cli import jobs
+    from llmzip.cli.files import Options
+
+    monkeypatch.setattr(jobs, "show_progress", lambda opts: True)
+    before = {t.ident for t in threading.enumerate()}
+    with jobs._progress(Options(mode="decompress"), 100, "x") as update:
+        assert update is not None
+        update(10)
+        assert [t.name for t in threading.enumerate() if t.ident not in before] == []
