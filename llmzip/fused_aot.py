@@ -160,7 +160,6 @@ def build(specs: Sequence[Spec] = SPECS, directory: Path | None = None) -> Path:
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(directory.parent)
-    runtime.no_tqdm_monitor()   # Inductor shows progress bars while it builds
     work = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".build-"))
     try:
         # Each build names its libraries afresh: a process that loaded a discarded build's libraries

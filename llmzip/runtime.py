@@ -32,19 +32,6 @@ def usable_cores() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
-def no_tqdm_monitor() -> None:
-    """Keep tqdm from starting its monitor thread (llmzip's progress bar and Inductor's builds use
-    tqdm): the decoder forks its worker processes only from a process without other threads
-    (``lockstep.use_processes``), and one stray thread would leave it on slower threads."""
-    try:
-        import tqdm
-    except ImportError:
-        return
-    tqdm.tqdm.monitor_interval = 0
-    if tqdm.tqdm.monitor is not None:
-        tqdm.tqdm.monitor.exit()
-
-
 def tune_allocator() -> bool:
     """Keep large freed blocks for reuse (glibc only; elsewhere a no-op). Returns whether it applied."""
     name = ctypes.util.find_library("c")

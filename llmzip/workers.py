@@ -118,8 +118,16 @@ def fork_available() -> bool:
 
 def fork_safe() -> bool:
     """Fork without being asked only from a process running no other Python thread: a thread of
-    the caller's could hold a lock the child would wait on forever."""
-    return fork_available() and threading.active_count() == 1
+    the caller's could hold a lock the child would wait on forever. tqdm's monitor thread is the
+    exception (progress bars start it: llmzip's own, transformers' when it saves a model): the only
+    lock it takes is tqdm's, which a worker never touches."""
+    here = threading.current_thread()
+    return fork_available() and all(t is here or _tqdm_monitor(t) for t in threading.enumerate())
+
+
+def _tqdm_monitor(thread: threading.Thread) -> bool:
+    monitor = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    return monitor is not None and thread is monitor.monitor
 
 
 def _shared(entries: int, dtype: Any) -> np.ndarray:

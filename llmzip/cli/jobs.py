@@ -61,9 +61,6 @@ def _progress(opts: Options, total: int | None, label: str) -> Iterator[Callable
         return
     from tqdm import tqdm
 
-    from ..runtime import no_tqdm_monitor
-
-    no_tqdm_monitor()   # its thread would keep the decoder from forking its workers
     with tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False,
               dynamic_ncols=True) as bar:
         yield bar.update
