@@ -281,7 +281,7 @@ def models(shipped_only: bool, as_json: bool) -> int:
 def kernels(build: bool) -> int:
     """Show whether the fused kernels (compiled C++ for the engine's hot loops; the same integers as
     its numpy code, compression about 1.3x as fast) are built on this machine; with --build, build
-    them (or replace a build that fails its check). Once built they serve every compression of 16k
+    them (or replace a build that fails its check). Once built they serve every compression of 64k
     tokens or more; LLMZIP_FUSED=0 turns them off."""
     from .. import fused
 
