@@ -107,6 +107,14 @@ def built_here() -> bool:
         return False
 
 
+def remove_old_builds() -> list[str]:
+    """Remove the kernel builds of this cache that this llmzip and torch no longer load; returns
+    their directories (``llmzip kernels --clean``)."""
+    from . import fused_aot
+
+    return [str(d) for d in fused_aot.remove_other_builds(fused_aot.build_dir())]
+
+
 def describe() -> str:
     """One line on the kernels here: where this machine's build is and whether it loads and passes
     its probe (``llmzip kernels``). Imports torch."""

@@ -183,6 +183,17 @@ def build(specs: Sequence[Spec] = SPECS, directory: Path | None = None) -> Path:
     return directory
 
 
+def remove_other_builds(keep: Path) -> list[Path]:
+    """Remove every build in ``keep``'s cache directory but ``keep`` (older torch versions or
+    kernel sources leave one each, ~18 MB), and leftovers of builds killed a day or more ago;
+    returns the builds removed. Builds in progress elsewhere (``.build-*`` of today) stay."""
+    removed = [d for d in keep.parent.iterdir() if d.is_dir() and not d.name.startswith(".") and d != keep]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    _remove_stale_builds(keep.parent)
+    return removed
+
+
 def discard(directory: Path) -> None:
     """Remove a build that does not load or fails its probe (so that it can be built again)."""
     shutil.rmtree(directory, ignore_errors=True)

@@ -340,3 +340,21 @@ def test_attention_at_the_float32_bound_matches(kernels_on: None) -> None:
         outs.append(attention8.attend(q, cache, 0, end - 1))
     fused.force(False)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_clean_removes_other_builds_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from llmzip import fused_aot
+    from llmzip.cli import main
+
+    monkeypatch.setenv(fused_aot.CACHE_ENV, str(tmp_path))
+    here = fused_aot.build_dir()
+    for d in (here, here.parent / "0ld", here.parent / ".build-live"):
+        d.mkdir(parents=True)
+        (d / "x.so").write_bytes(b"")
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_failed", False)
+    result = CliRunner().invoke(main, ["kernels", "--clean"])
+    assert result.exit_code == 0 and f"removed {here.parent / '0ld'}" in result.stderr
+    assert sorted(p.name for p in here.parent.iterdir()) == sorted([".build-live", here.name])

@@ -278,13 +278,17 @@ def models(shipped_only: bool, as_json: bool) -> int:
 
 @main.command(epilog=EPILOG)
 @click.option("--build", is_flag=True, help="Build them if this machine has no build (a minute or two, once).")
-def kernels(build: bool) -> int:
+@click.option("--clean", is_flag=True, help="Remove the builds of other llmzip or torch versions from the cache.")
+def kernels(build: bool, clean: bool) -> int:
     """Show whether the fused kernels (compiled C++ for the engine's hot loops; the same integers as
     its numpy code, compression about 1.3x as fast) are built on this machine; with --build, build
     them (or replace a build that fails its check). Once built they serve every compression of 64k
     tokens or more; LLMZIP_FUSED=0 turns them off."""
     from .. import fused
 
+    if clean:
+        for directory in fused.remove_old_builds():
+            click.echo(f"llmzip: removed {directory}", err=True)
     if build:
         if not fused.built_here():
             click.echo("llmzip: building the fused kernels (a minute or two, once per machine)...", err=True)
