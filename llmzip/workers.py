@@ -126,8 +126,9 @@ def fork_safe() -> bool:
 
 
 def _tqdm_monitor(thread: threading.Thread) -> bool:
-    monitor = getattr(sys.modules.get("tqdm"), "tqdm", None)
-    return monitor is not None and thread is monitor.monitor
+    """A monitor thread of tqdm or of one of its subclasses (``tqdm.auto``'s, transformers')."""
+    monitors = getattr(sys.modules.get("tqdm._monitor"), "TMonitor", None)
+    return monitors is not None and isinstance(thread, monitors)
 
 
 def _shared(entries: int, dtype: Any) -> np.ndarray:
