@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from . import runtime
@@ -87,7 +88,7 @@ def force(on: bool) -> None:
 def available(build: bool = False) -> bool:
     """Whether the compiled kernels are loaded and proven here: loads this machine's build (with
     ``build``, builds it first if there is none, and replaces one that fails to load or to pass
-    its probe). A failure is not retried in this process."""
+    its probe)."""
     with _lock:
         return _load(build) is not None
 
@@ -95,7 +96,7 @@ def available(build: bool = False) -> bool:
 _kernels: dict[str, Callable[..., Any]] | None = None
 _dispatcher: Any = None        # the loaded build (a fused_calls.Dispatcher; torch is imported only with it)
 _why = "not built on this machine (llmzip kernels --build)"   # why _kernels is None
-_failed = False
+_failed = ""                   # "load" or "build": what failed in this process ("": nothing)
 
 
 def built_here() -> bool:
@@ -108,11 +109,15 @@ def built_here() -> bool:
 
 
 def remove_old_builds() -> list[str]:
-    """Remove the kernel builds of this cache that this llmzip and torch no longer load; returns
-    their directories (``llmzip kernels --clean``)."""
-    from . import fused_aot
-
-    return [str(d) for d in fused_aot.remove_other_builds(fused_aot.build_dir())]
+    """Remove every kernel build of this cache but this process's own (other llmzip, torch or
+    Python versions, other CPUs sharing the cache); returns their directories (``llmzip kernels
+    --clean``). Nothing to remove without torch or a cache."""
+    try:
+        from . import fused_aot
+        keep = fused_aot.build_dir()
+    except Exception:   # no torch, no usable cache directory
+        return []
+    return [str(d) for d in fused_aot.remove_other_builds(keep)]
 
 
 def describe() -> str:
@@ -136,30 +141,35 @@ def unavailable_reason() -> str | None:
 
 
 def _load(build: bool) -> dict[str, Callable[..., Any]] | None:
+    """The kernels of this machine's build, loaded and proven (see :func:`available`); None, with
+    the reason in ``_why``, where there are none. A failure to load is retried once by a call that
+    may build; a failure to build is final for this process."""
     global _kernels, _dispatcher, _why, _failed
-    if _kernels is not None or _failed:
+    if _kernels is not None or _failed == "build" or (_failed == "load" and not build):
         return _kernels
     try:
         from . import fused_aot
         directory = fused_aot.build_dir()
-        if not fused_aot.built(directory):
+        fresh = not fused_aot.built(directory)
+        if fresh:
             if not build:
                 return None
             fused_aot.build(directory=directory)
         try:
             _dispatcher, _kernels = _proven(directory)
         except Exception:
-            if not build:
+            if not build or fresh:           # a build of ours that fails would fail again
                 raise
             fused_aot.discard(directory)   # a stale, truncated or foreign build: once more, from scratch
             fused_aot.build(directory=directory)
             _dispatcher, _kernels = _proven(directory)
     except Exception as e:   # no torch or cache, no compiler, an unsupported op, a probe mismatch: numpy
-        _why, _failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", True
+        _why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        _failed = "build" if build else "load"
     return _kernels
 
 
-def _proven(directory: Any) -> tuple[Any, dict[str, Callable[..., Any]]]:
+def _proven(directory: Path) -> tuple[Any, dict[str, Callable[..., Any]]]:
     """The build in ``directory``, loaded, and its kernels once they pass the probe."""
     from . import fused_aot, fused_calls
 

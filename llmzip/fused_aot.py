@@ -172,7 +172,7 @@ def build(specs: Sequence[Spec] = SPECS, directory: Path | None = None) -> Path:
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1))
         work.chmod(0o755)                       # mkdtemp's 0700 would hide a shared cache from others
         if directory.exists() and not built(directory):
-            shutil.rmtree(directory)            # a directory without a manifest is no build
+            shutil.rmtree(directory, ignore_errors=True)   # without a manifest, no build (maybe being removed)
         try:
             os.replace(work, directory)
         except OSError:
@@ -184,28 +184,34 @@ def build(specs: Sequence[Spec] = SPECS, directory: Path | None = None) -> Path:
 
 
 def remove_other_builds(keep: Path) -> list[Path]:
-    """Remove every build in ``keep``'s cache directory but ``keep`` (older torch versions or
-    kernel sources leave one each, ~18 MB), and leftovers of builds killed a day or more ago;
-    returns the builds removed. Builds in progress elsewhere (``.build-*`` of today) stay."""
-    removed = [d for d in keep.parent.iterdir() if d.is_dir() and not d.name.startswith(".") and d != keep]
-    for directory in removed:
+    """Remove every build in ``keep``'s cache directory but ``keep`` (other torch, Python or llmzip
+    versions, other CPUs sharing the cache: ~18 MB each), and leftovers of builds killed a day or
+    more ago; returns the builds removed. Builds in progress (``.build-*`` of today) stay."""
+    if not keep.parent.is_dir():
+        return []
+    others = [d for d in keep.parent.iterdir() if d.is_dir() and not d.name.startswith(".") and d != keep]
+    for directory in others:
         shutil.rmtree(directory, ignore_errors=True)
     _remove_stale_builds(keep.parent)
-    return removed
+    return [d for d in others if not d.exists()]
 
 
 def discard(directory: Path) -> None:
-    """Remove a build that does not load or fails its probe (so that it can be built again)."""
-    shutil.rmtree(directory, ignore_errors=True)
+    """Remove a build that does not load or fails its probe (so that it can be built again): renamed
+    out of the way first, so that no other process loads it half-removed."""
+    doomed = directory.with_name(f".discard-{directory.name}-{os.getpid()}")
+    with contextlib.suppress(OSError):
+        os.replace(directory, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 STALE_SECONDS = 86400    # a build directory this old is no longer being written
 
 
 def _remove_stale_builds(kernels: Path) -> None:
-    """Remove the temporary directories of builds killed a day or more ago."""
+    """Remove the temporary directories of builds (and discards) killed a day or more ago."""
     now = time.time()
-    for work in kernels.glob(".build-*"):
+    for work in [*kernels.glob(".build-*"), *kernels.glob(".discard-*")]:
         with contextlib.suppress(OSError):
             if now - work.stat().st_mtime > STALE_SECONDS:
                 shutil.rmtree(work, ignore_errors=True)

@@ -54,10 +54,11 @@ def check_linear_layer(kernels: Kernels) -> None:
                kernels["linear8_int"](rows, layer.w, layer._factor, layer._bias))
 
 
-def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int) -> attention8.KVCache8:
+def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int,
+                  capacity: int = 64) -> attention8.KVCache8:
     from .engine.common import SCORE_SHIFT
 
-    cache = attention8.KVCache8(1, rows, kv_heads, 64, hd)
+    cache = attention8.KVCache8(1, rows, kv_heads, capacity, hd)
     scale = 2.0 ** rng.integers(0, 20, size=(rows, kv_heads, length, 1))   # exponents that vary by position
     k = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale).astype(np.int64)
     v = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale[:, :, ::-1]).astype(np.int64)
@@ -69,11 +70,12 @@ def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: in
 
 def check_attend(kernels: Kernels) -> None:
     """Prefill blocks (masked) and single decoding steps (the first position among them), with 1 and 3
-    query heads per key/value head, 1 and 2 key/value heads, 1 and 2 rows."""
+    query heads per key/value head, 1 and 2 key/value heads, 1 and 2 rows, and a full cache."""
     rng = np.random.default_rng(2)
     hd = 16
-    for group, rows, kv in ((1, 2, 2), (3, 2, 2), (3, 1, 2), (1, 1, 2), (1, 2, 1), (3, 1, 1)):
-        cache = _filled_cache(rng, rows, kv, 9, hd)
+    for group, rows, kv, capacity in ((1, 2, 2, 64), (3, 2, 2, 64), (3, 1, 2, 64), (1, 1, 2, 64), (1, 2, 1, 64),
+                                      (3, 1, 1, 64), (3, 2, 2, 9)):    # the last: a full cache, end == capacity
+        cache = _filled_cache(rng, rows, kv, 9, hd, capacity)
         for start, end in ((0, 9), (4, 9), (8, 9), (0, 1)):
             t_new = end - start
             q = (rng.uniform(-1, 1, size=(rows, kv, group * t_new, hd)) * 2.0 ** 36).astype(np.int64)

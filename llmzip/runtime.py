@@ -25,13 +25,13 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 
-@functools.lru_cache(maxsize=None)
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS has one, else every core)."""
     affinity = getattr(os, "sched_getaffinity", None)   # Linux only
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
+@functools.lru_cache(maxsize=None)
 def tune_allocator() -> bool:
     """Keep large freed blocks for reuse (glibc only; elsewhere a no-op). Returns whether it applied."""
     name = ctypes.util.find_library("c")

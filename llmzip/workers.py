@@ -118,11 +118,25 @@ def fork_available() -> bool:
 
 def fork_safe() -> bool:
     """Fork without being asked only from a process running no other Python thread: a thread of
-    the caller's could hold a lock the child would wait on forever. tqdm's monitor thread is the
-    exception (progress bars start it: llmzip's own, transformers' when it saves a model): the only
-    lock it takes is tqdm's, which a worker never touches."""
+    the caller's could hold a lock the child would wait on forever. tqdm's monitor threads are the
+    exception (progress bars start them: llmzip's own, transformers' when it saves a model): one
+    writes to stderr only while holding its bars' lock, which the fork holds
+    (:func:`_tqdm_monitors_held`), so no worker starts with stderr locked mid-write."""
     here = threading.current_thread()
     return fork_available() and all(t is here or _tqdm_monitor(t) for t in threading.enumerate())
+
+
+@contextlib.contextmanager
+def _tqdm_monitors_held() -> Iterator[None]:
+    """Hold the lock of every live tqdm monitor's bars (released in the parent only)."""
+    locks = {id(lock): lock for lock in (t.tqdm_cls.get_lock() for t in threading.enumerate() if _tqdm_monitor(t))}
+    for lock in locks.values():
+        lock.acquire()
+    try:
+        yield
+    finally:
+        for lock in locks.values():
+            lock.release()
 
 
 def _tqdm_monitor(thread: threading.Thread) -> bool:
@@ -172,7 +186,7 @@ class ProcessRunner:
 
     def _fork(self, b: int) -> None:
         mine, theirs = Pipe()
-        with _no_interrupts(), _fork_warning_silenced():
+        with _no_interrupts(), _fork_warning_silenced(), _tqdm_monitors_held():
             pid = os.fork()
             if pid == 0:                                  # the child never returns from here
                 code = 1

@@ -148,18 +148,20 @@ def test_llama_family_archives_are_identical_with_the_kernels(llama_family_dir: 
 
 
 def test_select_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMZIP_FUSED", "0")
-    assert fused.select(1 << 30, True) is False
-    monkeypatch.setenv("LLMZIP_FUSED", "auto")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert fused.select(1 << 30, False) is False            # decoding, or GEMMs not on torch
-    if fused.available():
-        assert fused.select(10, True) is True                # loaded in this process: any size
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")           # GEMMs would fork teams: not by itself...
+    try:
+        monkeypatch.setenv("LLMZIP_FUSED", "0")
         assert fused.select(1 << 30, True) is False
-        monkeypatch.setenv("LLMZIP_FUSED", "always")         # ...only when asked for
-        assert fused.select(10, True) is True
-    fused.force(False)
+        monkeypatch.setenv("LLMZIP_FUSED", "auto")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert fused.select(1 << 30, False) is False            # decoding, or GEMMs not on torch
+        if fused.available():
+            assert fused.select(10, True) is True                # loaded in this process: any size
+            monkeypatch.setenv("OMP_NUM_THREADS", "2")           # GEMMs would fork teams: not by itself...
+            assert fused.select(1 << 30, True) is False
+            monkeypatch.setenv("LLMZIP_FUSED", "always")         # ...only when asked for
+            assert fused.select(10, True) is True
+    finally:
+        fused.force(False)
 
 
 def test_select_loads_by_the_call_size_and_never_builds_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,32 +180,46 @@ def test_select_loads_by_the_call_size_and_never_builds_by_itself(monkeypatch: p
 
 
 def test_a_failing_build_is_replaced_only_when_building(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A build on disk that fails: without building, numpy (and no retry); a later call that may
+    build replaces it once. A build of our own that fails is not built again."""
     from llmzip import fused_aot
 
     events: list[str] = []
     directory = tmp_path / "kernels" / "x"
-    (directory).mkdir(parents=True)
+    directory.mkdir(parents=True)
     (directory / fused_aot.MANIFEST).write_text("{}")
+    fails = [True]
     monkeypatch.setattr(fused_aot, "build_dir", lambda: directory)
     monkeypatch.setattr(fused_aot, "discard", lambda d: events.append("discard"))
     monkeypatch.setattr(fused_aot, "build", lambda directory: events.append("build"))
 
     def proven(d: Path) -> tuple[Any, dict[str, Any]]:
         events.append("load")
-        if events.count("load") == 1 or "build" not in events:
+        if fails[0] and "build" not in events:
             raise AssertionError("fused kernel attend differs from the numpy reference")
         return object(), {}
 
     monkeypatch.setattr(fused, "_proven", proven)
-    for name in ("_dispatcher", "_why"):                     # restored after the test, as _kernels is
-        monkeypatch.setattr(fused, name, getattr(fused, name))
-    for build in (False, True):
-        monkeypatch.setattr(fused, "_kernels", None)
-        monkeypatch.setattr(fused, "_failed", False)
-        events.clear()
-        assert (fused._load(build) is not None) == build
-        assert events == (["load", "discard", "build", "load"] if build else ["load"])
-    assert not fused._failed
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_failed", "")
+    monkeypatch.setattr(fused, "_dispatcher", fused._dispatcher)   # restored after the test
+    monkeypatch.setattr(fused, "_why", fused._why)
+    assert fused._load(False) is None and events == ["load"] and fused._failed == "load"
+    assert fused._load(False) is None and events == ["load"]              # not retried without building
+    assert fused._load(True) == {} and events == ["load", "load", "discard", "build", "load"]
+
+    (directory / fused_aot.MANIFEST).unlink()                             # no build yet: ours fails
+    fails[0], events[:] = True, []
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_failed", "")
+    monkeypatch.setattr(fused_aot, "build", lambda directory: events.append("build"))
+    def unloadable(d: Path) -> tuple[Any, dict[str, Any]]:
+        events.append("load")
+        raise OSError("no")
+
+    monkeypatch.setattr(fused, "_proven", unloadable)
+    assert fused._load(True) is None and events == ["build", "load"] and fused._failed == "build"
+    assert fused._why == "OSError: no"
 
 
 def test_kernels_turn_on_by_themselves_only_with_one_openmp_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,8 +240,10 @@ def test_a_strided_input_is_made_contiguous_first(kernels_on: None) -> None:
     rng = np.random.default_rng(9)
     layer = quantize_linear8(rng.normal(size=(48, 24)), rng.normal(size=24), ACT_FRAC, 16)
     wide = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(10, 96))
+    eager = fused.eager_calls()
     for x in (wide[:, ::2], wide[:, :48], wide[::2, 48:]):
         got = fused.kernel("linear8_int")(x, layer.w, layer._factor, layer._bias)
+        assert fused.eager_calls() == eager                      # the compiled kernel, on a copy
         fused.force(False)
         np.testing.assert_array_equal(layer(np.ascontiguousarray(x)), got)
         fused.force(True)
@@ -317,7 +335,7 @@ def test_the_kernels_command_says_where_the_build_is(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 0 and "loaded, and equal to the numpy engine" in result.output
     monkeypatch.setenv("LLMZIP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(fused, "_kernels", None)
-    monkeypatch.setattr(fused, "_failed", False)
+    monkeypatch.setattr(fused, "_failed", "")
     result = CliRunner().invoke(main, ["kernels"])
     assert result.exit_code == 0 and "not built on this machine" in result.output and str(tmp_path) in result.output
 
@@ -331,7 +349,7 @@ def test_attention_at_the_float32_bound_matches(kernels_on: None) -> None:
     v = np.where(np.arange(hd) % 2, 127, -127).astype(np.int64) * np.ones((rows, kv, end, 1), dtype=np.int64) << 13
     v[:, :, ::3] = (v[:, :, ::3] * 255) >> 8                     # weights below 2**15 once shifted: low bytes
     q = np.full((rows, kv, 1, hd), 1 << 30, dtype=np.int64)
-    outs = []
+    outs, eager = [], fused.eager_calls()
     for on in (True, False):
         fused.force(on)
         cache = attention8.KVCache8(1, rows, kv, end, hd)
@@ -339,6 +357,7 @@ def test_attention_at_the_float32_bound_matches(kernels_on: None) -> None:
         attention8.store(cache, 0, k[:, :, -1:], v[:, :, -1:], end - 1, SCORE_SHIFT)
         outs.append(attention8.attend(q, cache, 0, end - 1))
     fused.force(False)
+    assert fused.eager_calls() == eager                          # compiled kernels throughout
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -354,7 +373,7 @@ def test_clean_removes_other_builds_only(monkeypatch: pytest.MonkeyPatch, tmp_pa
         d.mkdir(parents=True)
         (d / "x.so").write_bytes(b"")
     monkeypatch.setattr(fused, "_kernels", None)
-    monkeypatch.setattr(fused, "_failed", False)
+    monkeypatch.setattr(fused, "_failed", "")
     result = CliRunner().invoke(main, ["kernels", "--clean"])
     assert result.exit_code == 0 and f"removed {here.parent / '0ld'}" in result.stderr
     assert sorted(p.name for p in here.parent.iterdir()) == sorted([".build-live", here.name])
