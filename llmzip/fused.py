@@ -99,35 +99,42 @@ _why = "not built on this machine (llmzip kernels --build)"   # why _kernels is 
 _failed = ""                   # "load" or "build": what failed in this process ("": nothing)
 
 
-def built_here() -> bool:
-    """Whether this machine's cache holds a finished build of the kernels (loaded or not)."""
+def _this_build() -> tuple[Path | None, str]:
+    """This machine's build directory (finished or not), or None and why there is none."""
     try:
         from . import fused_aot
-        return fused_aot.built(fused_aot.build_dir())
-    except Exception:   # no torch, no usable cache directory
+        return fused_aot.build_dir(), ""
+    except Exception as e:   # no torch, no usable cache directory
+        return None, f"{type(e).__name__}: {e}"
+
+
+def built_here() -> bool:
+    """Whether this machine's cache holds a finished build of the kernels (loaded or not)."""
+    where, _ = _this_build()
+    if where is None:
         return False
+    from . import fused_aot
+    return fused_aot.built(where)
 
 
 def remove_old_builds() -> list[str]:
     """Remove every kernel build of this cache but this process's own (other llmzip, torch or
     Python versions, other CPUs sharing the cache); returns their directories (``llmzip kernels
     --clean``). Nothing to remove without torch or a cache."""
-    try:
-        from . import fused_aot
-        keep = fused_aot.build_dir()
-    except Exception:   # no torch, no usable cache directory
+    keep, _ = _this_build()
+    if keep is None:
         return []
+    from . import fused_aot
     return [str(d) for d in fused_aot.remove_other_builds(keep)]
 
 
 def describe() -> str:
     """One line on the kernels here: where this machine's build is and whether it loads and passes
     its probe (``llmzip kernels``). Imports torch."""
-    try:
-        from . import fused_aot
-        where = fused_aot.build_dir()
-    except Exception as e:   # no torch, no usable cache directory
-        return f"fused kernels: unavailable ({type(e).__name__}: {e})"
+    where, why = _this_build()
+    if where is None:
+        return f"fused kernels: unavailable ({why})"
+    from . import fused_aot
     if not fused_aot.built(where) and not _failed:
         return f"fused kernels: not built on this machine ({where}); llmzip kernels --build builds them"
     if available():
