@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from llmzip import coder, linear8, lockstep, mix, predictor, tokens
+from llmzip import coder, linear8, lockstep, mix, predictor, quantize, tokens
 from llmzip.engine import common, gpt2, llama
 
 STAGES = ("linear_gemm", "linear_other", "head_gemm", "head_other", "attention", "norms_activations",
@@ -47,8 +47,7 @@ DESCRIPTIONS = {
 _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (linear8, "int8_matmul", "linear_gemm", {"head_other": "head_gemm"}),
     (linear8.Linear8, "_outputs", "linear_other", {"head_other": "head_other"}),
-    (gpt2.ExactGPT2, "float_logits", "head_other", {}),
-    (llama.ExactLlama, "float_logits", "head_other", {}),
+    (predictor, "head_freqs", "head_other", {}),   # with the fused kernels: head and quantiser at once
     (gpt2.ExactGPT2, "forward", "engine_other", {}),
     (llama.ExactLlama, "forward", "engine_other", {}),
     (gpt2.ExactGPT2, "_attention", "attention", {}),
@@ -58,7 +57,7 @@ _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (gpt2, "activation_lookup", "norms_activations", {}),
     (llama, "swiglu", "norms_activations", {}),
     (predictor.LoadedModel, "advance", "engine_other", {}),
-    (predictor, "freqs_from_logits", "quantiser", {}),
+    (quantize, "freqs_from_logits", "quantiser", {}),
     (lockstep, "table_terms", "quantiser", {}),
     (lockstep, "_decode_rows", "quantiser", {}),   # its own time: the decoder's cumulative tables
     *((mix.Mixer, name, "mixer", {}) for name in ("begin_group", "tables", "coding_terms", "prepare", "update")),

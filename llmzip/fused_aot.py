@@ -71,11 +71,10 @@ def _attend(add_rank: int) -> Callable[[], tuple[torch.Tensor, ...]]:
     return example
 
 
-def _logits(out: torch.dtype | None) -> Callable[[], tuple[torch.Tensor, ...]]:
-    def example() -> tuple[torch.Tensor, ...]:
-        head = (_ints(5, 14, dtype=torch.float64), torch.from_numpy(quantize._exp_table_f64()), tensor(2.0**30))
-        return head if out is None else head + (_ints(5, dtype=torch.float64), _ints(5, 14, dtype=out))
-    return example
+def _head() -> tuple[torch.Tensor, ...]:
+    """A 48 -> 24 output head, the exp table, clip and scale, and an int32 table to write."""
+    return _linear() + (torch.from_numpy(quantize._exp_table_f64()), tensor(2.0**30), tensor(2.0**28),
+                        _ints(5, 24, dtype=torch.int32))
 
 
 SPECS: tuple[Spec, ...] = (
@@ -87,8 +86,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("norm_apply", lambda: (_ints(5, 14), _ints(5), _ints(5), _ints(5), _ints(5).abs() % 4 + 1, _ints(14), tensor(14),
                                 _ints(14), tensor(1000))),
     Spec("rotate", lambda: (_ints(3, 7, 5, 16), _ints(7, 8), _ints(7, 8), tensor(15), tensor(1000))),
-    Spec("exp_sums", _logits(None), static=(1,)),
-    Spec("freqs_into", _logits(torch.int32), static=(1,)), Spec("freqs_into", _logits(torch.int64), static=(1,)),
+    Spec("head_freqs", _head, static=(4,)),
 )
 
 

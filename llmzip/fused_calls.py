@@ -70,16 +70,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *_: torch.Ten
     return x.shape[3] % 2 == 0 and cos.shape == sin.shape == (x.shape[1], x.shape[3] // 2)
 
 
-def _freqs(logits: torch.Tensor, table: torch.Tensor, clip: torch.Tensor, ratio: torch.Tensor,
-           out: torch.Tensor) -> bool:
-    return ratio.shape == logits.shape[:1] and out.shape == logits.shape
+def _head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor, *rest: torch.Tensor) -> bool:
+    return _linear(x, w, factor, bias) and rest[-1].shape == (x.shape[0], w.shape[1])
 
 
 SHAPES: dict[str, Callable[..., bool]] = {   # the size relations a compiled kernel assumes
     "linear8": _linear, "linear8_int": _linear, "attend": _attend, "norm_apply": _norm_apply,
-    "rotate": _rotate, "freqs_into": _freqs,
+    "rotate": _rotate, "head_freqs": _head_freqs,
     "swiglu": lambda gate_up, *_: gate_up.shape[1] % 2 == 0,
-    "activation": lambda *_: True, "norm_stats": lambda *_: True, "exp_sums": lambda *_: True,
+    "activation": lambda *_: True, "norm_stats": lambda *_: True,
 }
 
 
@@ -151,16 +150,17 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
     def norm_stats(x: np.ndarray, centre: bool, square_bits: int) -> tuple[np.ndarray, ...]:
         return tuple(t.numpy() for t in run("norm_stats", (x, bool(centre), square_bits)))
 
-    def freqs_into(logits: np.ndarray, table: np.ndarray, clip: float, ratio: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def head_freqs(x: np.ndarray, w: np.ndarray, factor: np.ndarray, bias: np.ndarray, table: np.ndarray,
+                   clip: float, scale: float, out: np.ndarray) -> np.ndarray:
         if not (out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError("freqs_into writes into a writeable C-contiguous array only")
-        run("freqs_into", (logits, table, clip, ratio, out))
+            raise ValueError("head_freqs writes into a writeable C-contiguous array only")
+        run("head_freqs", (x, w, factor, bias, table, clip, scale, out))
         return out
 
     return {"linear8": single("linear8"), "linear8_int": single("linear8_int"), "attend": attend,
             "attend_step": attend_step, "swiglu": rows("swiglu"), "activation": rows("activation"),
             "norm_stats": norm_stats, "norm_apply": single("norm_apply"), "rotate": rotate,
-            "exp_sums": single("exp_sums"), "freqs_into": freqs_into}
+            "head_freqs": head_freqs}
 
 
 _HALVES = [np.zeros(0)]   # the longest row of halves asked for so far (read-only)

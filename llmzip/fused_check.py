@@ -49,9 +49,9 @@ def check_linear_layer(kernels: Kernels) -> None:
     x = _edge_rows(rng, 48, 2**36)
     for rows in (x, x[:1], x[5:6]):
         _equal("linear8", _linear_reference(layer, rows, np.float64),
-               kernels["linear8"](rows, layer.w, layer._factor, layer._bias))
+               kernels["linear8"](rows, *layer.kernel_args()))
         _equal("linear8_int", _linear_reference(layer, rows, np.int64),
-               kernels["linear8_int"](rows, layer.w, layer._factor, layer._bias))
+               kernels["linear8_int"](rows, *layer.kernel_args()))
 
 
 def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int,
@@ -167,26 +167,30 @@ def check_rotate(kernels: Kernels) -> None:
         _equal("rotate", want, kernels["rotate"](qkv, c, s, 5, ROPE_FRAC, ACT_CLIP))
 
 
-def check_freqs(kernels: Kernels) -> None:
-    """Tables from float64 logits: peaked and flat rows, logits past the clip, gaps past the table."""
+def check_head_freqs(kernels: Kernels) -> None:
+    """Tables from output heads: peaked and flat rows, logits past the clip, gaps past the table (a
+    zero row's logits are the head's bias, which sets each case), and rows of real products."""
     from . import quantize
+    from .engine.common import ACT_CLIP, ACT_FRAC
 
     rng = np.random.default_rng(7)
-    table = quantize._exp_table_f64()
+    table, frac = quantize._exp_table_f64(), quantize.LOGIT_FRAC_BITS
     for vocab in (300, 5):
-        logits = rng.integers(-6000, 6000, size=(6, vocab)).astype(np.float64)
-        logits[1] = 0.0
-        logits[2, :2] = (2.0**40, -(2.0**40))
-        logits[3] = rng.integers(-(2**31), -(2**29), size=vocab)
-        logits[4, 0] = 2.0**30 + 17
-        for bits, rows in ((quantize.FREQ_BITS, logits), (16, logits), (quantize.FREQ_BITS, logits[2:3])):
-            want = quantize.freqs_from_logits(rows, bits)
-            for dtype in (np.int64, np.int32):
-                out = np.zeros(rows.shape, dtype=dtype)
-                ratio = float(1 << bits) / kernels["exp_sums"](rows, table, float(quantize._CLIP))
-                kernels["freqs_into"](rows, table, float(quantize._CLIP), ratio, out)
-                _equal("freqs", want.astype(dtype), out)
+        cases = rng.integers(-6000, 6000, size=(5, vocab))
+        cases[1] = 0
+        cases[2, :2] = (2**40, -(2**40))
+        cases[3] = rng.integers(-(2**31), -(2**29), size=vocab)
+        cases[4, 0] = 2**30 + 17
+        for bias in cases:
+            head = quantize_linear8(rng.normal(size=(48, vocab)) * 0.05, np.ldexp(bias.astype(np.float64), -frac),
+                                    ACT_FRAC, frac)
+            x = np.concatenate([np.zeros((1, 48), dtype=np.int64), _edge_rows(rng, 48, ACT_CLIP)])
+            for bits, rows in ((quantize.FREQ_BITS, x), (16, x), (quantize.FREQ_BITS, x[:1])):
+                want = quantize.freqs_from_logits(_linear_reference(head, rows, np.float64), bits).astype(np.int32)
+                out = np.zeros(want.shape, dtype=np.int32)
+                kernels["head_freqs"](rows, *head.kernel_args(), table, float(quantize._CLIP), float(1 << bits), out)
+                _equal("head_freqs", want, out)
 
 
 CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_swiglu, check_activation,
-                                                check_norms, check_rotate, check_freqs)
+                                                check_norms, check_rotate, check_head_freqs)

@@ -165,22 +165,19 @@ def _exp_values(logits: torch.Tensor, table: torch.Tensor, clip: Scalar) -> torc
     return table[gap.to(torch.int64)]
 
 
-def exp_sums(logits: torch.Tensor, table: torch.Tensor, clip: Scalar) -> torch.Tensor:
-    """Each row's sum of :func:`_exp_values` (float64 sums of integers below 2**53: exact in any order)."""
-    return _exp_values(logits, table, clip).sum(-1)
-
-
-def freqs_into(logits: torch.Tensor, table: torch.Tensor, clip: Scalar, ratio: torch.Tensor,
-               out: torch.Tensor) -> tuple[()]:
-    """``quantize.freqs_from_logits`` written into ``out``: ``floor(e * ratio) + 1`` with ``ratio`` the
-    row's ``2**freq_bits / sum`` (divided by numpy: one IEEE division); one IEEE product per entry."""
-    e = _exp_values(logits, table, clip) * ratio.unsqueeze(-1)
-    out.copy_(e.to(out.dtype) + 1)                   # the cast truncates: floor (e >= 0)
+def head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor, table: torch.Tensor,
+               clip: Scalar, scale: Scalar, out: torch.Tensor) -> tuple[()]:
+    """``quantize.freqs_from_logits(Linear8.float_out(x), freq_bits, out)``: the output head and the
+    quantiser in one pass, so the (rows, V) float64 logits never travel through memory three times.
+    ``scale`` is ``2**freq_bits``; ``ratio = scale / sum(e)`` is one IEEE division per row, as numpy's
+    (float64 sums of integers below 2**53: exact in any order), then one IEEE product per entry."""
+    e = _exp_values(linear8(x, w, factor, bias), table, clip)
+    ratio = scale / e.sum(-1, keepdim=True)
+    out.copy_((e * ratio).to(out.dtype) + 1)          # the cast truncates: floor (e >= 0)
     return ()
 
 
 KERNELS: dict[str, Callable[..., Any]] = {
     "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "swiglu": swiglu, "activation": activation,
-    "norm_stats": norm_stats, "norm_apply": norm_apply, "rotate": rotate, "exp_sums": exp_sums,
-    "freqs_into": freqs_into,
+    "norm_stats": norm_stats, "norm_apply": norm_apply, "rotate": rotate, "head_freqs": head_freqs,
 }

@@ -58,7 +58,7 @@ class Linear8:
         flat = x.reshape(-1, x.shape[-1])
         if fused.active() and len(flat):
             name = "linear8_int" if dtype is np.int64 else "linear8"
-            return fused.kernel(name)(flat, self.w, self._factor, self._bias).reshape(*x.shape[:-1], self.w.shape[1])
+            return fused.kernel(name)(flat, *self.kernel_args()).reshape(*x.shape[:-1], self.w.shape[1])
         q, e = quantize_rows(flat)
         acc = int8_matmul(q, self.w)                    # exact integers: int32 from torch, else float64
         return _rescale(acc, self._factor, np.ldexp(1.0, e)[:, None], self._bias, dtype).reshape(
@@ -66,6 +66,10 @@ class Linear8:
 
     def integer_arrays(self) -> list[np.ndarray]:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]
+
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer as the fused kernels take it: int8 weights, float64 ``M * 2**-D`` and ``b + 1/2``."""
+        return self.w, self._factor, self._bias
 
 
 def _rescale(acc: np.ndarray, factor: np.ndarray, scale: np.ndarray, bias: np.ndarray, dtype: type) -> np.ndarray:

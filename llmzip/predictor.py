@@ -15,7 +15,7 @@ from .engine import ENGINES, ExactEngine, engine_version
 from .errors import ModelMismatchError
 from . import fused
 from .linear8 import select_backend
-from .quantize import FREQ_BITS, freqs_from_logits
+from .quantize import FREQ_BITS, head_freqs
 from .tokens import ByteTokenizer
 
 HEAD_ROWS = 128   # positions per output-head block (speed only)
@@ -103,7 +103,7 @@ class LoadedModel:
         dest.shape = (len(flat), self.vocab_size)   # raises rather than copy if out is not contiguous
         for i in range(0, len(flat), HEAD_ROWS):   # head + quantiser in cache-sized blocks
             rows = slice(i, i + HEAD_ROWS)
-            freqs_from_logits(self.engine.float_logits(flat[rows]), self.freq_bits, dest[rows])
+            head_freqs(self.engine.head, flat[rows], self.freq_bits, dest[rows])
         return out
 
     def keep(self, state: Any, rows: np.ndarray) -> None:

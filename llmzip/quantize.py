@@ -14,11 +14,16 @@ below 0.0003 bits per token for a 50k vocabulary.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import fused
 from .fixedpoint import exp_table
+from .linear8 import Linear8
+
+if TYPE_CHECKING:
+    from .engine.versions import LinearLayer
 
 FREQ_BITS = 28          # probability resolution of the tables written by this version
 LOGIT_FRAC_BITS = 8     # fixed-point logits carry 8 fraction bits (1/256 nat)
@@ -55,9 +60,6 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
     result = np.empty(logits.shape, dtype=np.int64) if out is None else out
     dest = result.view()
     dest.shape = flat.shape   # raises rather than copy (and lose the writes) if out is not contiguous
-    if fused.active() and flat.dtype == np.float64 and len(flat):
-        _fused_freqs(flat, freq_bits, dest)
-        return result
     for i in range(0, len(flat), QUANT_ROWS):
         block = dest[i : i + QUANT_ROWS]
         block[...] = _scaled_block(flat[i : i + QUANT_ROWS], freq_bits)   # the cast truncates: floor (>= 0)
@@ -65,12 +67,15 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
     return result
 
 
-def _fused_freqs(logits: np.ndarray, freq_bits: int, out: np.ndarray) -> None:
-    """:func:`_scaled_block_clipped`'s floor plus one, by the fused kernels, into ``out``: the same
-    exact table values and sums, the same single division per row (here, in numpy) and product."""
-    table = _exp_table_f64()
-    ratio = float(1 << freq_bits) / fused.kernel("exp_sums")(logits, table, float(_CLIP))
-    fused.kernel("freqs_into")(logits, table, float(_CLIP), ratio, out)
+def head_freqs(head: LinearLayer, hidden: np.ndarray, freq_bits: int, out: np.ndarray) -> None:
+    """:func:`freqs_from_logits` of the output head's logits (``head.float_out(hidden)``, rows of
+    ``hidden``) written into ``out`` (rows, V). An int8 head does both in one fused kernel while the
+    kernels are active (:mod:`llmzip.fused`): the same logits, sums, division and products."""
+    if fused.active() and isinstance(head, Linear8) and len(hidden):
+        args = (hidden, *head.kernel_args(), _exp_table_f64(), float(_CLIP), float(1 << freq_bits), out)
+        fused.kernel("head_freqs")(*args)
+        return
+    freqs_from_logits(head.float_out(hidden), freq_bits, out)
 
 
 def _scaled_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:

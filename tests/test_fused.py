@@ -59,7 +59,7 @@ def test_probe_catches_a_kernel_off_by_one() -> None:
     kernels = _eager_kernels()
     for name, broken in (("linear8_int", lambda *a: kernels["linear8_int"](*a) + 1),
                          ("attend", lambda *a: kernels["attend"](*a) ^ 1),
-                         ("freqs_into", lambda *a: np.add(kernels["freqs_into"](*a), 1, out=a[-1]))):
+                         ("head_freqs", lambda *a: np.add(kernels["head_freqs"](*a), 1, out=a[-1]))):
         with pytest.raises(AssertionError, match="differs"):
             for case in fused_check.CASES:
                 case({**kernels, name: broken})
@@ -242,7 +242,7 @@ def test_a_strided_input_is_made_contiguous_first(kernels_on: None) -> None:
     wide = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(10, 96))
     eager = fused.eager_calls()
     for x in (wide[:, ::2], wide[:, :48], wide[::2, 48:]):
-        got = fused.kernel("linear8_int")(x, layer.w, layer._factor, layer._bias)
+        got = fused.kernel("linear8_int")(x, *layer.kernel_args())
         assert fused.eager_calls() == eager                      # the compiled kernel, on a copy
         fused.force(False)
         np.testing.assert_array_equal(layer(np.ascontiguousarray(x)), got)

@@ -32,7 +32,7 @@ import numpy as np
 from .gpt2 import ExactGPT2, GPT2Spec
 from .llama import MODEL_TYPES as LLAMA_MODEL_TYPES
 from .llama import ExactLlama, LlamaSpec
-from .versions import ENGINES, EngineVersion, engine_version, newest_engine
+from .versions import ENGINES, EngineVersion, LinearLayer, engine_version, newest_engine
 
 __all__ = ["ENGINES", "EngineVersion", "ExactEngine", "ExactGPT2", "ExactLlama", "GPT2Spec", "LlamaSpec",
            "MODEL_TYPES", "build_engine", "engine_version", "newest_engine", "Spec"]
@@ -50,12 +50,12 @@ class ExactEngine(Protocol):
     version: EngineVersion
     spec: Any        # GPT2Spec | LlamaSpec: n_ctx, vocab_size, flops_per_token()
     fingerprint: bytes
+    head: LinearLayer    # hidden states -> logits (LOGIT_FRAC_BITS), which the predictor quantises
 
     def new_cache(self, rows: int, capacity: int | None = None) -> Any: ...
     def kv_bytes_per_row(self) -> int: ...
     def forward(self, tokens: np.ndarray, cache: Any) -> np.ndarray: ...
     def logits(self, hidden: np.ndarray) -> np.ndarray: ...
-    def float_logits(self, hidden: np.ndarray) -> np.ndarray: ...
 
 
 def build_engine(spec: Spec, state: Mapping[str, np.ndarray], engine_id: int | None = None) -> ExactEngine:

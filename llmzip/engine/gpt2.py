@@ -170,9 +170,6 @@ class ExactGPT2:
         """int64 logits with ``LOGIT_FRAC_BITS`` fraction bits for hidden states (..., n_embd)."""
         return self.head(hidden)
 
-    def float_logits(self, hidden: np.ndarray) -> np.ndarray:
-        """:meth:`logits` as integer-valued float64 (saves a conversion before quantising)."""
-        return self.head.float_out(hidden)
 
     def _attention(self, qkv: np.ndarray, cache: Any, layer: int, start: int) -> np.ndarray:
         """Causal multi-head attention of the new positions over cache + new; returns (rows, T, d)."""

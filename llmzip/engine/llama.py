@@ -288,6 +288,3 @@ class ExactLlama:
         """int64 logits with ``LOGIT_FRAC_BITS`` fraction bits for hidden states (..., n_embd)."""
         return self.head(hidden)
 
-    def float_logits(self, hidden: np.ndarray) -> np.ndarray:
-        """:meth:`logits` as integer-valued float64 (saves a conversion before quantising)."""
-        return self.head.float_out(hidden)
