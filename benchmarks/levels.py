@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from llmzip import levels  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
-V1, V2 = "llmzip-gpt2-small-v1", "llmzip-gpt2-small-v2"
+V1, V2, LLAMA = "llmzip-gpt2-small-v1", "llmzip-gpt2-small-v2", levels.LLAMA
 ALL = levels.ALL_FALLBACKS
 # name -> (model, mixing, chunk tokens, fallbacks): what a level's row can be.
 CANDIDATES: dict[str, tuple[str | None, bool, int | None, tuple[str, ...]]] = {
@@ -46,6 +46,10 @@ CANDIDATES: dict[str, tuple[str | None, bool, int | None, tuple[str, ...]]] = {
     "v1": (V1, False, 255, ALL),
     "v1-mix": (V1, True, 255, ALL),
     "v1-mix-c511": (V1, True, 511, ALL),
+    "llama-c255": (LLAMA, False, 255, ALL),
+    "llama-c511": (LLAMA, False, 511, ALL),
+    "llama-mix-c255": (LLAMA, True, 255, ALL),
+    "llama-mix-c511": (LLAMA, True, 511, ALL),
 }
 
 

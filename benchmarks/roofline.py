@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline_report  # noqa: E402
 from cputime import cpu_seconds  # noqa: E402
+from llmzip.levels import LLAMA  # noqa: E402
 from llmzip.runtime import single_openmp_thread, tune_allocator  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -323,7 +324,7 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kb", type=int, default=None, help="code the first KB of each file [default: 16; --quick: 2]")
-    p.add_argument("--models", nargs="*", default=None, help="shipped models or directories [default: embedded]")
+    p.add_argument("--models", nargs="*", default=None, help="shipped models or directories [default: embedded and the shipped Llama]")
     p.add_argument("--shapes", nargs="*", choices=sorted(SHAPES), default=None,
                    help="random-weight shapes [default: llama-6x384 gpt2-6x384; --quick: llama-tiny]")
     p.add_argument("--files", nargs="+", type=Path, default=[CORPUS / f for f in FILES])
@@ -339,7 +340,7 @@ def parse_args() -> argparse.Namespace:
                    help="compress with the fused kernels (llmzip.fused); write roofline_fused.md/.json")
     args = p.parse_args()
     args.kb = args.kb or (2 if args.quick else 16)
-    args.models = args.models if args.models is not None else ([] if args.quick else ["embedded"])
+    args.models = args.models if args.models is not None else ([] if args.quick else ["embedded", LLAMA])
     args.shapes = args.shapes if args.shapes is not None else (["llama-tiny"] if args.quick else ["llama-6x384", "gpt2-6x384"])
     if args.out is None and not args.quick:
         args.out = REPO / "benchmarks" / "results"

@@ -58,6 +58,16 @@ def test_one_row_per_level_and_every_model_is_shipped():
         levels.LEVELS[0].model = "x"
 
 
+def test_the_top_levels_code_with_the_llama_model():
+    """-7 .. -9 name the shipped Llama in their archives, with their own chunking and mixing, and
+    decode with the plain API (the model found from the archive)."""
+    assert [levels.get(n).model for n in (7, 8, 9)] == [levels.LLAMA] * 3 and levels.LLAMA in shipped_models()
+    sample = PROSE[:300]
+    blob = levels.compress(sample, 9, method="lm")
+    assert [(f.model_id, f.chunk_tokens, bool(f.mix_params)) for f in lm_fields(blob)] == [(levels.LLAMA, 511, True)]
+    assert llmzip.decompress(blob) == sample
+
+
 def test_the_default_level_is_the_frame_coder_default():
     """The default level does exactly what llmzip.compress did before levels existed (its
     archives are the golden ones): same model, mixing, chunking, fallbacks, model on text."""
@@ -169,7 +179,7 @@ def test_explicit_options_win_over_the_level(prose_file, tiny_model_dir):
     assert not lm_fields(forced)[0].mix_params                                      # -1's mixing: off
     mixed = run("compress", "-1", *tiny, "--method", "lm", "--mix", "-c", str(prose_file)).stdout_bytes
     assert lm_fields(mixed)[0].mix_params == codec.DEFAULT_MIX.to_bytes()
-    unmixed = run("compress", "-9", *tiny, "--method", "lm", "--no-mix", "-c", str(prose_file)).stdout_bytes
+    unmixed = run("compress", "-6", *tiny, "--method", "lm", "--no-mix", "-c", str(prose_file)).stdout_bytes
     assert not lm_fields(unmixed)[0].mix_params
     chunked = run("compress", "-9", *tiny, "--method", "lm", "--chunk-tokens", "10", "-c", str(prose_file))
     assert [f.chunk_tokens for f in lm_fields(chunked.stdout_bytes)] == [10]
@@ -180,7 +190,8 @@ def test_explicit_options_win_over_the_level(prose_file, tiny_model_dir):
 
 
 def test_environment_model_replaces_the_level_model(prose_file, tiny_model_dir):
-    result = run("compress", "-9", "--method", "lm", "-c", str(prose_file), env={"LLMZIP_MODEL": str(tiny_model_dir)})
+    result = run("compress", "-9", "--method", "lm", "--chunk-tokens", "32", "-c", str(prose_file),
+                 env={"LLMZIP_MODEL": str(tiny_model_dir)})
     assert [f.model_id for f in lm_fields(result.stdout_bytes)] == [tiny_model_dir.name]
 
 
