@@ -15,10 +15,11 @@ The older shipped model (``llmzip-gpt2-small-v1``) lost to the embedded one in e
 configuration, at lower speed, so no level uses it.
 
 Levels 7-9 use the larger shipped model, ``llmzip-llama-6x384-v1`` (a 12.6 M-parameter Llama
-with a 512-token context; README, "The models"), with mixing: 7 in 255-token chunks, 8 and 9 in
+with a 512-token context; README, "The embedded model"), with mixing: 7 in 255-token chunks, 8 and 9 in
 511-token chunks (smaller on every corpus file; 9 equals 8 until a stronger configuration ships).
 Without mixing the Llama lost to the default on four of five corpus files (the HTML then goes to
-PPMd), so no level uses it that way. The default stays 6: the Llama codes about 3x slower.
+PPMd), so no level uses it that way. The default stays 6: the Llama codes 2-3x slower
+(README, "Levels").
 
 Explicit choices win over the level (:func:`resolve`): a model, mixing on/off, a forced method
 or a chunk length given by the caller replace that field of the row.

@@ -170,7 +170,6 @@ class ExactGPT2:
         """int64 logits with ``LOGIT_FRAC_BITS`` fraction bits for hidden states (..., n_embd)."""
         return self.head(hidden)
 
-
     def _attention(self, qkv: np.ndarray, cache: Any, layer: int, start: int) -> np.ndarray:
         """Causal multi-head attention of the new positions over cache + new; returns (rows, T, d)."""
         rows, t_new, _ = qkv.shape

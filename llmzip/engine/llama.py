@@ -287,4 +287,3 @@ class ExactLlama:
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """int64 logits with ``LOGIT_FRAC_BITS`` fraction bits for hidden states (..., n_embd)."""
         return self.head(hidden)
-
