@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import packed
 from .engine import MODEL_TYPES, ExactEngine, GPT2Spec, LlamaSpec, Spec, build_engine
 from .errors import ModelLoadError
 from .predictor import LoadedModel
@@ -84,16 +85,33 @@ def _load_dir(path: Path, model_id: str) -> LoadedModel:
 
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        weight_files = sorted(path.glob("*.safetensors"))
-        if not weight_files or not (path / "tokenizer.json").exists():
-            raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
-        state = _read_safetensors(weight_files)
+        state, expected = _read_weights(path)
         backend = Tokenizer.from_file(str(path / "tokenizer.json"))
         tokenizer = ByteTokenizer(backend)
         bos = _bos_from_files(path, config, backend)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
-    return _assemble(model_id, _Config(config), state, tokenizer, bos)
+    loaded = _assemble(model_id, _Config(config), state, tokenizer, bos)
+    if expected is not None and loaded.fingerprint.hex() != expected:
+        raise ModelLoadError(f"{path / packed.PACKED_FILE}: the packed weights do not rebuild the model they "
+                             f"were packed from (fingerprint {loaded.fingerprint.hex()[:16]}..., recorded "
+                             f"{expected[:16]}...)")
+    return loaded
+
+
+def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """The float state dict of a model directory, and the fingerprint a packed file records (None
+    for plain safetensors). A packed file (:mod:`llmzip.packed`) takes precedence over the others."""
+    if (path / packed.PACKED_FILE).is_file():
+        tensors, meta = _read_safetensors_file(path / packed.PACKED_FILE, {**_SAFETENSORS_DTYPES, "I8": "i1"})
+        if meta.get("format") != packed.FORMAT or "fingerprint" not in meta:
+            raise ValueError(f"{packed.PACKED_FILE} is not in the {packed.FORMAT} format (an llmzip too old "
+                             "or too new for this model: upgrade llmzip)")
+        return packed.unpack_state(tensors), str(meta["fingerprint"])
+    weight_files = sorted(path.glob("*.safetensors"))
+    if not weight_files or not (path / "tokenizer.json").exists():
+        raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
+    return _read_safetensors(weight_files), None
 
 
 def _load_hub(name: str, allow_download: bool) -> LoadedModel:
@@ -199,21 +217,26 @@ def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
     """
     state: dict[str, np.ndarray] = {}
     for f in files:
-        with open(f, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size))
-        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                continue
-            begin, end = info["data_offsets"]
-            if not 0 <= begin <= end <= len(data):
-                raise ValueError(f"{f.name}: tensor {key} lies outside the file")
-            array = data[begin:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-            state[key] = (array.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else array
+        state.update(_read_safetensors_file(f, _SAFETENSORS_DTYPES)[0])
     return state
+
+
+def _read_safetensors_file(f: Path, dtypes: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors of one file whose dtype is in ``dtypes`` (memory-mapped), and its metadata."""
+    with open(f, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+    data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
+    state: dict[str, np.ndarray] = {}
+    for key, info in header.items():
+        if key == "__metadata__" or info["dtype"] not in dtypes:
+            continue
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end <= len(data):
+            raise ValueError(f"{f.name}: tensor {key} lies outside the file")
+        array = data[begin:end].view(dtypes[info["dtype"]]).reshape(info["shape"])
+        state[key] = (array.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else array
+    return state, dict(header.get("__metadata__") or {})
 
 
 def _bos_from_files(path: Path, config: dict[str, Any], backend: Any) -> int:

@@ -92,15 +92,26 @@ def is_held_out(doc: Document) -> bool:
     return doc.ordinal < 0 or doc.ordinal % VAL_EVERY == VAL_EVERY // 2
 
 
-def source_weights(sizes: dict[str, int]) -> dict[str, float]:
-    """Sampling probability of each source (see GROUP_WEIGHTS)."""
+def source_weights(sizes: dict[str, int], group_weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Sampling probability of each source (``group_weights``, by default GROUP_WEIGHTS)."""
     out: dict[str, float] = {}
-    for group, gw in GROUP_WEIGHTS.items():
+    for group, gw in (group_weights or GROUP_WEIGHTS).items():
         members = {s: n for s, n in sizes.items() if group_of(s) == group and n > 0}
         total = sum(n ** 0.5 for n in members.values())
         out.update({s: gw * n ** 0.5 / total for s, n in members.items()})
     norm = sum(out.values())
     return {s: w / norm for s, w in sorted(out.items())}
+
+
+def parse_group_weights(text: str) -> dict[str, float]:
+    """``"prose=0.6,code=0.22,markup=0.18"`` -> weights of every group (each group named once)."""
+    weights = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        weights[name.strip()] = float(value)
+    if set(weights) != set(GROUP_WEIGHTS) or min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise ValueError(f"group weights must give each of {sorted(GROUP_WEIGHTS)} once: {text!r}")
+    return weights
 
 
 def tokenizer_sample(docs: list[Document], budget_bytes: int) -> list[str]:

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train_data import BOS, build_streams, group_of, read_documents, source_weights, train_tokenizer
+from train_data import (BOS, build_streams, group_of, parse_group_weights, read_documents, source_weights,
+                        train_tokenizer)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=300, help="warm-up steps (also after --init-from)")
     p.add_argument("--decay-frac", type=float, default=0.15, help="final fraction of the plan spent decaying")
+    p.add_argument("--group-weights", type=parse_group_weights,
+                   help="sampling weight of each data group, e.g. prose=0.6,code=0.22,markup=0.18 "
+                        "(default: train_data.GROUP_WEIGHTS); applies to the steps this run takes")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -83,10 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Sampler:
     """Fixed-length windows; batch k is a pure function of (seed, k)."""
 
-    def __init__(self, work: Path, seed: int, ctx: int, bos: int) -> None:
+    def __init__(self, work: Path, seed: int, ctx: int, bos: int,
+                 group_weights: dict[str, float] | None = None) -> None:
         meta = json.loads((work / "streams.json").read_text())
         sizes = {n[: -len(".train")]: m["bytes"] for n, m in meta.items() if n.endswith(".train")}
-        weights = source_weights(sizes)
+        weights = source_weights(sizes, group_weights)
         self.sources = list(weights)
         self.p = np.array([weights[s] for s in self.sources])
         self.streams = [np.load(work / f"{s}.train.npy", mmap_mode="r") for s in self.sources]
@@ -280,7 +285,7 @@ def run(args: argparse.Namespace, tok_path: Path) -> Trainer:
         return trainer
     if args.compile:   # the compiled wrapper runs the steps; checkpoints keep the plain module's names
         trainer.forward = torch.compile(trainer.model)
-    sampler = Sampler(args.work, args.seed, args.ctx, bos)
+    sampler = Sampler(args.work, args.seed, args.ctx, bos, args.group_weights)
     held_out = HeldOut(args.work, args.ctx, bos, token_byte_lengths(tok_path))
     t0, start_tokens, log_path = time.time(), trainer.tokens, args.work / "log.jsonl"
     while trainer.step < plan_steps:

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 sys.path.append(str(SCRIPTS))
 
-from train_data import is_held_out, read_documents, source_weights  # noqa: E402
+from train_data import is_held_out, parse_group_weights, read_documents, source_weights  # noqa: E402
 
 SOURCES = {
     "gutenberg_000.txt": [b"It was a dark and stormy night; the rain fell in torrents. " * 30] * 3,
@@ -61,6 +61,15 @@ def test_source_weights_follow_groups() -> None:
     assert abs(sum(weights.values()) - 1.0) < 1e-12
     assert abs(weights["code_c"] - 0.30) < 1e-12 and abs(weights["markup_json"] - 0.25) < 1e-12
     assert weights["gutenberg"] == pytest.approx(2 * weights["prose"])   # sqrt(400) / sqrt(100)
+
+
+def test_group_weights_can_be_set_per_run() -> None:
+    chosen = parse_group_weights("prose=0.6, code=0.22,markup=0.18")
+    weights = source_weights({"gutenberg": 400, "prose": 100, "code_c": 100, "markup_json": 100}, chosen)
+    assert weights["code_c"] == pytest.approx(0.22) and weights["gutenberg"] + weights["prose"] == pytest.approx(0.6)
+    for bad in ("prose=1", "prose=0.5,code=0.5,markup=0.1,other=1", "prose=-1,code=1,markup=1"):
+        with pytest.raises(ValueError, match="group weights"):
+            parse_group_weights(bad)
 
 
 def test_resumed_run_equals_uninterrupted_run_and_exports(data_dir: Path, tmp_path: Path) -> None:
