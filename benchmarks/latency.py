@@ -7,7 +7,7 @@ For each size, the first N KB of ``--file`` (default: Treasure Island from the c
 compressed with ``llmzip compress -c`` and the archive decompressed with ``llmzip decompress
 -c``, each as a fresh process (Python start-up, imports, model loading and coding: what a
 user waits for), best of ``--runs``. The round trip is checked. ``--torch-always`` sets
-``llmzip.linear8.INT8_GEMM_MIN_TOKENS`` to 0 in the CLI process, so every input imports torch for
+``llmzip.linear8.INT8_GEMM_MIN_OPS`` to 0 in the CLI process, so every input imports torch for
 its int8 GEMMs instead of using the float64 GEMM below that many tokens: the check of that
 threshold (run once with it and once without).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 CLI = [sys.executable, "-m", "llmzip.cli"]
-CLI_TORCH_ALWAYS = [sys.executable, "-c", "import sys; import llmzip.linear8 as l; l.INT8_GEMM_MIN_TOKENS = 0; "
+CLI_TORCH_ALWAYS = [sys.executable, "-c", "import sys; import llmzip.linear8 as l; l.INT8_GEMM_MIN_OPS = 0; "
                     "sys.argv[0] = 'llmzip'; from llmzip.cli import main; main()"]
 
 

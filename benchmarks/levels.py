@@ -95,7 +95,7 @@ class Models:
 
             started = time.perf_counter()
             model = load_model(name)
-            linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS)
+            linear8.select_backend(linear8.INT8_GEMM_MIN_OPS)
             codec.decompress(codec.compress(b"a warm-up text, coded before the timed runs.\n", model), model)
             self.loaded[name], self.load_s[name] = model, time.perf_counter() - started
         return self.loaded[name]

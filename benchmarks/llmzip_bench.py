@@ -100,7 +100,7 @@ def _load(name: str | None) -> tuple[Any, float]:
 
     def load() -> Any:
         loaded = load_model(name)
-        linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS)
+        linear8.select_backend(linear8.INT8_GEMM_MIN_OPS)
         return loaded
     try:
         return _timed(load)

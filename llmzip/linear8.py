@@ -132,21 +132,25 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
     return Linear8(np.ascontiguousarray(w8), mult, shift.astype(np.int64), b_int)
 
 
-# Importing torch costs ~1.1 s and ~200 MB here: below this many tokens a codec call finishes
-# sooner on the float64 GEMM (3 KB of prose: 0.8 s instead of 2.2 s; 100 KB: 5.3 vs 5.8 s to
-# compress, 6.2 vs 6.9 s to decompress), above it torch's int8 GEMM wins (Treasure Island,
-# 110k tokens: 13 vs 16 s to compress). Measured 2026-11-24 through the CLI.
-INT8_GEMM_MIN_TOKENS = 1 << 16
+# Importing torch costs ~1.1 s and ~200 MB here, so below some amount of GEMM work a codec call
+# finishes sooner on the float64 GEMM. The work is tokens x the model's operations per token
+# (``flops_per_token``): the 12.6 M-parameter Llama does 6x the default model's per token, and its
+# float64 GEMMs are memory-bound on its head. Through the CLI (2026-12-01, AMD EPYC, 2 cores;
+# float64 vs torch, best of 2): default model at 64 KB of prose (19k tokens, 82 GOP) compress 3.1
+# vs 4.0 s, decompress 4.2 vs 4.4 s; at 160 KB (49k tokens, 207 GOP) 7.0 vs 6.5 s and 8.9 vs 8.3 s.
+# Llama at -9, 4 KB (1.2k tokens, 31 GOP): 1.9 vs 2.8 s and 8.0 vs 5.2 s; 16 KB (4.8k tokens, 121
+# GOP): 4.9 vs 4.6 s and 10.0 vs 7.2 s; 48 KB: 9.2 vs 6.8 s and 14.4 vs 9.0 s.
+INT8_GEMM_MIN_OPS = 1 << 37     # 137 G operations: 32k tokens of the default model, 5.5k of the Llama
 _use_torch: bool | None = None     # None: not chosen by a codec call (then torch if it is usable)
 
 
-def select_backend(tokens: int) -> bool:
-    """Choose the int8 GEMM backend for a codec call of ``tokens`` tokens, before its worker
-    threads start (so they never race to import torch): ``torch._int_mm`` if torch is already
-    loaded or the call is large enough to earn its import back, else the float64 GEMM. Both
-    give the same integers. Returns whether torch is used."""
+def select_backend(ops: int) -> bool:
+    """Choose the int8 GEMM backend for a codec call of ``ops`` operations in its linear layers
+    (tokens x ``flops_per_token``), before its worker threads start (so they never race to import
+    torch): ``torch._int_mm`` if torch is already loaded or the call is large enough to earn its
+    import back, else the float64 GEMM. Both give the same integers. Returns whether torch is used."""
     global _use_torch
-    wanted = "torch" in sys.modules or tokens >= INT8_GEMM_MIN_TOKENS
+    wanted = "torch" in sys.modules or ops >= INT8_GEMM_MIN_OPS
     _use_torch = wanted and _int_mm_backend() is not None
     return _use_torch
 

@@ -186,7 +186,7 @@ def test_int8_backends_agree(golden, monkeypatch):
 
     model = golden.with_engine(2)
     rows = _rows(model, 3, 30, seed=4)
-    if not linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS):
+    if not linear8.select_backend(linear8.INT8_GEMM_MIN_OPS):
         pytest.skip("torch._int_mm is not usable here")
     fast = _tables(model, rows)
     monkeypatch.setattr(linear8, "_use_torch", False)

@@ -110,7 +110,7 @@ def test_int8_backends_agree(family, monkeypatch):
     from llmzip import linear8
 
     _, model = family
-    if not linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS):
+    if not linear8.select_backend(linear8.INT8_GEMM_MIN_OPS):
         pytest.skip("torch._int_mm is not usable here")
     rows = _rows(model, 3, 30, seed=4)
     fast = _tables(model, rows)

@@ -45,10 +45,22 @@ def test_small_codec_calls_do_not_import_torch():
             "blob = codec.compress(b'small ' * 100, m)\n"
             "assert codec.decompress(blob, m) == b'small ' * 100\n"
             "print('torch' in sys.modules, linear8._use_torch)\n"
-            "print(linear8.select_backend(linear8.INT8_GEMM_MIN_TOKENS), 'torch' in sys.modules)\n"
+            "print(linear8.select_backend(linear8.INT8_GEMM_MIN_OPS), 'torch' in sys.modules)\n"
             "print(linear8.select_backend(10), codec.decompress(blob, m) == b'small ' * 100)")
     # once torch is loaded anyway, even a small call uses it
     assert _run_python(code).split() == ["False", "False", "True", "True", "True", "True"]
+
+
+def test_the_gemm_backend_is_chosen_by_work_not_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model with 6x the operations per token earns torch's import back on 6x fewer tokens."""
+    from llmzip import predictor
+    from llmzip.model import load_model
+
+    asked: list[int] = []
+    monkeypatch.setattr(predictor, "select_backend", lambda ops: asked.append(ops) or False)
+    model = load_model(str(REPO / "tests" / "data" / "golden-tiny"))
+    model.prepare(1000)
+    assert asked == [1000 * model.flops_per_token]
 
 
 def _run_python(code: str, **env: str) -> str:
