@@ -32,6 +32,7 @@ import copy
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=170.0, help="stop (with a checkpoint) after this long")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=1000)
-    p.add_argument("--init-from", type=Path, help="weights-only snapshot to start from when --work has no checkpoint")
+    p.add_argument("--init-from", type=Path,
+                   help="when --work has no checkpoint, start from this weights-only snapshot or exported "
+                        "(or shipped, packed) model directory; the optimiser restarts")
     p.add_argument("--snapshot", type=Path, help="write a weights-only bfloat16 snapshot here when stopping")
     p.add_argument("--export", type=Path, help="write the final model here in HF layout")
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint without training")
@@ -194,6 +197,30 @@ def lr_at(step: int, plan_steps: int, args: argparse.Namespace, warm_start: int 
 # ----------------------------------------------------------------------------- training
 
 
+def read_init(path: Path, shape: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Float32 weights and {step, tokens, shape} to start from: a ``--snapshot`` file (its ``.json``
+    beside it), or a model directory this script exported, packed or not (a shipped model: the
+    step and tokens are its ``train_log.jsonl``'s last; the shape is taken as the arguments' once
+    ``config.json`` agrees with them)."""
+    if not path.is_dir():
+        from safetensors.torch import load_file
+
+        return {k: v.float() for k, v in load_file(str(path)).items()}, json.loads(path.with_suffix(".json").read_text())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from llmzip.model import _read_weights
+
+    config = json.loads((path / "config.json").read_text())
+    seen = {"vocab": config["vocab_size"], "layers": config["num_hidden_layers"], "width": config["hidden_size"],
+            "heads": config["num_attention_heads"], "kv_heads": config["num_key_value_heads"],
+            "ffn": config["intermediate_size"], "ctx": config["max_position_embeddings"]}
+    if any(shape[k] != v for k, v in seen.items()):
+        raise SystemExit(f"{path}: config.json {seen} differs from the arguments {shape}")
+    last = json.loads((path / "train_log.jsonl").read_text().splitlines()[-1])
+    state, _ = _read_weights(path)
+    weights = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
+    return weights, {"step": last["step"], "tokens": last["tokens"], "shape": shape}
+
+
 SHAPE_KEYS = ("arch", "vocab", "layers", "width", "heads", "kv_heads", "ffn", "ctx", "batch", "seed")
 
 
@@ -218,12 +245,11 @@ class Trainer:
             self.step, self.tokens, self.warm_start = state["step"], state["tokens"], state["warm_start"]
             print(f"resumed at step {self.step} ({self.tokens / 1e6:.1f} M tokens)", flush=True)
         elif self.args.init_from:
-            from safetensors.torch import load_file
-
-            meta = json.loads(self.args.init_from.with_suffix(".json").read_text())
+            weights, meta = read_init(self.args.init_from, self.shape)
             self._check_shape(meta["shape"])
-            weights = load_file(str(self.args.init_from))
-            self.model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            if unexpected or set(missing) - {"lm_head.weight"}:
+                raise SystemExit(f"{self.args.init_from}: missing {missing}, unexpected {unexpected}")
             self.model.tie_weights()
             self.step, self.tokens, self.warm_start = meta["step"], meta["tokens"], meta["step"]
             print(f"initialised from {self.args.init_from} at step {self.step}; optimiser restarts", flush=True)

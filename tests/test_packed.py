@@ -57,10 +57,12 @@ def test_packed_model_codes_identically(tmp_path: Path, kind: str) -> None:
     assert load_model(str(tmp_path / "unpacked")).fingerprint == plain.fingerprint
 
 
-def test_shipped_llama_is_packed_and_smaller_than_float16() -> None:
-    model_dir = MODELS_DIR / "llmzip-llama-6x384-v1"
-    assert (model_dir / packed.PACKED_FILE).is_file() and not (model_dir / "model.safetensors").exists()
-    assert (model_dir / packed.PACKED_FILE).stat().st_size < 0.65 * 2 * 12_587_904
+def test_shipped_llamas_are_packed_and_smaller_than_float16() -> None:
+    llamas = sorted(MODELS_DIR.glob("llmzip-llama-*"))
+    assert llamas
+    for model_dir in llamas:
+        assert (model_dir / packed.PACKED_FILE).is_file() and not (model_dir / "model.safetensors").exists()
+        assert (model_dir / packed.PACKED_FILE).stat().st_size < 0.65 * 2 * 12_587_904
 
 
 def _rewrite(path: Path, edit) -> None:  # type: ignore[no-untyped-def]

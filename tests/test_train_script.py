@@ -108,6 +108,25 @@ def test_init_from_snapshot_continues_the_count(data_dir: Path, tmp_path: Path) 
     assert last["step"] == 4
 
 
+def test_init_from_a_packed_model_directory(data_dir: Path, tmp_path: Path) -> None:
+    """A shipped (packed) model is itself a starting point: step and tokens from its training log."""
+    common = ["--data", str(data_dir), *TINY]
+    run_script("--work", str(tmp_path / "a"), *common, "--plan-tokens", str(2 * 4 * 31),
+               "--export", str(tmp_path / "export"))
+    subprocess.run([sys.executable, str(SCRIPTS / "pack_model.py"), str(tmp_path / "export"), str(tmp_path / "packed")],
+                   cwd=REPO, check=True, capture_output=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tokenizer.json").write_bytes((tmp_path / "a" / "tokenizer.json").read_bytes())
+    out = run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(3 * 4 * 31),
+                     "--init-from", str(tmp_path / "packed"))
+    assert "at step 2" in out
+    assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    wider = [*common[:-len(TINY)], *[("48" if a == "32" and TINY[i - 1] == "--width" else a) for i, a in enumerate(TINY)]]
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train_embedded.py"), "--work", str(tmp_path / "c"), *wider,
+                           "--init-from", str(tmp_path / "packed")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "differs from the arguments" in proc.stderr
+
+
 def test_device_script_plans_to_the_minutes_and_exports(data_dir: Path, tmp_path: Path) -> None:
     """scripts/device_train.sh as a session with an accelerator would run it (here on the CPU, tiny)."""
     (data_dir / "MANIFEST.md").write_text("tiny test data\n")
