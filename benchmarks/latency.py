@@ -8,7 +8,7 @@ compressed with ``llmzip compress -c`` and the archive decompressed with ``llmzi
 -c``, each as a fresh process (Python start-up, imports, model loading and coding: what a
 user waits for), best of ``--runs``. The round trip is checked. ``--torch-always`` sets
 ``llmzip.linear8.INT8_GEMM_MIN_OPS`` to 0 in the CLI process, so every input imports torch for
-its int8 GEMMs instead of using the float64 GEMM below that many tokens: the check of that
+its int8 GEMMs instead of using the float64 GEMM below that many operations: the check of that
 threshold (run once with it and once without).
 """
 

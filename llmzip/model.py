@@ -85,33 +85,43 @@ def _load_dir(path: Path, model_id: str) -> LoadedModel:
 
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        state, expected = _read_weights(path)
+        state, recorded = _read_weights(path)
         backend = Tokenizer.from_file(str(path / "tokenizer.json"))
         tokenizer = ByteTokenizer(backend)
         bos = _bos_from_files(path, config, backend)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
     loaded = _assemble(model_id, _Config(config), state, tokenizer, bos)
-    if expected is not None and loaded.fingerprint.hex() != expected:
-        raise ModelLoadError(f"{path / packed.PACKED_FILE}: the packed weights do not rebuild the model they "
-                             f"were packed from (fingerprint {loaded.fingerprint.hex()[:16]}..., recorded "
-                             f"{expected[:16]}...)")
+    if recorded is not None:
+        _check_packed(loaded, path, *recorded)
     return loaded
 
 
-def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
-    """The float state dict of a model directory, and the fingerprint a packed file records (None
-    for plain safetensors). A packed file (:mod:`llmzip.packed`) takes precedence over the others."""
-    if (path / packed.PACKED_FILE).is_file():
-        tensors, meta = _read_safetensors_file(path / packed.PACKED_FILE, {**_SAFETENSORS_DTYPES, "I8": "i1"})
-        if meta.get("format") != packed.FORMAT or "fingerprint" not in meta:
-            raise ValueError(f"{packed.PACKED_FILE} is not in the {packed.FORMAT} format (an llmzip too old "
-                             "or too new for this model: upgrade llmzip)")
-        return packed.unpack_state(tensors), str(meta["fingerprint"])
+def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | None]:
+    """The float state dict of a model directory and, for a packed one (:mod:`llmzip.packed`), the
+    engine and fingerprint its file records (None for plain safetensors)."""
     weight_files = sorted(path.glob("*.safetensors"))
     if not weight_files or not (path / "tokenizer.json").exists():
         raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
-    return _read_safetensors(weight_files), None
+    if (path / packed.PACKED_FILE) not in weight_files:
+        return _read_safetensors(weight_files), None
+    if len(weight_files) > 1:
+        raise ModelLoadError(f"{path}: holds {packed.PACKED_FILE} and other weights; keep one or the other")
+    tensors, meta = _read_safetensors_file(path / packed.PACKED_FILE, {**_SAFETENSORS_DTYPES, "I8": "i1"})
+    if meta.get("format") != packed.FORMAT or not {"engine", "fingerprint"} <= set(meta):
+        raise ModelLoadError(f"{path / packed.PACKED_FILE}: not in the {packed.FORMAT} format this llmzip reads "
+                             f"(format {meta.get('format')!r}: a newer llmzip may read it; upgrade), or damaged")
+    return packed.unpack_state(tensors), (int(meta["engine"]), str(meta["fingerprint"]))
+
+
+def _check_packed(loaded: LoadedModel, path: Path, engine: int, fingerprint: str) -> None:
+    """A packed directory must give, under the engine it was packed for, the fingerprint it records
+    (checked under that engine, so the check still holds once a newer engine is the default)."""
+    got = loaded.with_engine(engine).fingerprint.hex()
+    if got != fingerprint:
+        raise ModelLoadError(f"{path}: the model does not match the fingerprint its packed weights record "
+                             f"({got[:16]}... against {fingerprint[:16]}... under engine {engine}): its weights, "
+                             "tokenizer or BOS token changed since it was packed")
 
 
 def _load_hub(name: str, allow_download: bool) -> LoadedModel:

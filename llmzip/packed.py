@@ -13,8 +13,12 @@ Why the rebuilt floats give the same integers: an entry quantised to +-127 is re
 numbers; every other entry is rebuilt as ``q * s`` with ``|q| <= 126``, which divides back to
 ``q`` within a few ulps and rounds to it. The file also records the fingerprint the packed model
 must have; loading checks it, so a packing that failed to round-trip can never code.
+(Only engine 4 runs Llama-family models today; an engine with another quantiser would compute
+with a quantisation of the rebuilt floats, and its own fingerprint, while the recorded one is
+still checked under engine 4.)
 
-File: ``model.int8.safetensors`` with ``__metadata__`` ``{"format": FORMAT, "fingerprint": hex}``;
+File: ``model.int8.safetensors`` with ``__metadata__`` ``{"format": FORMAT, "engine": id,
+"fingerprint": hex}`` (the model's fingerprint under that engine, the one it was packed for);
 a packed weight ``K`` is stored as ``K`` (int8, the Hugging Face (out, in) layout) and
 ``K + PEAK_SUFFIX`` (float32 (out,), exact for float16/bfloat16/float32 sources). This layout is
 llmzip's, not Hugging Face's: ``scripts/pack_model.py --unpack`` writes plain float weights.
@@ -54,13 +58,17 @@ def pack_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unpack_weight(q: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """Float64 weights that :func:`pack_weight` (and the engine) quantise back to ``q``."""
+    """Float32 weights that :func:`pack_weight` (and the engine) quantise back to ``q``.
+
+    Float32 (half the memory of float64, and a model keeps its weights for rebuilding engines):
+    ``q * s`` rounded to float32 is within 2**-23 relative of ``q * s``, which still divides back
+    to within 126 * 2**-22 of ``q``; the +-peak entries are float32 numbers exactly."""
     if q.ndim != 2 or peak.shape != (q.shape[0],):
         raise PackingError(f"int8 weight of shape {q.shape} with peaks of shape {peak.shape}")
     peak64 = peak.astype(np.float64)[:, None]
     w = q.astype(np.float64) * np.where(peak64 > 0, peak64 / Q_MAX, 1.0)
     at_peak = np.abs(q.astype(np.int16)) == Q_MAX
-    return np.where(at_peak, np.sign(q) * peak64, w)
+    return np.where(at_peak, np.sign(q) * peak64, w).astype(np.float32)
 
 
 def pack_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -39,10 +39,14 @@ def pack(src: Path, out: Path) -> str:
     config = json.loads((src / "config.json").read_text())
     if MODEL_TYPES.get(config.get("model_type")) != "llama":
         raise SystemExit(f"{src}: only Llama-family models are packed (model_type {config.get('model_type')!r})")
-    fingerprint = load_model(str(src)).fingerprint.hex()
+    if (src / packed.PACKED_FILE).exists():
+        raise SystemExit(f"{src} is packed already")
+    model = load_model(str(src))
+    fingerprint = model.fingerprint.hex()
     state = _read_safetensors(sorted(src.glob("*.safetensors")))
     copy_side_files(src, out)
-    save(packed.pack_state(state), out / packed.PACKED_FILE, {"format": packed.FORMAT, "fingerprint": fingerprint})
+    meta = {"format": packed.FORMAT, "engine": str(model.engine_id), "fingerprint": fingerprint}
+    save(packed.pack_state(state), out / packed.PACKED_FILE, meta)
     if load_model(str(out)).fingerprint.hex() != fingerprint:   # also checked by the load itself
         raise SystemExit("packed model differs from its source")
     return fingerprint

@@ -11,6 +11,7 @@ least one per source) is held out, so the held-out split covers every kind of da
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +106,14 @@ def source_weights(sizes: dict[str, int], group_weights: dict[str, float] | None
 
 def parse_group_weights(text: str) -> dict[str, float]:
     """``"prose=0.6,code=0.22,markup=0.18"`` -> weights of every group (each group named once)."""
-    weights = {}
+    weights: dict[str, float] = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
+        if name.strip() in weights:
+            raise ValueError(f"group weights must give each of {sorted(GROUP_WEIGHTS)} once: {text!r}")
         weights[name.strip()] = float(value)
-    if set(weights) != set(GROUP_WEIGHTS) or min(weights.values()) < 0 or sum(weights.values()) <= 0:
+    finite = all(math.isfinite(w) and w >= 0 for w in weights.values())
+    if set(weights) != set(GROUP_WEIGHTS) or not finite or sum(weights.values()) <= 0:
         raise ValueError(f"group weights must give each of {sorted(GROUP_WEIGHTS)} once: {text!r}")
     return weights
 

@@ -210,6 +210,8 @@ def read_init(path: Path, shape: dict) -> tuple[dict[str, torch.Tensor], dict]:
     from llmzip.model import _read_weights
 
     config = json.loads((path / "config.json").read_text())
+    if config.get("model_type") != shape["arch"]:
+        raise SystemExit(f"{path}: a {config.get('model_type')!r} model, the arguments train {shape['arch']!r}")
     seen = {"vocab": config["vocab_size"], "layers": config["num_hidden_layers"], "width": config["hidden_size"],
             "heads": config["num_attention_heads"], "kv_heads": config["num_key_value_heads"],
             "ffn": config["intermediate_size"], "ctx": config["max_position_embeddings"]}
@@ -370,10 +372,26 @@ def prepare_data(args: argparse.Namespace) -> Path:
     return tok_path
 
 
+def adopt_tokenizer(args: argparse.Namespace) -> None:
+    """``--init-from DIR`` trains on with the model's own tokenizer: copied into a new work
+    directory, and refused where the work directory holds another one."""
+    if not (args.init_from and args.init_from.is_dir()):
+        return
+    theirs, ours = args.init_from / "tokenizer.json", args.work / "tokenizer.json"
+    if not ours.exists():
+        shutil.copyfile(theirs, ours)
+        return
+    from tokenizers import Tokenizer
+
+    if Tokenizer.from_file(str(theirs)).get_vocab() != Tokenizer.from_file(str(ours)).get_vocab():
+        raise SystemExit(f"{ours} is not the tokenizer of {args.init_from}")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
+    adopt_tokenizer(args)
     if not args.export_only:
         (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     trainer = run(args, prepare_data(args))

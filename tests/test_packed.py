@@ -38,6 +38,8 @@ def test_unpacked_weights_quantise_to_the_same_integers(dtype: type) -> None:
     for a, b in zip(_engine_integers(w), _engine_integers(rebuilt)):
         np.testing.assert_array_equal(a, b)
     assert q.dtype == np.int8 and peak.dtype == np.float32
+    # what the exactness argument rests on: every row's largest magnitude is its peak, exactly
+    np.testing.assert_array_equal(np.abs(rebuilt.astype(np.float64)).max(1), peak.astype(np.float64))
 
 
 def test_packing_refuses_weights_finer_than_float32() -> None:
@@ -86,12 +88,13 @@ def test_a_packed_file_that_does_not_rebuild_its_model_is_refused(tmp_path: Path
         tensors[key] = tensors[key].copy()
         tensors[key][0, 0] = -tensors[key][0, 0] if tensors[key][0, 0] else 1
     _rewrite(tmp_path / "m" / packed.PACKED_FILE, flip)
-    with pytest.raises(ModelLoadError, match="do not rebuild"):
+    with pytest.raises(ModelLoadError, match="does not match the fingerprint"):
         load_model(str(tmp_path / "m"))
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t, m: m.update(format="llmzip-int8/9"), "upgrade llmzip"),
+    (lambda t, m: m.update(format="llmzip-int8/9"), "a newer llmzip may read it"),
+    (lambda t, m: m.pop("engine"), "format"),
     (lambda t, m: t.pop("model.layers.0.mlp.down_proj.weight" + packed.PEAK_SUFFIX), "without its row peaks"),
     (lambda t, m: t.pop("model.layers.0.mlp.down_proj.weight"), "without their weight"),
 ])
@@ -99,6 +102,24 @@ def test_malformed_packed_files_are_refused(tmp_path: Path, edit, message: str) 
     pack_model.pack(DATA / "golden-llama", tmp_path / "m")
     _rewrite(tmp_path / "m" / packed.PACKED_FILE, edit)
     with pytest.raises(ModelLoadError, match=message):
+        load_model(str(tmp_path / "m"))
+
+
+def test_a_directory_with_packed_and_plain_weights_is_refused(tmp_path: Path) -> None:
+    pack_model.pack(DATA / "golden-llama", tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes((DATA / "golden-llama" / "model.safetensors").read_bytes())
+    _cached_dir.cache_clear()
+    with pytest.raises(ModelLoadError, match="keep one or the other"):
+        load_model(str(tmp_path / "m"))
+    with pytest.raises(SystemExit, match="packed already"):
+        pack_model.pack(tmp_path / "m", tmp_path / "again")
+
+
+def test_a_packed_directory_without_tokenizer_is_refused(tmp_path: Path) -> None:
+    pack_model.pack(DATA / "golden-llama", tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").unlink()
+    _cached_dir.cache_clear()
+    with pytest.raises(ModelLoadError, match="tokenizer.json"):
         load_model(str(tmp_path / "m"))
 
 

@@ -67,7 +67,8 @@ def test_group_weights_can_be_set_per_run() -> None:
     chosen = parse_group_weights("prose=0.6, code=0.22,markup=0.18")
     weights = source_weights({"gutenberg": 400, "prose": 100, "code_c": 100, "markup_json": 100}, chosen)
     assert weights["code_c"] == pytest.approx(0.22) and weights["gutenberg"] + weights["prose"] == pytest.approx(0.6)
-    for bad in ("prose=1", "prose=0.5,code=0.5,markup=0.1,other=1", "prose=-1,code=1,markup=1"):
+    for bad in ("prose=1", "prose=0.5,code=0.5,markup=0.1,other=1", "prose=-1,code=1,markup=1",
+                "prose=nan,code=1,markup=1", "prose=1,code=1,markup=1,prose=2"):
         with pytest.raises(ValueError, match="group weights"):
             parse_group_weights(bad)
 
@@ -115,11 +116,10 @@ def test_init_from_a_packed_model_directory(data_dir: Path, tmp_path: Path) -> N
                "--export", str(tmp_path / "export"))
     subprocess.run([sys.executable, str(SCRIPTS / "pack_model.py"), str(tmp_path / "export"), str(tmp_path / "packed")],
                    cwd=REPO, check=True, capture_output=True)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "tokenizer.json").write_bytes((tmp_path / "a" / "tokenizer.json").read_bytes())
     out = run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(3 * 4 * 31),
-                     "--init-from", str(tmp_path / "packed"))
-    assert "at step 2" in out
+                     "--init-from", str(tmp_path / "packed"))   # the model's tokenizer is adopted
+    assert "at step 2" in out and "tokenizer trained" not in out
+    assert (tmp_path / "b" / "tokenizer.json").read_bytes() == (tmp_path / "packed" / "tokenizer.json").read_bytes()
     assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     wider = [*common[:-len(TINY)], *[("48" if a == "32" and TINY[i - 1] == "--width" else a) for i, a in enumerate(TINY)]]
     proc = subprocess.run([sys.executable, str(SCRIPTS / "train_embedded.py"), "--work", str(tmp_path / "c"), *wider,
