@@ -140,17 +140,25 @@ def quantize_linear8(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac
 # vs 4.0 s, decompress 4.2 vs 4.4 s; at 160 KB (49k tokens, 207 GOP) 7.0 vs 6.5 s and 8.9 vs 8.3 s.
 # Llama at -9, 4 KB (1.2k tokens, 31 GOP): 1.9 vs 2.8 s and 8.0 vs 5.2 s; 16 KB (4.8k tokens, 121
 # GOP): 4.9 vs 4.6 s and 10.0 vs 7.2 s; 48 KB: 9.2 vs 6.8 s and 14.4 vs 9.0 s.
+# Decoding a model that large is sequential steps each reading every weight: its float64 GEMMs
+# are memory-bound at any size, so decoding with it earns torch back sooner (Llama at -9: 1 KB,
+# 300 tokens, 7.5 GOP: 3.6 s on float64 vs 3.9 s with torch; 4 KB, 31 GOP: 8.0 vs 5.2 s).
 INT8_GEMM_MIN_OPS = 1 << 37     # 137 G operations: 32k tokens of the default model, 5.5k of the Llama
+LARGE_MODEL_OPS = 1 << 24       # operations per token (the default model 4.2 M, the Llama 25.2 M)
+LARGE_DECODE_MIN_OPS = 1 << 34  # 17 G operations: 680 tokens of the Llama
 _use_torch: bool | None = None     # None: not chosen by a codec call (then torch if it is usable)
 
 
-def select_backend(ops: int) -> bool:
+def select_backend(ops: int, decoding_per_token: int = 0) -> bool:
     """Choose the int8 GEMM backend for a codec call of ``ops`` operations in its linear layers
     (tokens x ``flops_per_token``), before its worker threads start (so they never race to import
     torch): ``torch._int_mm`` if torch is already loaded or the call is large enough to earn its
-    import back, else the float64 GEMM. Both give the same integers. Returns whether torch is used."""
+    import back, else the float64 GEMM. ``decoding_per_token``: the model's operations per token
+    when the call decodes (0 when it encodes). Both give the same integers. Returns whether torch
+    is used."""
     global _use_torch
-    wanted = "torch" in sys.modules or ops >= INT8_GEMM_MIN_OPS
+    least = LARGE_DECODE_MIN_OPS if decoding_per_token >= LARGE_MODEL_OPS else INT8_GEMM_MIN_OPS
+    wanted = "torch" in sys.modules or ops >= least
     _use_torch = wanted and _int_mm_backend() is not None
     return _use_torch
 

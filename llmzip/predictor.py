@@ -89,7 +89,8 @@ class LoadedModel:
         int8 GEMM backend (:func:`llmzip.linear8.select_backend`) and, for a compression, the fused
         kernels (:func:`llmzip.fused.select`; the decoder's forked workers keep numpy). Never
         changes a table."""
-        torch_gemm = self.engine.version.int8_gemm and select_backend(tokens * self.flops_per_token)
+        per_token = self.flops_per_token
+        torch_gemm = self.engine.version.int8_gemm and select_backend(tokens * per_token, 0 if encoding else per_token)
         fused.select(tokens, torch_gemm and encoding)
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

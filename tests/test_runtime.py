@@ -57,10 +57,19 @@ def test_the_gemm_backend_is_chosen_by_work_not_tokens(monkeypatch: pytest.Monke
     from llmzip.model import load_model
 
     asked: list[int] = []
-    monkeypatch.setattr(predictor, "select_backend", lambda ops: asked.append(ops) or False)
+    monkeypatch.setattr(predictor, "select_backend", lambda ops, per_token: asked.append((ops, per_token)) or False)
     model = load_model(str(REPO / "tests" / "data" / "golden-tiny"))
+    model.prepare(1000, encoding=True)
     model.prepare(1000)
-    assert asked == [1000 * model.flops_per_token]
+    assert asked == [(1000 * model.flops_per_token, 0), (1000 * model.flops_per_token, model.flops_per_token)]
+
+
+def test_decoding_a_large_model_earns_torch_back_sooner() -> None:
+    code = ("import sys; from llmzip import linear8 as l\n"
+            "print(l.select_backend(l.LARGE_DECODE_MIN_OPS, l.LARGE_MODEL_OPS - 1), 'torch' in sys.modules)\n"
+            "print(l.select_backend(l.LARGE_DECODE_MIN_OPS, 0), 'torch' in sys.modules)\n"
+            "print(l.select_backend(l.LARGE_DECODE_MIN_OPS, l.LARGE_MODEL_OPS), 'torch' in sys.modules)")
+    assert _run_python(code).split() == ["False", "False", "False", "False", "True", "True"]
 
 
 def _run_python(code: str, **env: str) -> str:
