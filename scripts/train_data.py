@@ -106,14 +106,11 @@ def source_weights(sizes: dict[str, int], group_weights: dict[str, float] | None
 
 def parse_group_weights(text: str) -> dict[str, float]:
     """``"prose=0.6,code=0.22,markup=0.18"`` -> weights of every group (each group named once)."""
-    weights: dict[str, float] = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() in weights:
-            raise ValueError(f"group weights must give each of {sorted(GROUP_WEIGHTS)} once: {text!r}")
-        weights[name.strip()] = float(value)
+    pairs = [part.partition("=") for part in text.split(",")]
+    weights = {name.strip(): float(value) for name, _, value in pairs}
     finite = all(math.isfinite(w) and w >= 0 for w in weights.values())
-    if set(weights) != set(GROUP_WEIGHTS) or not finite or sum(weights.values()) <= 0:
+    named_once = len(weights) == len(pairs) and set(weights) == set(GROUP_WEIGHTS)
+    if not named_once or not finite or sum(weights.values()) <= 0:
         raise ValueError(f"group weights must give each of {sorted(GROUP_WEIGHTS)} once: {text!r}")
     return weights
 
