@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import lzma
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +99,59 @@ def _load_dir(path: Path, model_id: str) -> LoadedModel:
 
 
 def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | None]:
-    """The float state dict of a model directory and, for a packed one (:mod:`llmzip.packed`), the
-    engine and fingerprint its file records (None for plain safetensors)."""
+    """The float state dict of a model directory and, for a packed one (:mod:`llmzip.packed`:
+    int8, or the difference from a base), the engine and fingerprint its file records (None for
+    plain safetensors)."""
     weight_files = sorted(path.glob("*.safetensors"))
-    if not weight_files or not (path / "tokenizer.json").exists():
+    delta = path / packed.DELTA_FILE
+    stored = weight_files + ([delta] if delta.is_file() else [])
+    if not stored or not (path / "tokenizer.json").exists():
         raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
-    if (path / packed.PACKED_FILE) not in weight_files:
+    if (path / packed.PACKED_FILE) not in stored and delta not in stored:
         return _read_safetensors(weight_files), None
-    if len(weight_files) > 1:
-        raise ModelLoadError(f"{path}: holds {packed.PACKED_FILE} and other weights; keep one or the other")
-    tensors, meta = _read_safetensors_file(path / packed.PACKED_FILE, {**_SAFETENSORS_DTYPES, "I8": "i1"})
-    if meta.get("format") != packed.FORMAT or not {"engine", "fingerprint"} <= set(meta):
-        raise ModelLoadError(f"{path / packed.PACKED_FILE}: not in the {packed.FORMAT} format this llmzip reads "
-                             f"(format {meta.get('format')!r}: a newer llmzip may read it; upgrade), or damaged")
+    if len(stored) > 1:
+        raise ModelLoadError(f"{path}: holds {', '.join(f.name for f in stored)}; keep one of them")
+    tensors, meta = _read_delta(delta) if delta in stored else _read_packed(path / packed.PACKED_FILE)
     return packed.unpack_state(tensors), (int(meta["engine"]), str(meta["fingerprint"]))
+
+
+_PACKED_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I8": "i1"}   # as stored: no widening
+
+
+def _read_packed(f: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors and metadata of a packed file, its format checked."""
+    tensors, meta = _parse_safetensors(np.memmap(f, dtype=np.uint8, mode="r"), f.name, _PACKED_DTYPES)
+    if meta.get("format") != packed.FORMAT or not {"engine", "fingerprint"} <= set(meta):
+        raise ModelLoadError(f"{f}: not in the {packed.FORMAT} format this llmzip reads "
+                             f"(format {meta.get('format')!r}: a newer llmzip may read it; upgrade), or damaged")
+    return tensors, meta
+
+
+def _read_delta(f: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The packed tensors a difference file rebuilds from its base (a sibling directory), and its
+    metadata. The base must be packed (not itself a difference) and record the fingerprint named."""
+    try:
+        raw = lzma.decompress(f.read_bytes())
+    except lzma.LZMAError as exc:
+        raise ModelLoadError(f"{f}: not an xz file ({exc})") from exc
+    delta, meta = _parse_safetensors(np.frombuffer(raw, dtype=np.uint8), f.name, _PACKED_DTYPES)
+    keys = {"engine", "fingerprint", "base", "base_fingerprint"}
+    if meta.get("format") != packed.DELTA_FORMAT or not keys <= set(meta):
+        raise ModelLoadError(f"{f}: not in the {packed.DELTA_FORMAT} format this llmzip reads "
+                             f"(format {meta.get('format')!r}: a newer llmzip may read it; upgrade), or damaged")
+    base = f.parent.parent / Path(str(meta["base"])).name
+    if not (base / packed.PACKED_FILE).is_file():
+        raise ModelLoadError(f"{f}: stored as the difference from model {meta['base']!r}, which is not "
+                             f"beside it as a packed model directory ({base})")
+    base_tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
+    if base_meta["fingerprint"] != meta["base_fingerprint"]:
+        raise ModelLoadError(f"{f}: its base {base} is not the model it was stored against "
+                             f"(fingerprint {str(base_meta['fingerprint'])[:16]}... against "
+                             f"{str(meta['base_fingerprint'])[:16]}...)")
+    try:
+        return packed.apply_delta(delta, base_tensors), meta
+    except packed.PackingError as exc:
+        raise ModelLoadError(f"{f}: {exc}") from exc
 
 
 def _check_packed(loaded: LoadedModel, path: Path, engine: int, fingerprint: str) -> None:
@@ -233,17 +273,24 @@ def _read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
 
 def _read_safetensors_file(f: Path, dtypes: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The tensors of one file whose dtype is in ``dtypes`` (memory-mapped), and its metadata."""
-    with open(f, "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
-    data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + size)
+    return _parse_safetensors(np.memmap(f, dtype=np.uint8, mode="r"), f.name, dtypes)
+
+
+def _parse_safetensors(buffer: np.ndarray, name: str, dtypes: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors (views of ``buffer``, uint8) whose dtype is in ``dtypes``, and the metadata, of
+    a safetensors file's bytes: u64 header length, JSON header, data."""
+    size = int.from_bytes(buffer[:8].tobytes(), "little")
+    if len(buffer) < 8 + size:
+        raise ValueError(f"{name}: truncated header")
+    header = json.loads(buffer[8 : 8 + size].tobytes())
+    data = buffer[8 + size :]
     state: dict[str, np.ndarray] = {}
     for key, info in header.items():
         if key == "__metadata__" or info["dtype"] not in dtypes:
             continue
         begin, end = info["data_offsets"]
         if not 0 <= begin <= end <= len(data):
-            raise ValueError(f"{f.name}: tensor {key} lies outside the file")
+            raise ValueError(f"{name}: tensor {key} lies outside the file")
         array = data[begin:end].view(dtypes[info["dtype"]]).reshape(info["shape"])
         state[key] = (array.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else array
     return state, dict(header.get("__metadata__") or {})

@@ -3,6 +3,11 @@
 
     python scripts/pack_model.py SRC OUT            # HF layout (float weights) -> model.int8.safetensors
     python scripts/pack_model.py --unpack SRC OUT   # packed -> model.safetensors (float32, HF layout)
+    python scripts/pack_model.py --delta-from BASE SRC OUT   # -> the difference from packed BASE
+
+With ``--delta-from``, OUT holds ``model.int8-delta.safetensors.xz``: SRC's packed tensors as their
+difference from those of BASE, a packed model directory that must sit beside OUT under the same
+name when the model is loaded (the shipped models do: llmzip/models/).
 
 Packing keeps every number the exact engine computes with (see :mod:`llmzip.packed`): the script
 loads both directories and refuses to finish unless their model fingerprints are equal, and it
@@ -31,7 +36,7 @@ def copy_side_files(src: Path, out: Path) -> None:
     """Everything but the weights (config, tokenizer, model card, training log)."""
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors"):
+        if f.is_file() and not f.name.endswith((".safetensors", packed.DELTA_FILE)):
             shutil.copyfile(f, out / f.name)
 
 
@@ -39,7 +44,7 @@ def pack(src: Path, out: Path) -> str:
     config = json.loads((src / "config.json").read_text())
     if MODEL_TYPES.get(config.get("model_type")) != "llama":
         raise SystemExit(f"{src}: only Llama-family models are packed (model_type {config.get('model_type')!r})")
-    if (src / packed.PACKED_FILE).exists():
+    if (src / packed.PACKED_FILE).exists() or (src / packed.DELTA_FILE).exists():
         raise SystemExit(f"{src} is packed already")
     model = load_model(str(src))
     fingerprint = model.fingerprint.hex()
@@ -48,6 +53,36 @@ def pack(src: Path, out: Path) -> str:
     meta = {"format": packed.FORMAT, "engine": str(model.engine_id), "fingerprint": fingerprint}
     save(packed.pack_state(state), out / packed.PACKED_FILE, meta)
     load_model(str(out))   # raises ModelLoadError unless the packed file rebuilds the recorded fingerprint
+    return fingerprint
+
+
+def pack_delta(src: Path, base: Path, out: Path) -> str:
+    """Store ``src`` (packed, or float weights to pack) as its difference from packed ``base``."""
+    import lzma
+
+    from safetensors.numpy import save
+
+    from llmzip.model import _read_delta, _read_packed
+
+    packed_file, delta_file = src / packed.PACKED_FILE, src / packed.DELTA_FILE
+    if packed_file.exists() or delta_file.exists():
+        tensors, meta = _read_packed(packed_file) if packed_file.exists() else _read_delta(delta_file)
+        engine, fingerprint = meta["engine"], meta["fingerprint"]
+    else:
+        model = load_model(str(src))
+        tensors = packed.pack_state(_read_safetensors(sorted(src.glob("*.safetensors"))))
+        engine, fingerprint = str(model.engine_id), model.fingerprint.hex()
+    if not (base / packed.PACKED_FILE).is_file():
+        raise SystemExit(f"{base}: the base must be a packed model directory ({packed.PACKED_FILE})")
+    base_tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
+    meta = {"format": packed.DELTA_FORMAT, "engine": engine, "fingerprint": fingerprint,
+            "base": base.name, "base_fingerprint": base_meta["fingerprint"]}
+    delta = {k: np.ascontiguousarray(v) for k, v in packed.delta_state(tensors, base_tensors).items()}
+    copy_side_files(src, out)
+    (out / packed.DELTA_FILE).write_bytes(lzma.compress(save(delta, metadata=meta), preset=9 | lzma.PRESET_EXTREME))
+    (out / packed.DELTA_FILE).chmod(0o644)
+    if (out.parent / base.name).resolve() == base.resolve():
+        load_model(str(out))   # raises ModelLoadError unless the difference rebuilds the recorded fingerprint
     return fingerprint
 
 
@@ -69,12 +104,19 @@ def main() -> None:
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--unpack", action="store_true", help="write float32 weights in Hugging Face layout")
+    p.add_argument("--delta-from", type=Path, metavar="BASE",
+                   help="store the difference from packed model BASE (loaded from beside OUT)")
     args = p.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty")
     if args.unpack:
         unpack(args.src, args.out)
         print(f"unpacked to {args.out}")
+    elif args.delta_from:
+        fingerprint = pack_delta(args.src, args.delta_from, args.out)
+        size = sum(f.stat().st_size for f in args.out.iterdir())
+        print(f"stored as the difference from {args.delta_from.name}: {size / 1e6:.1f} MB, fingerprint "
+              f"{fingerprint[:16]}... (checked when loaded from beside {args.delta_from.name})")
     else:
         fingerprint = pack(args.src, args.out)
         size = sum(f.stat().st_size for f in args.out.iterdir())

@@ -63,8 +63,11 @@ def test_shipped_llamas_are_packed_and_smaller_than_float16() -> None:
     llamas = sorted(MODELS_DIR.glob("llmzip-llama-*"))
     assert llamas
     for model_dir in llamas:
-        assert (model_dir / packed.PACKED_FILE).is_file() and not (model_dir / "model.safetensors").exists()
-        assert (model_dir / packed.PACKED_FILE).stat().st_size < 0.65 * 2 * 12_587_904
+        stored = [f.name for f in model_dir.iterdir() if f.name.startswith("model.")]
+        assert stored in ([packed.PACKED_FILE], [packed.DELTA_FILE])
+        assert (model_dir / stored[0]).stat().st_size < 0.65 * 2 * 12_587_904
+    # v1 is stored as its difference from v2, which it was fine-tuned into
+    assert (MODELS_DIR / "llmzip-llama-6x384-v1" / packed.DELTA_FILE).stat().st_size < 10.5e6
 
 
 def _rewrite(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +112,7 @@ def test_a_directory_with_packed_and_plain_weights_is_refused(tmp_path: Path) ->
     pack_model.pack(DATA / "golden-llama", tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes((DATA / "golden-llama" / "model.safetensors").read_bytes())
     _cached_dir.cache_clear()
-    with pytest.raises(ModelLoadError, match="keep one or the other"):
+    with pytest.raises(ModelLoadError, match="keep one of them"):
         load_model(str(tmp_path / "m"))
     with pytest.raises(SystemExit, match="packed already"):
         pack_model.pack(tmp_path / "m", tmp_path / "again")

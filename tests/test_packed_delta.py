@@ -1,0 +1,113 @@
+"""Models stored as their difference from a packed base rebuild the base's format bit for bit."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmzip import codec, packed
+from llmzip.errors import ModelLoadError
+from llmzip.model import _cached_dir, load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import pack_model  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_difference_gives_back_every_bit() -> None:
+    rng = np.random.default_rng(3)
+    base = {"a": rng.integers(-127, 128, (5, 7)).astype(np.int8), "b": rng.standard_normal(9).astype(np.float16),
+            "c": rng.standard_normal((2, 3)).astype(np.float32)}
+    target = {"a": np.clip(base["a"] + rng.integers(-3, 4, (5, 7)), -127, 127).astype(np.int8),
+              "b": np.array([np.nan, -0.0, np.inf, *rng.standard_normal(6)], dtype=np.float16),
+              "c": base["c"] * 1.5}
+    delta = packed.delta_state(target, base)
+    back = packed.apply_delta(delta, base)
+    for key, value in target.items():
+        assert back[key].dtype == value.dtype and back[key].tobytes() == value.tobytes()
+    assert np.abs(delta["a"].astype(np.int16)).max() <= 3        # small numbers, for the compressor
+
+
+@pytest.mark.parametrize("change", [{"x": np.zeros(2, np.int8)}, {"a": np.zeros(3, np.int8)}])
+def test_differences_of_unlike_layouts_are_refused(change: dict) -> None:
+    base = {"a": np.zeros(2, np.int8)}
+    with pytest.raises(packed.PackingError):
+        packed.delta_state(change, base)
+
+
+def _tuned(src: Path, out: Path, seed: int) -> Path:
+    """A copy of float model ``src`` with every projection nudged, as fine-tuning would."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, out)
+    state = load_file(str(src / "model.safetensors"))
+    rng = np.random.default_rng(seed)
+    for key, value in state.items():
+        if key.endswith("_proj.weight"):
+            state[key] = (value + 0.01 * np.abs(value).max() * rng.standard_normal(value.shape)).astype(value.dtype)
+    save_file(state, str(out / "model.safetensors"))
+    return out
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> tuple[Path, Path]:
+    """(a fine-tuned float model, the same stored as its difference from the packed original)."""
+    pack_model.pack(DATA / "golden-llama", tmp_path / "models" / "base")
+    tuned = _tuned(DATA / "golden-llama", tmp_path / "tuned", seed=1)
+    pack_model.pack_delta(tuned, tmp_path / "models" / "base", tmp_path / "models" / "tuned")
+    _cached_dir.cache_clear()
+    return tuned, tmp_path / "models" / "tuned"
+
+
+def test_a_model_stored_as_a_difference_codes_identically(stored: tuple[Path, Path]) -> None:
+    tuned, delta_dir = stored
+    plain, rebuilt = load_model(str(tuned)), load_model(str(delta_dir))
+    assert rebuilt.fingerprint == plain.fingerprint != load_model(str(delta_dir.parent / "base")).fingerprint
+    assert sorted(f.name for f in delta_dir.glob("model.*")) == [packed.DELTA_FILE]
+    text = b"A difference from the base, the same archive. " * 20
+    assert codec.compress(text, rebuilt) == codec.compress(text, plain)
+    # packing the packed form again gives the same difference
+    again = pack_model.pack_delta(delta_dir, delta_dir.parent / "base", delta_dir.parent / "again")
+    assert again == plain.fingerprint.hex()
+    pack_model.unpack(delta_dir, delta_dir.parent.parent / "unpacked")
+    assert sorted(f.name for f in (delta_dir.parent.parent / "unpacked").glob("model.*")) == ["model.safetensors"]
+    assert load_model(str(delta_dir.parent.parent / "unpacked")).fingerprint == plain.fingerprint
+    with pytest.raises(SystemExit, match="packed already"):
+        pack_model.pack(delta_dir, delta_dir.parent / "packed")
+
+
+def test_a_difference_without_its_base_is_refused(stored: tuple[Path, Path]) -> None:
+    _, delta_dir = stored
+    shutil.rmtree(delta_dir.parent / "base")
+    with pytest.raises(ModelLoadError, match="not beside it"):
+        load_model(str(delta_dir))
+
+
+def test_a_difference_from_another_base_is_refused(stored: tuple[Path, Path], tmp_path: Path) -> None:
+    _, delta_dir = stored
+    shutil.rmtree(delta_dir.parent / "base")
+    other = _tuned(DATA / "golden-llama", tmp_path / "other", seed=2)
+    pack_model.pack(other, delta_dir.parent / "base")
+    _cached_dir.cache_clear()
+    with pytest.raises(ModelLoadError, match="not the model it was stored against"):
+        load_model(str(delta_dir))
+
+
+def test_a_damaged_or_newer_difference_is_refused(stored: tuple[Path, Path]) -> None:
+    _, delta_dir = stored
+    f = delta_dir / packed.DELTA_FILE
+    blob = f.read_bytes()
+    f.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ModelLoadError, match="xz"):
+        load_model(str(delta_dir))
+    raw = lzma.decompress(blob).replace(packed.DELTA_FORMAT.encode(), b"llmzip-int8-delta/9")
+    f.write_bytes(lzma.compress(raw))
+    _cached_dir.cache_clear()
+    with pytest.raises(ModelLoadError, match="upgrade"):
+        load_model(str(delta_dir))
