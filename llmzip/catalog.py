@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .model import EMBEDDED_NAME, MODELS_DIR, SUPPORTED_TYPES, shipped_models
+from .model import EMBEDDED_NAME, MODELS_DIR, SUPPORTED_TYPES, shipped_models, weight_files
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _entry(name: str, source: str, path: Path) -> ModelEntry | None:
     except (OSError, ValueError):
         return None
     model_type = config.get("model_type", "")
-    weights = sorted(path.glob("*.safetensors"))
+    weights = weight_files(path)
     if model_type not in SUPPORTED_TYPES or not weights or not (path / "tokenizer.json").exists():
         return None
     get = lambda *keys: next((int(config[k]) for k in keys if k in config), 0)   # noqa: E731

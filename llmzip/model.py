@@ -98,29 +98,35 @@ def _load_dir(path: Path, model_id: str) -> LoadedModel:
     return loaded
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The files of a model directory that hold its weights: ``*.safetensors``, and the difference
+    from a base (:data:`llmzip.packed.DELTA_FILE`) if there is one."""
+    delta = path / packed.DELTA_FILE
+    return sorted(path.glob("*.safetensors")) + ([delta] if delta.is_file() else [])
+
+
 def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | None]:
     """The float state dict of a model directory and, for a packed one (:mod:`llmzip.packed`:
     int8, or the difference from a base), the engine and fingerprint its file records (None for
     plain safetensors)."""
-    weight_files = sorted(path.glob("*.safetensors"))
-    delta = path / packed.DELTA_FILE
-    stored = weight_files + ([delta] if delta.is_file() else [])
+    stored, delta = weight_files(path), path / packed.DELTA_FILE
     if not stored or not (path / "tokenizer.json").exists():
         raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
     if (path / packed.PACKED_FILE) not in stored and delta not in stored:
-        return _read_safetensors(weight_files), None
+        return _read_safetensors(stored), None
     if len(stored) > 1:
         raise ModelLoadError(f"{path}: holds {', '.join(f.name for f in stored)}; keep one of them")
     tensors, meta = _read_delta(delta) if delta in stored else _read_packed(path / packed.PACKED_FILE)
     return packed.unpack_state(tensors), (int(meta["engine"]), str(meta["fingerprint"]))
 
 
-_PACKED_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I8": "i1"}   # as stored: no widening
+# Packed files are llmzip's own: read as stored (no widening), and any other dtype is damage.
+_PACKED_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I8": "i1"}
 
 
 def _read_packed(f: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The tensors and metadata of a packed file, its format checked."""
-    tensors, meta = _parse_safetensors(np.memmap(f, dtype=np.uint8, mode="r"), f.name, _PACKED_DTYPES)
+    tensors, meta = _parse_safetensors(np.memmap(f, dtype=np.uint8, mode="r"), str(f), _PACKED_DTYPES, strict=True)
     if meta.get("format") != packed.FORMAT or not {"engine", "fingerprint"} <= set(meta):
         raise ModelLoadError(f"{f}: not in the {packed.FORMAT} format this llmzip reads "
                              f"(format {meta.get('format')!r}: a newer llmzip may read it; upgrade), or damaged")
@@ -128,30 +134,43 @@ def _read_packed(f: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def _read_delta(f: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The packed tensors a difference file rebuilds from its base (a sibling directory), and its
-    metadata. The base must be packed (not itself a difference) and record the fingerprint named."""
+    """The packed tensors a difference file rebuilds from its base, and its metadata."""
     try:
         raw = lzma.decompress(f.read_bytes())
     except lzma.LZMAError as exc:
         raise ModelLoadError(f"{f}: not an xz file ({exc})") from exc
-    delta, meta = _parse_safetensors(np.frombuffer(raw, dtype=np.uint8), f.name, _PACKED_DTYPES)
+    delta, meta = _parse_safetensors(np.frombuffer(raw, dtype=np.uint8), str(f), _PACKED_DTYPES, strict=True)
     keys = {"engine", "fingerprint", "base", "base_fingerprint"}
     if meta.get("format") != packed.DELTA_FORMAT or not keys <= set(meta):
         raise ModelLoadError(f"{f}: not in the {packed.DELTA_FORMAT} format this llmzip reads "
                              f"(format {meta.get('format')!r}: a newer llmzip may read it; upgrade), or damaged")
-    base = f.parent.parent / Path(str(meta["base"])).name
+    try:
+        return packed.apply_delta(delta, _delta_base(f, meta)), meta
+    except packed.PackingError as exc:
+        raise ModelLoadError(f"{f}: {exc}") from exc
+
+
+def _delta_base(f: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The packed tensors of a difference file's base: the model directory named ``meta["base"]``
+    beside the difference's own directory, packed (a difference of a difference is not supported)
+    and recording the fingerprint ``meta["base_fingerprint"]``."""
+    name = str(meta["base"])
+    if name in ("", ".", "..") or Path(name).name != name:
+        raise ModelLoadError(f"{f}: base {name!r} is not a model directory name")
+    base = f.parent.parent / name
     if not (base / packed.PACKED_FILE).is_file():
-        raise ModelLoadError(f"{f}: stored as the difference from model {meta['base']!r}, which is not "
-                             f"beside it as a packed model directory ({base})")
-    base_tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
+        raise ModelLoadError(f"{f}: stored as the difference from model {name!r}, which is not beside it as a "
+                             f"packed model directory ({base / packed.PACKED_FILE}; a base stored as a "
+                             "difference itself is not supported)")
+    try:
+        tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
+    except ValueError as exc:
+        raise ModelLoadError(f"{f}: its base {base}: {exc}") from exc
     if base_meta["fingerprint"] != meta["base_fingerprint"]:
         raise ModelLoadError(f"{f}: its base {base} is not the model it was stored against "
                              f"(fingerprint {str(base_meta['fingerprint'])[:16]}... against "
                              f"{str(meta['base_fingerprint'])[:16]}...)")
-    try:
-        return packed.apply_delta(delta, base_tensors), meta
-    except packed.PackingError as exc:
-        raise ModelLoadError(f"{f}: {exc}") from exc
+    return tensors
 
 
 def _check_packed(loaded: LoadedModel, path: Path, engine: int, fingerprint: str) -> None:
@@ -276,18 +295,26 @@ def _read_safetensors_file(f: Path, dtypes: dict[str, str]) -> tuple[dict[str, n
     return _parse_safetensors(np.memmap(f, dtype=np.uint8, mode="r"), f.name, dtypes)
 
 
-def _parse_safetensors(buffer: np.ndarray, name: str, dtypes: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The tensors (views of ``buffer``, uint8) whose dtype is in ``dtypes``, and the metadata, of
-    a safetensors file's bytes: u64 header length, JSON header, data."""
+def _parse_safetensors(buffer: np.ndarray, name: str, dtypes: dict[str, str],
+                       strict: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors (views of the uint8 ``buffer``) whose dtype is in ``dtypes`` and the metadata of
+    a safetensors file's bytes (u64 header length, JSON header, data). ``strict``: a tensor of any
+    other dtype is an error rather than skipped (Hugging Face files may hold integer buffers).
+
+    Raises:
+        ValueError: a malformed file.
+    """
     size = int.from_bytes(buffer[:8].tobytes(), "little")
-    if len(buffer) < 8 + size:
-        raise ValueError(f"{name}: truncated header")
-    header = json.loads(buffer[8 : 8 + size].tobytes())
+    header = json.loads(buffer[8 : 8 + size].tobytes()) if len(buffer) >= 8 + size else None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        raise ValueError(f"{name}: not a safetensors file (truncated or malformed header)")
     data = buffer[8 + size :]
     state: dict[str, np.ndarray] = {}
     for key, info in header.items():
-        if key == "__metadata__" or info["dtype"] not in dtypes:
+        if key == "__metadata__" or (info.get("dtype") not in dtypes and not strict):
             continue
+        if info.get("dtype") not in dtypes:
+            raise ValueError(f"{name}: tensor {key} has dtype {info.get('dtype')!r}, not one of {sorted(dtypes)}")
         begin, end = info["data_offsets"]
         if not 0 <= begin <= end <= len(data):
             raise ValueError(f"{name}: tensor {key} lies outside the file")

@@ -20,9 +20,12 @@ still checked under engine 4.)
 A model trained on from another shipped model can be stored as its difference from that base
 (:data:`DELTA_FILE`, :func:`delta_state`): its packed tensors, each minus (int8, modulo 256) or
 XOR (float bits) the base's tensor of the same name, xz-compressed. Fine-tuning moves most int8
-entries by a few steps, so the differences compress to about half (the 6 x 384 Llama v1 against
-v2: 15.8 -> 10 MB). Applying the difference gives the packed tensors bit for bit, and the load
-checks the recorded fingerprint as for any packed file.
+entries by a few steps, so the differences compress well (the 6 x 384 Llama v1 against v2:
+15.8 -> 10.1 MB). Applying the difference gives the packed tensors bit for bit, and the load
+checks the recorded fingerprint as for any packed file. A base is part of every model stored
+against it: it must stay in its packed file, never be re-stored (as a difference itself, which
+is not supported as a base, or in a new format), or those models and their archives stop loading;
+tests/test_packed_delta.py checks the shipped ones.
 
 File: ``model.int8.safetensors`` with ``__metadata__`` ``{"format": FORMAT, "engine": id,
 "fingerprint": hex}`` (the model's fingerprint under that engine, the one it was packed for);

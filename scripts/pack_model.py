@@ -5,9 +5,10 @@
     python scripts/pack_model.py --unpack SRC OUT   # packed -> model.safetensors (float32, HF layout)
     python scripts/pack_model.py --delta-from BASE SRC OUT   # -> the difference from packed BASE
 
-With ``--delta-from``, OUT holds ``model.int8-delta.safetensors.xz``: SRC's packed tensors as their
-difference from those of BASE, a packed model directory that must sit beside OUT under the same
-name when the model is loaded (the shipped models do: llmzip/models/).
+With ``--delta-from``, OUT holds ``model.int8-delta.safetensors.xz``: the packed tensors of SRC (a
+packed model) as their difference from those of BASE, a packed model directory that must sit
+beside OUT under the same name when the model is loaded (the shipped models do: llmzip/models/).
+The script checks that the difference gives SRC's tensors back bit for bit.
 
 Packing keeps every number the exact engine computes with (see :mod:`llmzip.packed`): the script
 loads both directories and refuses to finish unless their model fingerprints are equal, and it
@@ -57,33 +58,36 @@ def pack(src: Path, out: Path) -> str:
 
 
 def pack_delta(src: Path, base: Path, out: Path) -> str:
-    """Store ``src`` (packed, or float weights to pack) as its difference from packed ``base``."""
+    """Store packed model ``src`` as its difference from packed model ``base``; returns the
+    fingerprint the difference records (``src``'s, checked when ``src`` was loaded)."""
     import lzma
 
-    from safetensors.numpy import save
+    from safetensors.numpy import save as save_bytes
 
     from llmzip.model import _read_delta, _read_packed
 
     packed_file, delta_file = src / packed.PACKED_FILE, src / packed.DELTA_FILE
-    if packed_file.exists() or delta_file.exists():
-        tensors, meta = _read_packed(packed_file) if packed_file.exists() else _read_delta(delta_file)
-        engine, fingerprint = meta["engine"], meta["fingerprint"]
-    else:
-        model = load_model(str(src))
-        tensors = packed.pack_state(_read_safetensors(sorted(src.glob("*.safetensors"))))
-        engine, fingerprint = str(model.engine_id), model.fingerprint.hex()
+    if not (packed_file.exists() or delta_file.exists()):
+        raise SystemExit(f"{src} is not packed: pack it first (python scripts/pack_model.py SRC PACKED)")
     if not (base / packed.PACKED_FILE).is_file():
         raise SystemExit(f"{base}: the base must be a packed model directory ({packed.PACKED_FILE})")
+    load_model(str(src))   # raises ModelLoadError unless src rebuilds the fingerprint it records
+    tensors, meta = _read_packed(packed_file) if packed_file.exists() else _read_delta(delta_file)
     base_tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
-    meta = {"format": packed.DELTA_FORMAT, "engine": engine, "fingerprint": fingerprint,
-            "base": base.name, "base_fingerprint": base_meta["fingerprint"]}
-    delta = {k: np.ascontiguousarray(v) for k, v in packed.delta_state(tensors, base_tensors).items()}
+    try:
+        delta = {k: np.ascontiguousarray(v) for k, v in packed.delta_state(tensors, base_tensors).items()}
+    except packed.PackingError as exc:
+        raise SystemExit(f"{src} cannot be stored against {base}: {exc}") from exc
+    back = packed.apply_delta(delta, base_tensors)
+    if any(back[k].tobytes() != np.ascontiguousarray(v).tobytes() for k, v in tensors.items()):
+        raise SystemExit("the difference does not give the model's tensors back: not written")
+    record = {"format": packed.DELTA_FORMAT, "engine": meta["engine"], "fingerprint": meta["fingerprint"],
+              "base": base.name, "base_fingerprint": base_meta["fingerprint"]}
     copy_side_files(src, out)
-    (out / packed.DELTA_FILE).write_bytes(lzma.compress(save(delta, metadata=meta), preset=9 | lzma.PRESET_EXTREME))
+    (out / packed.DELTA_FILE).write_bytes(lzma.compress(save_bytes(delta, metadata=record),
+                                                        preset=9 | lzma.PRESET_EXTREME))
     (out / packed.DELTA_FILE).chmod(0o644)
-    if (out.parent / base.name).resolve() == base.resolve():
-        load_model(str(out))   # raises ModelLoadError unless the difference rebuilds the recorded fingerprint
-    return fingerprint
+    return str(meta["fingerprint"])
 
 
 def unpack(src: Path, out: Path) -> None:
@@ -107,6 +111,8 @@ def main() -> None:
     p.add_argument("--delta-from", type=Path, metavar="BASE",
                    help="store the difference from packed model BASE (loaded from beside OUT)")
     args = p.parse_args()
+    if args.unpack and args.delta_from:
+        raise SystemExit("--unpack and --delta-from exclude each other")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty")
     if args.unpack:
@@ -116,7 +122,7 @@ def main() -> None:
         fingerprint = pack_delta(args.src, args.delta_from, args.out)
         size = sum(f.stat().st_size for f in args.out.iterdir())
         print(f"stored as the difference from {args.delta_from.name}: {size / 1e6:.1f} MB, fingerprint "
-              f"{fingerprint[:16]}... (checked when loaded from beside {args.delta_from.name})")
+              f"{fingerprint[:16]}... (loads from beside a directory {args.delta_from.name})")
     else:
         fingerprint = pack(args.src, args.out)
         size = sum(f.stat().st_size for f in args.out.iterdir())

@@ -32,6 +32,10 @@ def test_a_difference_gives_back_every_bit() -> None:
     for key, value in target.items():
         assert back[key].dtype == value.dtype and back[key].tobytes() == value.tobytes()
     assert np.abs(delta["a"].astype(np.int16)).max() <= 3        # small numbers, for the compressor
+    extremes = {"a": np.array([-127, 127, 0, -128], np.int8), "d": np.array([1e300, -0.0, np.nan])}
+    turned = {"a": np.array([127, -127, -128, 0], np.int8), "d": np.array([-1e-300, 5.0, 0.0])}
+    back = packed.apply_delta(packed.delta_state(turned, extremes), extremes)
+    assert all(back[k].tobytes() == turned[k].tobytes() for k in turned)
 
 
 @pytest.mark.parametrize("change", [{"x": np.zeros(2, np.int8)}, {"a": np.zeros(3, np.int8)}])
@@ -60,7 +64,10 @@ def stored(tmp_path: Path) -> tuple[Path, Path]:
     """(a fine-tuned float model, the same stored as its difference from the packed original)."""
     pack_model.pack(DATA / "golden-llama", tmp_path / "models" / "base")
     tuned = _tuned(DATA / "golden-llama", tmp_path / "tuned", seed=1)
-    pack_model.pack_delta(tuned, tmp_path / "models" / "base", tmp_path / "models" / "tuned")
+    with pytest.raises(SystemExit, match="pack it first"):
+        pack_model.pack_delta(tuned, tmp_path / "models" / "base", tmp_path / "models" / "tuned")
+    pack_model.pack(tuned, tmp_path / "tuned-packed")
+    pack_model.pack_delta(tmp_path / "tuned-packed", tmp_path / "models" / "base", tmp_path / "models" / "tuned")
     _cached_dir.cache_clear()
     return tuned, tmp_path / "models" / "tuned"
 
@@ -111,3 +118,49 @@ def test_a_damaged_or_newer_difference_is_refused(stored: tuple[Path, Path]) -> 
     _cached_dir.cache_clear()
     with pytest.raises(ModelLoadError, match="upgrade"):
         load_model(str(delta_dir))
+
+
+def test_a_directory_with_a_difference_and_packed_weights_is_refused(stored: tuple[Path, Path]) -> None:
+    _, delta_dir = stored
+    shutil.copyfile(delta_dir.parent / "base" / packed.PACKED_FILE, delta_dir / packed.PACKED_FILE)
+    with pytest.raises(ModelLoadError, match="keep one of them"):
+        load_model(str(delta_dir))
+
+
+def _edit_metadata(f: Path, **changes: str) -> None:
+    """Rewrite metadata fields of a difference file (header length and all)."""
+    import json
+
+    raw = lzma.decompress(f.read_bytes())
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"].update(changes)
+    text = json.dumps(header).encode()
+    f.write_bytes(lzma.compress(len(text).to_bytes(8, "little") + text + raw[8 + size :]))
+    _cached_dir.cache_clear()
+
+
+@pytest.mark.parametrize("base, message", [("tuned", "difference itself is not supported"),
+                                           ("..", "not a model directory name"), ("", "not a model directory name")])
+def test_a_base_that_is_a_difference_or_no_name_is_refused(stored: tuple[Path, Path], base: str, message: str) -> None:
+    _, delta_dir = stored
+    shutil.copytree(delta_dir, delta_dir.parent / "chained")
+    _edit_metadata(delta_dir.parent / "chained" / packed.DELTA_FILE, base=base)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(str(delta_dir.parent / "chained"))
+    with pytest.raises(SystemExit, match="must be a packed model"):
+        pack_model.pack_delta(delta_dir.parent / "base", delta_dir, delta_dir.parent / "again")
+
+
+def test_shipped_differences_name_a_shipped_packed_base_that_still_records_their_fingerprint() -> None:
+    from llmzip.model import MODELS_DIR, _parse_safetensors
+
+    deltas = sorted(MODELS_DIR.glob("*/" + packed.DELTA_FILE))
+    assert deltas, "llmzip-llama-6x384-v1 is stored as a difference"
+    for f in deltas:
+        raw = np.frombuffer(lzma.decompress(f.read_bytes()), dtype=np.uint8)
+        meta = _parse_safetensors(raw, f.name, {})[1]
+        base = MODELS_DIR / meta["base"] / packed.PACKED_FILE
+        assert base.is_file(), f"{f.parent.name}: its base {meta['base']} must stay shipped and packed"
+        assert _parse_safetensors(np.memmap(base, dtype=np.uint8, mode="r"), base.name, {})[1]["fingerprint"] \
+            == meta["base_fingerprint"], f"{meta['base']} changed: {f.parent.name} no longer rebuilds"
