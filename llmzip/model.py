@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import packed
+from . import packed, planes
 from .engine import MODEL_TYPES, ExactEngine, GPT2Spec, LlamaSpec, Spec, build_engine
 from .errors import ModelLoadError
 from .predictor import LoadedModel
@@ -99,10 +99,10 @@ def _load_dir(path: Path, model_id: str) -> LoadedModel:
 
 
 def weight_files(path: Path) -> list[Path]:
-    """The files of a model directory that hold its weights: ``*.safetensors``, and the difference
-    from a base (:data:`llmzip.packed.DELTA_FILE`) if there is one."""
-    delta = path / packed.DELTA_FILE
-    return sorted(path.glob("*.safetensors")) + ([delta] if delta.is_file() else [])
+    """The files of a model directory that hold its weights: ``*.safetensors``, and those llmzip
+    stores in less space (:data:`llmzip.packed.DELTA_FILE`, :data:`llmzip.planes.PLANES_FILE`)."""
+    stored = [path / name for name in (packed.DELTA_FILE, planes.PLANES_FILE)]
+    return sorted(path.glob("*.safetensors")) + [f for f in stored if f.is_file()]
 
 
 def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | None]:
@@ -112,10 +112,14 @@ def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | 
     stored, delta = weight_files(path), path / packed.DELTA_FILE
     if not stored or not (path / "tokenizer.json").exists():
         raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
-    if (path / packed.PACKED_FILE) not in stored and delta not in stored:
+    special = {path / packed.PACKED_FILE, delta, path / planes.PLANES_FILE}
+    if special.isdisjoint(stored):
         return _read_safetensors(stored), None
     if len(stored) > 1:
         raise ModelLoadError(f"{path}: holds {', '.join(f.name for f in stored)}; keep one of them")
+    if stored[0].name == planes.PLANES_FILE:
+        raw = np.frombuffer(planes.decode(stored[0].read_bytes()), dtype=np.uint8)
+        return _parse_safetensors(raw, str(stored[0]), _SAFETENSORS_DTYPES)[0], None
     tensors, meta = _read_delta(delta) if delta in stored else _read_packed(path / packed.PACKED_FILE)
     return packed.unpack_state(tensors), (int(meta["engine"]), str(meta["fingerprint"]))
 

@@ -4,6 +4,7 @@
     python scripts/pack_model.py SRC OUT            # HF layout (float weights) -> model.int8.safetensors
     python scripts/pack_model.py --unpack SRC OUT   # packed -> model.safetensors (float32, HF layout)
     python scripts/pack_model.py --delta-from BASE SRC OUT   # -> the difference from packed BASE
+    python scripts/pack_model.py --planes SRC OUT   # model.safetensors -> byte planes, xz (lossless)
 
 With ``--delta-from``, OUT holds ``model.int8-delta.safetensors.xz``: the packed tensors of SRC (a
 packed model) as their difference from those of BASE, a packed model directory that must sit
@@ -37,7 +38,7 @@ def copy_side_files(src: Path, out: Path) -> None:
     """Everything but the weights (config, tokenizer, model card, training log)."""
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.endswith((".safetensors", packed.DELTA_FILE)):
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.xz")):
             shutil.copyfile(f, out / f.name)
 
 
@@ -90,6 +91,22 @@ def pack_delta(src: Path, base: Path, out: Path) -> str:
     return str(meta["fingerprint"])
 
 
+def store_planes(src: Path, out: Path) -> None:
+    """Store ``src``'s single ``model.safetensors`` losslessly as :data:`llmzip.planes.PLANES_FILE`."""
+    from llmzip import planes
+
+    weights = sorted(src.glob("*.safetensors"))
+    if [f.name for f in weights] != ["model.safetensors"]:
+        raise SystemExit(f"{src}: --planes stores one plain model.safetensors (found {[f.name for f in weights]})")
+    raw = weights[0].read_bytes()
+    blob = planes.encode(raw)
+    if planes.decode(blob) != raw:
+        raise SystemExit("the planes file does not give the weights back: not written")
+    copy_side_files(src, out)
+    (out / planes.PLANES_FILE).write_bytes(blob)
+    (out / planes.PLANES_FILE).chmod(0o644)
+
+
 def unpack(src: Path, out: Path) -> None:
     state, _ = _read_weights(src)
     copy_side_files(src, out)
@@ -110,14 +127,18 @@ def main() -> None:
     p.add_argument("--unpack", action="store_true", help="write float32 weights in Hugging Face layout")
     p.add_argument("--delta-from", type=Path, metavar="BASE",
                    help="store the difference from packed model BASE (loaded from beside OUT)")
+    p.add_argument("--planes", action="store_true", help="store float weights losslessly in byte planes, xz")
     args = p.parse_args()
-    if args.unpack and args.delta_from:
-        raise SystemExit("--unpack and --delta-from exclude each other")
+    if sum(map(bool, (args.unpack, args.delta_from, args.planes))) > 1:
+        raise SystemExit("--unpack, --delta-from and --planes exclude each other")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty")
     if args.unpack:
         unpack(args.src, args.out)
         print(f"unpacked to {args.out}")
+    elif args.planes:
+        store_planes(args.src, args.out)
+        print(f"stored in byte planes: {sum(f.stat().st_size for f in args.out.iterdir()) / 1e6:.1f} MB")
     elif args.delta_from:
         fingerprint = pack_delta(args.src, args.delta_from, args.out)
         size = sum(f.stat().st_size for f in args.out.iterdir())

@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-weights", type=parse_group_weights,
                    help="sampling weight of each data group, e.g. prose=0.6,code=0.22,markup=0.18 "
                         "(default: train_data.GROUP_WEIGHTS); applies to the steps this run takes")
+    p.add_argument("--freeze-embeddings", action="store_true", help="train all but the (tied) embeddings")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -233,7 +234,11 @@ class Trainer:
         self.args, self.device = args, args.device
         self.model = make_model(args, vocab, bos).to(self.device)
         self.forward: torch.nn.Module = self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+        # Frozen (tied) embeddings keep a fine-tuned model's largest tensor equal to its base's: stored
+        # as its difference from the base (llmzip.packed), that tensor then costs nothing.
+        self.model.get_input_embeddings().weight.requires_grad_(not args.freeze_embeddings)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
         self.step, self.tokens, self.warm_start = 0, 0, 0
         self.ckpt = args.work / "checkpoint.pt"
         self.shape = {k: getattr(args, k) for k in SHAPE_KEYS}
