@@ -37,7 +37,7 @@ def test_embedded_model_is_packaged():
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
     assert EMBEDDED_NAME in shipped_models()
     size = sum(p.stat().st_size for p in MODELS_DIR.glob("*/*") if p.is_file())
-    assert size <= 60 * 2**20, "all shipped models together stay within 60 MiB"
+    assert size <= 60_000_000, "all shipped models together stay under 60 MB, the package's budget"
     assert all(p.stat().st_mode & 0o444 == 0o444 for p in MODELS_DIR.glob("*/*")), "package data readable by all"
 
 
