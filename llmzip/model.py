@@ -108,7 +108,7 @@ def weight_files(path: Path) -> list[Path]:
 def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | None]:
     """The float state dict of a model directory and, for a packed one (:mod:`llmzip.packed`:
     int8, or the difference from a base), the engine and fingerprint its file records (None for
-    plain safetensors)."""
+    plain safetensors, in files of their own or in byte planes: :mod:`llmzip.planes`)."""
     stored, delta = weight_files(path), path / packed.DELTA_FILE
     if not stored or not (path / "tokenizer.json").exists():
         raise ModelLoadError(f"{path}: needs *.safetensors and tokenizer.json (Hugging Face layout)")
@@ -309,22 +309,35 @@ def _parse_safetensors(buffer: np.ndarray, name: str, dtypes: dict[str, str],
         ValueError: a malformed file.
     """
     size = int.from_bytes(buffer[:8].tobytes(), "little")
-    header = json.loads(buffer[8 : 8 + size].tobytes()) if len(buffer) >= 8 + size else None
+    try:
+        header = json.loads(buffer[8 : 8 + size].tobytes()) if len(buffer) >= 8 + size else None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{name}: not a safetensors file ({exc})") from exc
     if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
         raise ValueError(f"{name}: not a safetensors file (truncated or malformed header)")
     data = buffer[8 + size :]
     state: dict[str, np.ndarray] = {}
     for key, info in header.items():
-        if key == "__metadata__" or (info.get("dtype") not in dtypes and not strict):
+        dtype = info.get("dtype")
+        if key == "__metadata__" or (not (isinstance(dtype, str) and dtype in dtypes) and not strict):
             continue
-        if info.get("dtype") not in dtypes:
-            raise ValueError(f"{name}: tensor {key} has dtype {info.get('dtype')!r}, not one of {sorted(dtypes)}")
-        begin, end = info["data_offsets"]
+        if not (isinstance(dtype, str) and dtype in dtypes):
+            raise ValueError(f"{name}: tensor {key} has dtype {dtype!r}, not one of {sorted(dtypes)}")
+        begin, end = _ints(info.get("data_offsets"), 2, f"{name}: tensor {key}: data_offsets")
         if not 0 <= begin <= end <= len(data):
             raise ValueError(f"{name}: tensor {key} lies outside the file")
-        array = data[begin:end].view(dtypes[info["dtype"]]).reshape(info["shape"])
-        state[key] = (array.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else array
+        shape = _ints(info.get("shape"), None, f"{name}: tensor {key}: shape")
+        array = data[begin:end].view(dtypes[dtype]).reshape(shape)
+        state[key] = (array.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else array
     return state, dict(header.get("__metadata__") or {})
+
+
+def _ints(value: Any, count: int | None, what: str) -> list[int]:
+    """``value`` if it is a list of (``count``) non-negative ints, else ValueError naming ``what``."""
+    if not (isinstance(value, list) and (count is None or len(value) == count)
+            and all(type(v) is int and v >= 0 for v in value)):
+        raise ValueError(f"{what} is {value!r}, not a list of {count or 'some'} non-negative integers")
+    return value
 
 
 def _bos_from_files(path: Path, config: dict[str, Any], backend: Any) -> int:

@@ -3,7 +3,7 @@ split into byte planes, xz-compressed.
 
 The bytes of float weights compress poorly as they lie (an exponent byte between mantissa bytes),
 but well plane by plane: all the tensor's first bytes, then all its second bytes, and so on (the
-float32 GPT-2 ``llmzip-gpt2-small-v1``: 21.6 MB, xz 19.8 MB, planes then xz 18.1 MB). Any
+float32 GPT-2 ``llmzip-gpt2-small-v1``: 21.6 MB, xz 19.8 MB, planes then xz 18.2 MB). Any
 safetensors file round-trips bit for bit: the header stays as it is (same dtypes, shapes and
 offsets), only the order of the bytes inside each tensor changes, so a loader undoes it and reads
 the original file. For model weights that llmzip does not pack into the engine's integers (GPT-2
@@ -34,25 +34,42 @@ def decode(blob: bytes) -> bytes:
         ValueError: not a whole xz stream, or no safetensors header inside.
     """
     try:
-        raw = lzma.decompress(blob)
+        raw = lzma.decompress(blob, format=lzma.FORMAT_XZ)   # the .xz container: CRC-checked
     except lzma.LZMAError as exc:
         raise ValueError(f"{PLANES_FILE}: not a whole xz stream ({exc})") from exc
     return _reorder(raw, split=False)
 
 
 def _reorder(raw: bytes, split: bool) -> bytes:
-    """Each tensor's bytes as planes (``split``) or back as elements; the header unchanged."""
+    """Each tensor's bytes as planes (``split``) or back as elements; the header unchanged. Tensors
+    are taken in header order to split and in reverse order to join, so joining undoes splitting
+    even for a (malformed) file whose tensors overlap."""
     size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + size]) if len(raw) >= 8 + size else None
+    try:
+        header = json.loads(raw[8 : 8 + size]) if len(raw) >= 8 + size else None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not a safetensors file (malformed header: {exc})") from exc
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file (truncated or malformed header)")
     out = np.frombuffer(raw, dtype=np.uint8).copy()
     data = out[8 + size :]
-    for key, info in header.items():
-        k = ITEM_SIZES.get(info.get("dtype"), 1) if key != "__metadata__" and isinstance(info, dict) else 1
-        begin, end = info["data_offsets"] if k > 1 else (0, 0)
-        if k > 1 and 0 <= begin <= end <= len(data) and (end - begin) % k == 0:
+    spans = _spans(header)
+    for begin, end, k in spans if split else spans[::-1]:
+        if 0 <= begin <= end <= len(data) and (end - begin) % k == 0:
             block = data[begin:end]
-            shape = (-1, k) if split else (k, -1)
-            block[:] = block.reshape(shape).T.ravel()
+            block[:] = block.reshape((-1, k) if split else (k, -1)).T.ravel()
     return out.tobytes()
+
+
+def _spans(header: dict) -> list[tuple[int, int, int]]:
+    """(begin, end, bytes per element) of every tensor with elements of more than one byte."""
+    spans = []
+    for key, info in header.items():
+        dtype = info.get("dtype") if key != "__metadata__" and isinstance(info, dict) else None
+        k = ITEM_SIZES.get(dtype, 1) if isinstance(dtype, str) else 1
+        offsets = info.get("data_offsets") if k > 1 else None
+        if k > 1 and not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise ValueError(f"not a safetensors file (tensor {key}: data_offsets {offsets!r})")
+        if k > 1:
+            spans.append((offsets[0], offsets[1], k))
+    return spans

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmzip import packed  # noqa: E402
 from llmzip.engine import MODEL_TYPES  # noqa: E402
-from llmzip.model import _read_safetensors, _read_weights, load_model  # noqa: E402
+from llmzip.model import _read_weights, load_model  # noqa: E402
 
 
 def copy_side_files(src: Path, out: Path) -> None:
@@ -46,11 +46,11 @@ def pack(src: Path, out: Path) -> str:
     config = json.loads((src / "config.json").read_text())
     if MODEL_TYPES.get(config.get("model_type")) != "llama":
         raise SystemExit(f"{src}: only Llama-family models are packed (model_type {config.get('model_type')!r})")
-    if (src / packed.PACKED_FILE).exists() or (src / packed.DELTA_FILE).exists():
+    state, recorded = _read_weights(src)   # float weights, in their own files or in byte planes
+    if recorded is not None:
         raise SystemExit(f"{src} is packed already")
     model = load_model(str(src))
     fingerprint = model.fingerprint.hex()
-    state = _read_safetensors(sorted(src.glob("*.safetensors")))
     copy_side_files(src, out)
     meta = {"format": packed.FORMAT, "engine": str(model.engine_id), "fingerprint": fingerprint}
     save(packed.pack_state(state), out / packed.PACKED_FILE, meta)

@@ -247,10 +247,15 @@ class Trainer:
         if self.ckpt.exists():
             state = torch.load(self.ckpt, weights_only=False, map_location=self.device)
             self._check_shape(state["shape"])
+            if state.get("frozen", self.args.freeze_embeddings) != self.args.freeze_embeddings:
+                raise SystemExit(f"{self.ckpt} was trained with --freeze-embeddings {'on' if state['frozen'] else 'off'}:"
+                                 " resume it the same way")
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             self.step, self.tokens, self.warm_start = state["step"], state["tokens"], state["warm_start"]
             print(f"resumed at step {self.step} ({self.tokens / 1e6:.1f} M tokens)", flush=True)
+        elif self.args.freeze_embeddings and not self.args.init_from:
+            raise SystemExit("--freeze-embeddings keeps a base model's embeddings: give it --init-from")
         elif self.args.init_from:
             weights, meta = read_init(self.args.init_from, self.shape)
             self._check_shape(meta["shape"])
@@ -268,7 +273,8 @@ class Trainer:
     def save(self) -> None:
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                    "tokens": self.tokens, "warm_start": self.warm_start, "shape": self.shape}, tmp)
+                    "tokens": self.tokens, "warm_start": self.warm_start, "shape": self.shape,
+                    "frozen": self.args.freeze_embeddings}, tmp)
         tmp.replace(self.ckpt)
 
     def snapshot(self, path: Path) -> None:
@@ -276,7 +282,9 @@ class Trainer:
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu", torch.bfloat16).contiguous()
+        # Frozen tensors keep float32: rounded to bfloat16 they would no longer equal the base's.
+        frozen = {name for name, p in self.model.named_parameters() if not p.requires_grad}
+        state = {k: v.detach().to("cpu", torch.float32 if k in frozen else torch.bfloat16).contiguous()
                  for k, v in self.model.state_dict().items() if k != "lm_head.weight"}
         save_file(state, str(path))
         meta = {"step": self.step, "tokens": self.tokens, "shape": self.shape}

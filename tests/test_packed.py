@@ -114,6 +114,7 @@ def test_a_directory_with_packed_and_plain_weights_is_refused(tmp_path: Path) ->
     _cached_dir.cache_clear()
     with pytest.raises(ModelLoadError, match="keep one of them"):
         load_model(str(tmp_path / "m"))
+    (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(SystemExit, match="packed already"):
         pack_model.pack(tmp_path / "m", tmp_path / "again")
 
