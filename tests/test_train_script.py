@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +126,29 @@ def test_init_from_a_packed_model_directory(data_dir: Path, tmp_path: Path) -> N
     proc = subprocess.run([sys.executable, str(SCRIPTS / "train_embedded.py"), "--work", str(tmp_path / "c"), *wider,
                            "--init-from", str(tmp_path / "packed")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "differs from the arguments" in proc.stderr
+
+
+def test_a_fine_tune_with_frozen_embeddings_keeps_its_base_embeddings(data_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    common = ["--data", str(data_dir), *TINY]
+    run_script("--work", str(tmp_path / "a"), *common, "--plan-tokens", str(2 * 4 * 31),
+               "--export", str(tmp_path / "export"))
+    subprocess.run([sys.executable, str(SCRIPTS / "pack_model.py"), str(tmp_path / "export"), str(tmp_path / "packed")],
+                   cwd=REPO, check=True, capture_output=True)
+    run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(4 * 4 * 31), "--init-from",
+               str(tmp_path / "packed"), "--freeze-embeddings", "--export", str(tmp_path / "tuned"))
+    base = load_file(str(tmp_path / "packed" / "model.int8.safetensors"))
+    tuned = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    key = "model.embed_tokens.weight"
+    assert tuned[key].dtype == base[key].dtype and tuned[key].tobytes() == base[key].tobytes()
+    assert not np.array_equal(tuned["model.layers.0.mlp.up_proj.weight"], load_file(
+        str(tmp_path / "export" / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"])
+    for work, args, message in ((tmp_path / "b", ["--plan-tokens", str(5 * 4 * 31)], "resume it the same way"),
+                                (tmp_path / "c", ["--freeze-embeddings"], "give it --init-from")):
+        proc = subprocess.run([sys.executable, str(SCRIPTS / "train_embedded.py"), "--work", str(work), *common, *args],
+                              cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode != 0 and message in proc.stderr
 
 
 def test_device_script_plans_to_the_minutes_and_exports(data_dir: Path, tmp_path: Path) -> None:
