@@ -120,8 +120,15 @@ def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, str] | 
     if stored[0].name == planes.PLANES_FILE:
         raw = np.frombuffer(planes.decode(stored[0].read_bytes()), dtype=np.uint8)
         return _parse_safetensors(raw, str(stored[0]), _SAFETENSORS_DTYPES)[0], None
-    tensors, meta = _read_delta(delta) if delta in stored else _read_packed(path / packed.PACKED_FILE)
+    tensors, meta = read_packed(path)
     return packed.unpack_state(tensors), (int(meta["engine"]), str(meta["fingerprint"]))
+
+
+def read_packed(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The packed tensors (int8 rows and peaks, other tensors as stored) and metadata of a packed
+    model directory, from its packed file or rebuilt from its difference from a base."""
+    delta = path / packed.DELTA_FILE
+    return _read_delta(delta) if delta.is_file() else _read_packed(path / packed.PACKED_FILE)
 
 
 # Packed files are llmzip's own: read as stored (no widening), and any other dtype is damage.
@@ -308,14 +315,8 @@ def _parse_safetensors(buffer: np.ndarray, name: str, dtypes: dict[str, str],
     Raises:
         ValueError: a malformed file.
     """
-    size = int.from_bytes(buffer[:8].tobytes(), "little")
-    try:
-        header = json.loads(buffer[8 : 8 + size].tobytes()) if len(buffer) >= 8 + size else None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{name}: not a safetensors file ({exc})") from exc
-    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
-        raise ValueError(f"{name}: not a safetensors file (truncated or malformed header)")
-    data = buffer[8 + size :]
+    header, start = planes.read_header(buffer, name)
+    data = buffer[start:]
     state: dict[str, np.ndarray] = {}
     for key, info in header.items():
         dtype = info.get("dtype")

@@ -44,21 +44,32 @@ def _reorder(raw: bytes, split: bool) -> bytes:
     """Each tensor's bytes as planes (``split``) or back as elements; the header unchanged. Tensors
     are taken in header order to split and in reverse order to join, so joining undoes splitting
     even for a (malformed) file whose tensors overlap."""
-    size = int.from_bytes(raw[:8], "little")
-    try:
-        header = json.loads(raw[8 : 8 + size]) if len(raw) >= 8 + size else None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"not a safetensors file (malformed header: {exc})") from exc
-    if not isinstance(header, dict):
-        raise ValueError("not a safetensors file (truncated or malformed header)")
+    header, start = read_header(raw, PLANES_FILE)
     out = np.frombuffer(raw, dtype=np.uint8).copy()
-    data = out[8 + size :]
+    data = out[start:]
     spans = _spans(header)
     for begin, end, k in spans if split else spans[::-1]:
         if 0 <= begin <= end <= len(data) and (end - begin) % k == 0:
             block = data[begin:end]
             block[:] = block.reshape((-1, k) if split else (k, -1)).T.ravel()
     return out.tobytes()
+
+
+def read_header(raw: bytes | np.ndarray, name: str) -> tuple[dict, int]:
+    """The JSON header of a safetensors file's bytes (u64 length, header, data) and where its data
+    starts; also :mod:`llmzip.model`'s reader of every weight file.
+
+    Raises:
+        ValueError: truncated, or the header is not a JSON object of objects.
+    """
+    size = int.from_bytes(bytes(raw[:8]), "little")
+    try:
+        header = json.loads(bytes(raw[8 : 8 + size])) if len(raw) >= 8 + size else None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{name}: not a safetensors file ({exc})") from exc
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        raise ValueError(f"{name}: not a safetensors file (truncated or malformed header)")
+    return header, 8 + size
 
 
 def _spans(header: dict) -> list[tuple[int, int, int]]:

@@ -65,15 +65,14 @@ def pack_delta(src: Path, base: Path, out: Path) -> str:
 
     from safetensors.numpy import save as save_bytes
 
-    from llmzip.model import _read_delta, _read_packed
+    from llmzip.model import _read_packed, read_packed
 
-    packed_file, delta_file = src / packed.PACKED_FILE, src / packed.DELTA_FILE
-    if not (packed_file.exists() or delta_file.exists()):
+    if not ((src / packed.PACKED_FILE).exists() or (src / packed.DELTA_FILE).exists()):
         raise SystemExit(f"{src} is not packed: pack it first (python scripts/pack_model.py SRC PACKED)")
     if not (base / packed.PACKED_FILE).is_file():
         raise SystemExit(f"{base}: the base must be a packed model directory ({packed.PACKED_FILE})")
     load_model(str(src))   # raises ModelLoadError unless src rebuilds the fingerprint it records
-    tensors, meta = _read_packed(packed_file) if packed_file.exists() else _read_delta(delta_file)
+    tensors, meta = read_packed(src)
     base_tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
     try:
         delta = {k: np.ascontiguousarray(v) for k, v in packed.delta_state(tensors, base_tensors).items()}
@@ -120,6 +119,10 @@ def save(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -
     path.chmod(0o644)
 
 
+def _megabytes(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.iterdir()) / 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path)
@@ -138,16 +141,14 @@ def main() -> None:
         print(f"unpacked to {args.out}")
     elif args.planes:
         store_planes(args.src, args.out)
-        print(f"stored in byte planes: {sum(f.stat().st_size for f in args.out.iterdir()) / 1e6:.1f} MB")
+        print(f"stored in byte planes: {_megabytes(args.out):.1f} MB")
     elif args.delta_from:
         fingerprint = pack_delta(args.src, args.delta_from, args.out)
-        size = sum(f.stat().st_size for f in args.out.iterdir())
-        print(f"stored as the difference from {args.delta_from.name}: {size / 1e6:.1f} MB, fingerprint "
+        print(f"stored as the difference from {args.delta_from.name}: {_megabytes(args.out):.1f} MB, fingerprint "
               f"{fingerprint[:16]}... (loads from beside a directory {args.delta_from.name})")
     else:
         fingerprint = pack(args.src, args.out)
-        size = sum(f.stat().st_size for f in args.out.iterdir())
-        print(f"packed to {args.out}: {size / 1e6:.1f} MB, fingerprint {fingerprint[:16]}... unchanged")
+        print(f"packed to {args.out}: {_megabytes(args.out):.1f} MB, fingerprint {fingerprint[:16]}... unchanged")
 
 
 if __name__ == "__main__":

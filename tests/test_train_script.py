@@ -110,13 +110,18 @@ def test_init_from_snapshot_continues_the_count(data_dir: Path, tmp_path: Path) 
     assert last["step"] == 4
 
 
-def test_init_from_a_packed_model_directory(data_dir: Path, tmp_path: Path) -> None:
-    """A shipped (packed) model is itself a starting point: step and tokens from its training log."""
-    common = ["--data", str(data_dir), *TINY]
+def _train_and_pack(common: list[str], tmp_path: Path) -> None:
+    """Two steps of the tiny model in tmp_path/a, exported to tmp_path/export, packed into tmp_path/packed."""
     run_script("--work", str(tmp_path / "a"), *common, "--plan-tokens", str(2 * 4 * 31),
                "--export", str(tmp_path / "export"))
     subprocess.run([sys.executable, str(SCRIPTS / "pack_model.py"), str(tmp_path / "export"), str(tmp_path / "packed")],
                    cwd=REPO, check=True, capture_output=True)
+
+
+def test_init_from_a_packed_model_directory(data_dir: Path, tmp_path: Path) -> None:
+    """A shipped (packed) model is itself a starting point: step and tokens from its training log."""
+    common = ["--data", str(data_dir), *TINY]
+    _train_and_pack(common, tmp_path)
     out = run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(3 * 4 * 31),
                      "--init-from", str(tmp_path / "packed"))   # the model's tokenizer is adopted
     assert "at step 2" in out and "tokenizer trained" not in out
@@ -132,10 +137,7 @@ def test_a_fine_tune_with_frozen_embeddings_keeps_its_base_embeddings(data_dir: 
     from safetensors.numpy import load_file
 
     common = ["--data", str(data_dir), *TINY]
-    run_script("--work", str(tmp_path / "a"), *common, "--plan-tokens", str(2 * 4 * 31),
-               "--export", str(tmp_path / "export"))
-    subprocess.run([sys.executable, str(SCRIPTS / "pack_model.py"), str(tmp_path / "export"), str(tmp_path / "packed")],
-                   cwd=REPO, check=True, capture_output=True)
+    _train_and_pack(common, tmp_path)
     run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(4 * 4 * 31), "--init-from",
                str(tmp_path / "packed"), "--freeze-embeddings", "--export", str(tmp_path / "tuned"))
     base = load_file(str(tmp_path / "packed" / "model.int8.safetensors"))
