@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .model import EMBEDDED_NAME, MODELS_DIR, SUPPORTED_TYPES, shipped_models, weight_files
+from .model import EMBEDDED_NAME, MODELS_DIR, SUPPORTED_TYPES, shipped_models
+from .model_files import tokenizer_file, weight_files
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _entry(name: str, source: str, path: Path) -> ModelEntry | None:
         return None
     model_type = config.get("model_type", "")
     weights = weight_files(path)
-    if model_type not in SUPPORTED_TYPES or not weights or not (path / "tokenizer.json").exists():
+    if model_type not in SUPPORTED_TYPES or not weights or tokenizer_file(path) is None:
         return None
     get = lambda *keys: next((int(config[k]) for k in keys if k in config), 0)   # noqa: E731
     return ModelEntry(

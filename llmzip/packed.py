@@ -22,10 +22,12 @@ A model trained on from another shipped model can be stored as its difference fr
 XOR (float bits) the base's tensor of the same name, xz-compressed. Fine-tuning moves most int8
 entries by a few steps, so the differences compress well (the 6 x 384 Llama v1 against v2:
 15.8 -> 10.1 MB). Applying the difference gives the packed tensors bit for bit, and the load
-checks the recorded fingerprint as for any packed file. A base is part of every model stored
-against it: it must stay in its packed file, never be re-stored (as a difference itself, which
-is not supported as a base, or in a new format), or those models and their archives stop loading;
-tests/test_packed_delta.py checks the shipped ones.
+checks the recorded fingerprint as for any packed file. A base may itself be a difference (a
+fine-tune of a fine-tune is stored against its parent, the smallest difference), up to
+:data:`MAX_DEPTH` models deep. A base is part of every model stored against it: the packed
+tensors it rebuilds must never change (the recorded ``base_fingerprint`` is checked at every
+load), or those models and their archives stop loading; tests/test_packed_delta.py checks the
+shipped ones.
 
 File: ``model.int8.safetensors`` with ``__metadata__`` ``{"format": FORMAT, "engine": id,
 "fingerprint": hex}`` (the model's fingerprint under that engine, the one it was packed for);
@@ -50,6 +52,7 @@ PACKED_FILE = "model.int8.safetensors"
 # the base's packed file records)}; tensors as the packed file's, each a difference (delta_state).
 DELTA_FORMAT = "llmzip-int8-delta/1"
 DELTA_FILE = "model.int8-delta.safetensors.xz"
+MAX_DEPTH = 4    # a model, its base, the base's base...: each level costs one more file read at load
 PEAK_SUFFIX = ".row_peak"
 PACKED_SUFFIXES = ("_proj.weight",)   # Llama-family projections (q, k, v, o, gate, up, down)
 

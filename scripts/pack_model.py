@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import shutil
 import sys
 from pathlib import Path
@@ -31,22 +32,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmzip import packed  # noqa: E402
 from llmzip.engine import MODEL_TYPES  # noqa: E402
-from llmzip.model import _read_weights, load_model  # noqa: E402
+from llmzip.model import load_model  # noqa: E402
+from llmzip.model_files import (TOKENIZER_FILE, read_packed, read_tokenizer_json,  # noqa: E402
+                                read_weights, tokenizer_file)
 
 
-def copy_side_files(src: Path, out: Path) -> None:
-    """Everything but the weights (config, tokenizer, model card, training log)."""
+def copy_side_files(src: Path, out: Path, hf_layout: bool = False) -> None:
+    """Everything but the weights (config, tokenizer, model card, training log); the tokenizer
+    xz-compressed as llmzip ships it (:func:`llmzip.model_files.tokenizer_file`), or plain
+    ``tokenizer.json`` for ``hf_layout``."""
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.xz")):
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.xz")) and f != tokenizer_file(src):
             shutil.copyfile(f, out / f.name)
+    text = read_tokenizer_json(src).encode("utf-8")
+    if hf_layout:
+        (out / TOKENIZER_FILE).write_bytes(text)
+    else:
+        (out / (TOKENIZER_FILE + ".xz")).write_bytes(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME))
 
 
 def pack(src: Path, out: Path) -> str:
     config = json.loads((src / "config.json").read_text())
     if MODEL_TYPES.get(config.get("model_type")) != "llama":
         raise SystemExit(f"{src}: only Llama-family models are packed (model_type {config.get('model_type')!r})")
-    state, recorded = _read_weights(src)   # float weights, in their own files or in byte planes
+    state, recorded = read_weights(src)   # float weights, in their own files or in byte planes
     if recorded is not None:
         raise SystemExit(f"{src} is packed already")
     model = load_model(str(src))
@@ -61,19 +71,17 @@ def pack(src: Path, out: Path) -> str:
 def pack_delta(src: Path, base: Path, out: Path) -> str:
     """Store packed model ``src`` as its difference from packed model ``base``; returns the
     fingerprint the difference records (``src``'s, checked when ``src`` was loaded)."""
-    import lzma
-
     from safetensors.numpy import save as save_bytes
-
-    from llmzip.model import _read_packed, read_packed
 
     if not ((src / packed.PACKED_FILE).exists() or (src / packed.DELTA_FILE).exists()):
         raise SystemExit(f"{src} is not packed: pack it first (python scripts/pack_model.py SRC PACKED)")
-    if not (base / packed.PACKED_FILE).is_file():
-        raise SystemExit(f"{base}: the base must be a packed model directory ({packed.PACKED_FILE})")
+    if not ((base / packed.PACKED_FILE).is_file() or (base / packed.DELTA_FILE).is_file()):
+        raise SystemExit(f"{base}: the base must be a packed model directory ({packed.PACKED_FILE}), "
+                         "or one stored as a difference itself")
     load_model(str(src))   # raises ModelLoadError unless src rebuilds the fingerprint it records
+    load_model(str(base))
     tensors, meta = read_packed(src)
-    base_tensors, base_meta = _read_packed(base / packed.PACKED_FILE)
+    base_tensors, base_meta = read_packed(base)
     try:
         delta = {k: np.ascontiguousarray(v) for k, v in packed.delta_state(tensors, base_tensors).items()}
     except packed.PackingError as exc:
@@ -107,8 +115,8 @@ def store_planes(src: Path, out: Path) -> None:
 
 
 def unpack(src: Path, out: Path) -> None:
-    state, _ = _read_weights(src)
-    copy_side_files(src, out)
+    state, _ = read_weights(src)
+    copy_side_files(src, out, hf_layout=True)
     save({k: np.asarray(v, dtype=np.float32) for k, v in state.items()}, out / "model.safetensors", {"format": "pt"})
 
 

@@ -41,6 +41,8 @@ import torch
 from train_data import BOS, build_streams, parse_group_weights, read_documents, train_tokenizer
 from train_windows import HeldOut, Sampler, lm_loss, token_byte_lengths
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # llmzip itself, when run from a checkout
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,8 +130,7 @@ def read_init(path: Path, shape: dict) -> tuple[dict[str, torch.Tensor], dict]:
         from safetensors.torch import load_file
 
         return {k: v.float() for k, v in load_file(str(path)).items()}, json.loads(path.with_suffix(".json").read_text())
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from llmzip.model import _read_weights
+    from llmzip.model_files import read_weights
 
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") != shape["arch"]:
@@ -140,7 +141,7 @@ def read_init(path: Path, shape: dict) -> tuple[dict[str, torch.Tensor], dict]:
     if any(shape[k] != v for k, v in seen.items()):
         raise SystemExit(f"{path}: config.json {seen} differs from the arguments {shape}")
     last = json.loads((path / "train_log.jsonl").read_text().splitlines()[-1])
-    state, _ = _read_weights(path)
+    state, _ = read_weights(path)
     weights = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
     return weights, {"step": last["step"], "tokens": last["tokens"], "shape": shape}
 
@@ -311,13 +312,15 @@ def adopt_tokenizer(args: argparse.Namespace) -> None:
     directory, and refused where the work directory holds another one."""
     if not (args.init_from and args.init_from.is_dir()):
         return
-    theirs, ours = args.init_from / "tokenizer.json", args.work / "tokenizer.json"
-    if not ours.exists():
-        shutil.copyfile(theirs, ours)
-        return
     from tokenizers import Tokenizer
 
-    if Tokenizer.from_file(str(theirs)).get_vocab() != Tokenizer.from_file(str(ours)).get_vocab():
+    from llmzip.model_files import read_tokenizer_json
+
+    theirs, ours = read_tokenizer_json(args.init_from), args.work / "tokenizer.json"
+    if not ours.exists():
+        ours.write_text(theirs, encoding="utf-8")
+        return
+    if Tokenizer.from_str(theirs).get_vocab() != Tokenizer.from_file(str(ours)).get_vocab():
         raise SystemExit(f"{ours} is not the tokenizer of {args.init_from}")
 
 

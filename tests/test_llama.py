@@ -276,7 +276,7 @@ def test_swiglu_output_stays_within_the_bound_down_is_checked_for(family):
 
 def test_weights_whose_outputs_could_overflow_int64_are_refused():
     """float64 -> int64 conversion of 2**63 or more differs between x86 and ARM: refused at load."""
-    from llmzip.model import _read_safetensors
+    from llmzip.model_files import _read_safetensors
 
     config = SimpleNamespace(**json.loads((DATA / "golden-llama" / "config.json").read_text()))
     state = _read_safetensors([DATA / "golden-llama" / "model.safetensors"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import sys
 from pathlib import Path
 
@@ -121,10 +122,27 @@ def test_a_directory_with_packed_and_plain_weights_is_refused(tmp_path: Path) ->
 
 def test_a_packed_directory_without_tokenizer_is_refused(tmp_path: Path) -> None:
     pack_model.pack(DATA / "golden-llama", tmp_path / "m")
-    (tmp_path / "m" / "tokenizer.json").unlink()
+    blob = (tmp_path / "m" / "tokenizer.json.xz").read_bytes()
+    (tmp_path / "m" / "tokenizer.json.xz").unlink()
     _cached_dir.cache_clear()
     with pytest.raises(ModelLoadError, match="tokenizer.json"):
         load_model(str(tmp_path / "m"))
+    (tmp_path / "m" / "tokenizer.json.xz").write_bytes(blob[:-40])
+    with pytest.raises(ModelLoadError, match="damaged"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_a_compressed_tokenizer_is_the_same_tokenizer(tmp_path: Path) -> None:
+    """Packing ships the tokenizer xz-compressed: the same model, the same archives; unpacking
+    writes the plain Hugging Face file back."""
+    pack_model.pack(DATA / "golden-llama", tmp_path / "m")
+    assert not (tmp_path / "m" / "tokenizer.json").exists()
+    assert lzma.decompress((tmp_path / "m" / "tokenizer.json.xz").read_bytes()) == \
+        (DATA / "golden-llama" / "tokenizer.json").read_bytes()
+    pack_model.unpack(tmp_path / "m", tmp_path / "hf")
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (DATA / "golden-llama" / "tokenizer.json").read_bytes()
+    assert not (tmp_path / "hf" / "tokenizer.json.xz").exists()
+    assert load_model(str(tmp_path / "m")).fingerprint == load_model(str(DATA / "golden-llama")).fingerprint
 
 
 def test_gpt2_models_are_not_packed(tmp_path: Path) -> None:

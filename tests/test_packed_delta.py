@@ -140,27 +140,49 @@ def _edit_metadata(f: Path, **changes: str) -> None:
     _cached_dir.cache_clear()
 
 
-@pytest.mark.parametrize("base, message", [("tuned", "difference itself is not supported"),
+@pytest.mark.parametrize("base, message", [("chained", "more than 4 deep"),
                                            ("..", "not a model directory name"), ("", "not a model directory name")])
-def test_a_base_that_is_a_difference_or_no_name_is_refused(stored: tuple[Path, Path], base: str, message: str) -> None:
+def test_a_loop_of_bases_or_no_name_is_refused(stored: tuple[Path, Path], base: str, message: str) -> None:
     _, delta_dir = stored
     shutil.copytree(delta_dir, delta_dir.parent / "chained")
     _edit_metadata(delta_dir.parent / "chained" / packed.DELTA_FILE, base=base)
     with pytest.raises(ModelLoadError, match=message):
         load_model(str(delta_dir.parent / "chained"))
     with pytest.raises(SystemExit, match="must be a packed model"):
-        pack_model.pack_delta(delta_dir.parent / "base", delta_dir, delta_dir.parent / "again")
+        pack_model.pack_delta(delta_dir, DATA / "golden-llama", delta_dir.parent / "again")
+
+
+def test_a_difference_from_a_difference_codes_identically(stored: tuple[Path, Path], tmp_path: Path) -> None:
+    """A fine-tune of a fine-tune is stored against its parent, itself a difference."""
+    tuned, delta_dir = stored
+    twice = _tuned(tuned, tmp_path / "twice", seed=4)
+    pack_model.pack(twice, tmp_path / "twice-packed")
+    pack_model.pack_delta(tmp_path / "twice-packed", delta_dir, delta_dir.parent / "twice")
+    _cached_dir.cache_clear()
+    text = b"Two differences deep, the same archive. " * 20
+    assert codec.compress(text, load_model(str(delta_dir.parent / "twice"))) == codec.compress(text, load_model(str(twice)))
+    shutil.rmtree(delta_dir.parent / "base")   # the chain needs every base down to the packed one
+    _cached_dir.cache_clear()
+    with pytest.raises(ModelLoadError, match="not beside it"):
+        load_model(str(delta_dir.parent / "twice"))
 
 
 def test_shipped_differences_name_a_shipped_packed_base_that_still_records_their_fingerprint() -> None:
-    from llmzip.model import MODELS_DIR, _parse_safetensors
+    from llmzip.model import MODELS_DIR
+    from llmzip.model_files import parse_safetensors
+
+    def recorded(model_dir: Path) -> dict:
+        """The metadata of a shipped model's packed or difference file (no tensors read)."""
+        f = model_dir / packed.DELTA_FILE
+        if f.is_file():
+            return parse_safetensors(np.frombuffer(lzma.decompress(f.read_bytes()), dtype=np.uint8), f.name, {})[1]
+        f = model_dir / packed.PACKED_FILE
+        assert f.is_file(), f"{model_dir.name} is a base: it must stay shipped, packed or as a difference"
+        return parse_safetensors(np.memmap(f, dtype=np.uint8, mode="r"), f.name, {})[1]
 
     deltas = sorted(MODELS_DIR.glob("*/" + packed.DELTA_FILE))
     assert deltas, "llmzip-llama-6x384-v1 is stored as a difference"
     for f in deltas:
-        raw = np.frombuffer(lzma.decompress(f.read_bytes()), dtype=np.uint8)
-        meta = _parse_safetensors(raw, f.name, {})[1]
-        base = MODELS_DIR / meta["base"] / packed.PACKED_FILE
-        assert base.is_file(), f"{f.parent.name}: its base {meta['base']} must stay shipped and packed"
-        assert _parse_safetensors(np.memmap(base, dtype=np.uint8, mode="r"), base.name, {})[1]["fingerprint"] \
-            == meta["base_fingerprint"], f"{meta['base']} changed: {f.parent.name} no longer rebuilds"
+        meta = recorded(f.parent)
+        assert recorded(MODELS_DIR / meta["base"])["fingerprint"] == meta["base_fingerprint"], \
+            f"{meta['base']} changed: {f.parent.name} no longer rebuilds"

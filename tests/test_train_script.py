@@ -125,7 +125,8 @@ def test_init_from_a_packed_model_directory(data_dir: Path, tmp_path: Path) -> N
     out = run_script("--work", str(tmp_path / "b"), *common, "--plan-tokens", str(3 * 4 * 31),
                      "--init-from", str(tmp_path / "packed"))   # the model's tokenizer is adopted
     assert "at step 2" in out and "tokenizer trained" not in out
-    assert (tmp_path / "b" / "tokenizer.json").read_bytes() == (tmp_path / "packed" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "b" / "tokenizer.json").read_bytes() == (tmp_path / "export" / "tokenizer.json").read_bytes()
+    assert not (tmp_path / "packed" / "tokenizer.json").exists()   # shipped xz-compressed
     assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     wider = [*common[:-len(TINY)], *[("48" if a == "32" and TINY[i - 1] == "--width" else a) for i, a in enumerate(TINY)]]
     proc = subprocess.run([sys.executable, str(SCRIPTS / "train_embedded.py"), "--work", str(tmp_path / "c"), *wider,
