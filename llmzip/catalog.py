@@ -3,8 +3,8 @@ Hugging Face cache whose architecture the exact engine computes.
 
 Only ``config.json`` and file names are read (no weights, no torch), so listing is instant.
 A cached model is listed as runnable when its ``model_type`` is one the engine knows and it has
-safetensors weights and a ``tokenizer.json``; whether its tokenizer is exact is checked when it
-loads (``llmzip compress --model ID``).
+safetensors weights and a ``tokenizer.json`` (shipped models may hold ``tokenizer.json.xz``);
+whether its tokenizer is exact is checked when it loads (``llmzip compress --model ID``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .model import EMBEDDED_NAME, MODELS_DIR, SUPPORTED_TYPES, shipped_models
-from .model_files import tokenizer_file, weight_files
+from .model_files import TOKENIZER_FILE, tokenizer_file, weight_files
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ def _entry(name: str, source: str, path: Path) -> ModelEntry | None:
         return None
     model_type = config.get("model_type", "")
     weights = weight_files(path)
-    if model_type not in SUPPORTED_TYPES or not weights or tokenizer_file(path) is None:
+    # Hub models load through transformers' AutoTokenizer, which reads only a plain tokenizer.json
+    tokenizer = tokenizer_file(path) if source == "shipped" else path / TOKENIZER_FILE
+    if model_type not in SUPPORTED_TYPES or not weights or tokenizer is None or not tokenizer.is_file():
         return None
     get = lambda *keys: next((int(config[k]) for k in keys if k in config), 0)   # noqa: E731
     return ModelEntry(

@@ -6,7 +6,8 @@ A model is named by a string:
 * ``embedded``: the default model shipped inside this package (``EMBEDDED_NAME``);
 * the id of any model shipped inside this package (``llmzip-gpt2-small-v1``, ...): archives record
   it, so older embedded models stay loadable by the archives made with them;
-* a local directory in Hugging Face layout (``config.json``, ``*.safetensors``, ``tokenizer.json``);
+* a local directory in Hugging Face layout (``config.json``, ``*.safetensors``, ``tokenizer.json``),
+  or in llmzip's own smaller storage of one (:mod:`llmzip.model_files`);
 * a Hugging Face hub id (``gpt2``, ``user/name``), loaded with ``AutoModelForCausalLM`` and
   ``AutoTokenizer`` from the local cache, or downloaded only when ``allow_download`` is set.
 
@@ -28,14 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from .model_files import read_tokenizer_json, read_weights
 from .engine import MODEL_TYPES, ExactEngine, GPT2Spec, LlamaSpec, Spec, build_engine
 from .errors import ModelLoadError
+from .model_files import read_tokenizer_json, read_weights
 from .predictor import LoadedModel
 from .tokens import ByteTokenizer
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-EMBEDDED_NAME = "llmzip-gpt2-small-v2"   # the default model; older shipped models stay for their archives
+# The default model; older shipped models stay for their archives. Its directory stays in plain
+# Hugging Face layout (model.safetensors, tokenizer.json): benchmarks load it with from_pretrained.
+EMBEDDED_NAME = "llmzip-gpt2-small-v2"
 SHIPPED_PREFIX = "llmzip-"                 # ids reserved for models shipped in this package
 SUPPORTED_TYPES = tuple(MODEL_TYPES)
 
@@ -81,12 +84,10 @@ def _cached_dir(path: str, model_id: str) -> LoadedModel:
 
 def _load_dir(path: Path, model_id: str) -> LoadedModel:
     """Fast path: a directory in HF layout, read with json + safetensors + tokenizers (no torch)."""
-    from tokenizers import Tokenizer
-
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         state, recorded = read_weights(path)
-        backend = Tokenizer.from_str(read_tokenizer_json(path))
+        backend = _parse_tokenizer(read_tokenizer_json(path))
         tokenizer = ByteTokenizer(backend)
         bos = _bos_from_files(path, config, backend)
     except (OSError, ValueError, KeyError) as exc:
@@ -95,6 +96,17 @@ def _load_dir(path: Path, model_id: str) -> LoadedModel:
     if recorded is not None:
         _check_packed(loaded, path, *recorded)
     return loaded
+
+
+def _parse_tokenizer(text: str) -> Any:
+    """A ``tokenizers.Tokenizer`` from its JSON; ValueError for text it cannot parse (the library
+    raises a bare Exception)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as exc:   # noqa: BLE001 - tokenizers' parse errors have no narrower type
+        raise ValueError(f"tokenizer.json: {exc}") from exc
 
 
 def _check_packed(loaded: LoadedModel, path: Path, engine: int, fingerprint: str) -> None:

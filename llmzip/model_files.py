@@ -3,8 +3,9 @@
 their differences from a base, the byte planes of :mod:`llmzip.planes`, and the tokenizer's JSON,
 plain or xz-compressed.
 
-Every malformed file surfaces as :class:`llmzip.errors.ModelLoadError` or ``ValueError`` (which
-the loader turns into ModelLoadError), never as a stray TypeError or IndexError.
+Every malformed or unreadable file surfaces as :class:`llmzip.errors.ModelLoadError`,
+``ValueError`` or ``OSError`` (the last two the loader turns into ModelLoadError), never as a
+stray TypeError or IndexError.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def read_packed(path: Path, depth: int = 0) -> tuple[dict[str, np.ndarray], dict
     """The packed tensors (int8 rows and peaks, other tensors as stored) and metadata of a packed
     model directory, from its packed file or rebuilt from its difference from a base (``depth``:
     how many differences deep this directory is read, to bound a chain of bases)."""
-    delta = path / packed.DELTA_FILE
-    return _read_delta(delta, depth) if delta.is_file() else read_packed_file(path / packed.PACKED_FILE)
+    delta, whole = path / packed.DELTA_FILE, path / packed.PACKED_FILE
+    if delta.is_file() and whole.is_file():
+        raise ModelLoadError(f"{path}: holds {delta.name} and {whole.name}; keep one of them")
+    return _read_delta(delta, depth) if delta.is_file() else read_packed_file(whole)
 
 
 # Packed files are llmzip's own: read as stored (no widening), and any other dtype is damage.
@@ -109,8 +112,9 @@ def _read_delta(f: Path, depth: int) -> tuple[dict[str, np.ndarray], dict[str, A
 
 def _delta_base(f: Path, meta: dict[str, Any], depth: int) -> dict[str, np.ndarray]:
     """The packed tensors of a difference file's base: the model directory named ``meta["base"]``
-    beside the difference's own directory, packed or itself a difference (at most
-    :data:`llmzip.packed.MAX_DEPTH` deep), and recording the fingerprint ``meta["base_fingerprint"]``."""
+    beside the difference's own directory, packed or itself a difference (a chain of at most
+    :data:`llmzip.packed.MAX_DEPTH` models, the one loaded at ``depth`` 0), and recording the
+    fingerprint ``meta["base_fingerprint"]``."""
     name = str(meta["base"])
     if name in ("", ".", "..") or Path(name).name != name:
         raise ModelLoadError(f"{f}: base {name!r} is not a model directory name")
@@ -119,10 +123,11 @@ def _delta_base(f: Path, meta: dict[str, Any], depth: int) -> dict[str, np.ndarr
         raise ModelLoadError(f"{f}: stored as the difference from model {name!r}, which is not beside it as a "
                              f"packed model directory ({base})")
     if depth + 1 >= packed.MAX_DEPTH:
-        raise ModelLoadError(f"{f}: its bases are differences more than {packed.MAX_DEPTH} deep (a loop of bases?)")
+        raise ModelLoadError(f"{f}: its base {name!r} would make a chain of more than {packed.MAX_DEPTH} models "
+                             "(a loop of bases?)")
     try:
         tensors, base_meta = read_packed(base, depth + 1)
-    except ValueError as exc:
+    except (ValueError, ModelLoadError) as exc:   # the chain named from the model loaded down
         raise ModelLoadError(f"{f}: its base {base}: {exc}") from exc
     if base_meta["fingerprint"] != meta["base_fingerprint"]:
         raise ModelLoadError(f"{f}: its base {base} is not the model it was stored against "
@@ -154,7 +159,7 @@ def _read_safetensors_file(f: Path, dtypes: dict[str, str]) -> tuple[dict[str, n
 
 
 def parse_safetensors(buffer: np.ndarray, name: str, dtypes: dict[str, str],
-                       strict: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                      strict: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The tensors (views of the uint8 ``buffer``) whose dtype is in ``dtypes`` and the metadata of
     a safetensors file's bytes (u64 header length, JSON header, data). ``strict``: a tensor of any
     other dtype is an error rather than skipped (Hugging Face files may hold integer buffers).

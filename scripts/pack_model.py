@@ -7,9 +7,13 @@
     python scripts/pack_model.py --planes SRC OUT   # model.safetensors -> byte planes, xz (lossless)
 
 With ``--delta-from``, OUT holds ``model.int8-delta.safetensors.xz``: the packed tensors of SRC (a
-packed model) as their difference from those of BASE, a packed model directory that must sit
+packed model) as their difference from those of BASE, a packed model directory (or one stored as
+a difference itself, in a chain of at most ``llmzip.packed.MAX_DEPTH`` models) that must sit
 beside OUT under the same name when the model is loaded (the shipped models do: llmzip/models/).
 The script checks that the difference gives SRC's tensors back bit for bit.
+
+Every output but ``--unpack``'s holds the tokenizer xz-compressed (``tokenizer.json.xz``, ~8x
+smaller); ``--unpack`` writes plain Hugging Face layout.
 
 Packing keeps every number the exact engine computes with (see :mod:`llmzip.packed`): the script
 loads both directories and refuses to finish unless their model fingerprints are equal, and it
@@ -32,18 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmzip import packed  # noqa: E402
 from llmzip.engine import MODEL_TYPES  # noqa: E402
+from llmzip.errors import ModelLoadError  # noqa: E402
 from llmzip.model import load_model  # noqa: E402
 from llmzip.model_files import (TOKENIZER_FILE, read_packed, read_tokenizer_json,  # noqa: E402
-                                read_weights, tokenizer_file)
+                                read_weights)
 
 
 def copy_side_files(src: Path, out: Path, hf_layout: bool = False) -> None:
     """Everything but the weights (config, tokenizer, model card, training log); the tokenizer
-    xz-compressed as llmzip ships it (:func:`llmzip.model_files.tokenizer_file`), or plain
+    xz-compressed as llmzip ships it (``tokenizer.json.xz``: :mod:`llmzip.model_files`), or plain
     ``tokenizer.json`` for ``hf_layout``."""
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.xz")) and f != tokenizer_file(src):
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.xz", TOKENIZER_FILE, TOKENIZER_FILE + ".xz")):
             shutil.copyfile(f, out / f.name)
     text = read_tokenizer_json(src).encode("utf-8")
     if hf_layout:
@@ -69,8 +74,9 @@ def pack(src: Path, out: Path) -> str:
 
 
 def pack_delta(src: Path, base: Path, out: Path) -> str:
-    """Store packed model ``src`` as its difference from packed model ``base``; returns the
-    fingerprint the difference records (``src``'s, checked when ``src`` was loaded)."""
+    """Store packed model ``src`` as its difference from packed model ``base`` (itself packed or a
+    difference); returns the fingerprint the difference records (``src``'s, checked when ``src``
+    was loaded)."""
     from safetensors.numpy import save as save_bytes
 
     if not ((src / packed.PACKED_FILE).exists() or (src / packed.DELTA_FILE).exists()):
@@ -81,7 +87,10 @@ def pack_delta(src: Path, base: Path, out: Path) -> str:
     load_model(str(src))   # raises ModelLoadError unless src rebuilds the fingerprint it records
     load_model(str(base))
     tensors, meta = read_packed(src)
-    base_tensors, base_meta = read_packed(base)
+    try:
+        base_tensors, base_meta = read_packed(base, depth=1)   # as the new model's base: its chain's room
+    except ModelLoadError as exc:
+        raise SystemExit(f"{src} cannot be stored against {base}: {exc}") from exc
     try:
         delta = {k: np.ascontiguousarray(v) for k, v in packed.delta_state(tensors, base_tensors).items()}
     except packed.PackingError as exc:
@@ -137,7 +146,7 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--unpack", action="store_true", help="write float32 weights in Hugging Face layout")
     p.add_argument("--delta-from", type=Path, metavar="BASE",
-                   help="store the difference from packed model BASE (loaded from beside OUT)")
+                   help="store the difference from packed model BASE, itself packed or a difference (loaded from beside OUT)")
     p.add_argument("--planes", action="store_true", help="store float weights losslessly in byte planes, xz")
     args = p.parse_args()
     if sum(map(bool, (args.unpack, args.delta_from, args.planes))) > 1:

@@ -318,7 +318,7 @@ def adopt_tokenizer(args: argparse.Namespace) -> None:
 
     theirs, ours = read_tokenizer_json(args.init_from), args.work / "tokenizer.json"
     if not ours.exists():
-        ours.write_text(theirs, encoding="utf-8")
+        ours.write_bytes(theirs.encode("utf-8"))
         return
     if Tokenizer.from_str(theirs).get_vocab() != Tokenizer.from_file(str(ours)).get_vocab():
         raise SystemExit(f"{ours} is not the tokenizer of {args.init_from}")

@@ -130,6 +130,9 @@ def test_a_packed_directory_without_tokenizer_is_refused(tmp_path: Path) -> None
     (tmp_path / "m" / "tokenizer.json.xz").write_bytes(blob[:-40])
     with pytest.raises(ModelLoadError, match="damaged"):
         load_model(str(tmp_path / "m"))
+    (tmp_path / "m" / "tokenizer.json.xz").write_bytes(lzma.compress(b'{"version": "1.0", not json'))
+    with pytest.raises(ModelLoadError, match="tokenizer.json"):
+        load_model(str(tmp_path / "m"))
 
 
 def test_a_compressed_tokenizer_is_the_same_tokenizer(tmp_path: Path) -> None:

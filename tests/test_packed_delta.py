@@ -1,4 +1,5 @@
-"""Models stored as their difference from a packed base rebuild the base's format bit for bit."""
+"""Models stored as their difference from a base (packed, or a difference itself) rebuild their
+packed tensors bit for bit."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def _edit_metadata(f: Path, **changes: str) -> None:
     _cached_dir.cache_clear()
 
 
-@pytest.mark.parametrize("base, message", [("chained", "more than 4 deep"),
+@pytest.mark.parametrize("base, message", [("chained", "a loop of bases"),
                                            ("..", "not a model directory name"), ("", "not a model directory name")])
 def test_a_loop_of_bases_or_no_name_is_refused(stored: tuple[Path, Path], base: str, message: str) -> None:
     _, delta_dir = stored
@@ -148,6 +149,10 @@ def test_a_loop_of_bases_or_no_name_is_refused(stored: tuple[Path, Path], base: 
     _edit_metadata(delta_dir.parent / "chained" / packed.DELTA_FILE, base=base)
     with pytest.raises(ModelLoadError, match=message):
         load_model(str(delta_dir.parent / "chained"))
+
+
+def test_a_base_in_float_weights_is_refused(stored: tuple[Path, Path]) -> None:
+    _, delta_dir = stored
     with pytest.raises(SystemExit, match="must be a packed model"):
         pack_model.pack_delta(delta_dir, DATA / "golden-llama", delta_dir.parent / "again")
 
@@ -165,6 +170,25 @@ def test_a_difference_from_a_difference_codes_identically(stored: tuple[Path, Pa
     _cached_dir.cache_clear()
     with pytest.raises(ModelLoadError, match="not beside it"):
         load_model(str(delta_dir.parent / "twice"))
+
+
+def test_a_chain_holds_at_most_max_depth_models(stored: tuple[Path, Path], tmp_path: Path) -> None:
+    """base <- tuned <- m2 <- ... <- m{MAX_DEPTH - 1} load (MAX_DEPTH models); one more is refused
+    when stored and, forged, when loaded."""
+    tuned, delta_dir = stored
+    models, parent = delta_dir.parent, delta_dir
+    for depth in range(2, packed.MAX_DEPTH):
+        pack_model.pack(_tuned(tuned, tmp_path / f"f{depth}", seed=depth), tmp_path / f"p{depth}")
+        pack_model.pack_delta(tmp_path / f"p{depth}", parent, models / f"m{depth}")
+        parent = models / f"m{depth}"
+    _cached_dir.cache_clear()
+    load_model(str(parent))   # MAX_DEPTH models: base and MAX_DEPTH - 1 differences
+    with pytest.raises(SystemExit, match=f"more than {packed.MAX_DEPTH} models"):
+        pack_model.pack_delta(tmp_path / f"p{packed.MAX_DEPTH - 1}", parent, models / "deeper")
+    shutil.copytree(delta_dir, models / "deeper")
+    _edit_metadata(models / "deeper" / packed.DELTA_FILE, base=parent.name)
+    with pytest.raises(ModelLoadError, match=f"more than {packed.MAX_DEPTH} models"):
+        load_model(str(models / "deeper"))
 
 
 def test_shipped_differences_name_a_shipped_packed_base_that_still_records_their_fingerprint() -> None:
