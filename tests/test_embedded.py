@@ -112,7 +112,8 @@ def test_default_golden_name_follows_the_existing_ones(embedded):
     assert default_golden_name(EMBEDDED_NAME, 3, PRESETS[1]) == "golden-embedded-v2-e3-p1.llz"
     assert default_golden_name("llmzip-llama-6x384-v1", 4, PRESETS[1]) == "golden-embedded-llama-6x384-v1-e4-p1.llz"
     assert default_golden_name("llmzip-llama-6x384-v2", 4, PRESETS[1]) == "golden-embedded-llama-6x384-v2-e4-p1.llz"
-    assert default_golden_name(levels.LLAMA, 4, PRESETS[1]) == "golden-embedded-llama-6x384-v3-e4-p1.llz"
+    assert default_golden_name("llmzip-llama-6x384-v3", 4, PRESETS[1]) == "golden-embedded-llama-6x384-v3-e4-p1.llz"
+    assert default_golden_name(levels.LLAMA, 4, PRESETS[1]) == "golden-embedded-llama-6x384-v4-e4-p1.llz"
 
 
 @pytest.mark.skipif(not os.environ.get("LLMZIP_REGEN_GOLDEN"), reason="regenerates the golden files")
