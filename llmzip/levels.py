@@ -17,11 +17,12 @@ configuration, at lower speed, so no level uses it.
 Levels 7-9 use the larger shipped model, ``llmzip-llama-6x384-v4`` (a 12.6 M-parameter Llama
 with a 512-token context; README, "The shipped models"), with mixing: 7 in 255-token chunks, 8 and 9 in
 511-token chunks (smaller on every corpus file; 9 equals 8 until a stronger configuration ships:
-decoding in groups of 32 chunks instead of 128 saved 0.09 % on the novel and decoded 1.6x slower).
+with v4 on the whole novel, groups of 32 chunks instead of 128 made the archive 0.09 % smaller
+and decoding 1.6x slower, ``codec.compress(..., chunk_tokens=511, group_chunks=32)``, 2026-12-01).
 Its predecessors ``llmzip-llama-6x384-v1``, ``-v2`` and ``-v3``, the same shape trained on fewer
 tokens, coded these levels before it and stay shipped for their archives.
 Without mixing the Llama lost to the default on four of five corpus files (the HTML then goes to
-PPMd), so no level uses it that way. The default stays 6: the Llama codes 2-3x slower
+PPMd), so no level uses it that way. The default stays 6: the Llama codes about 2-2.6x slower
 (README, "Levels").
 
 Explicit choices win over the level (:func:`resolve`): a model, mixing on/off, a forced method
