@@ -46,8 +46,8 @@ def _entry(name: str, source: str, path: Path) -> ModelEntry | None:
     model_type = config.get("model_type", "")
     weights = weight_files(path)
     # Hub models load through transformers' AutoTokenizer, which reads only a plain tokenizer.json
-    tokenizer = tokenizer_file(path) if source == "shipped" else path / TOKENIZER_FILE
-    if model_type not in SUPPORTED_TYPES or not weights or tokenizer is None or not tokenizer.is_file():
+    has_tokenizer = tokenizer_file(path) is not None if source == "shipped" else (path / TOKENIZER_FILE).is_file()
+    if model_type not in SUPPORTED_TYPES or not weights or not has_tokenizer:
         return None
     get = lambda *keys: next((int(config[k]) for k in keys if k in config), 0)   # noqa: E731
     return ModelEntry(

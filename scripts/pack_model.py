@@ -47,8 +47,9 @@ def copy_side_files(src: Path, out: Path, hf_layout: bool = False) -> None:
     xz-compressed as llmzip ships it (``tokenizer.json.xz``: :mod:`llmzip.model_files`), or plain
     ``tokenizer.json`` for ``hf_layout``."""
     out.mkdir(parents=True, exist_ok=True)
+    weights_or_tokenizer = (".safetensors", ".safetensors.xz", TOKENIZER_FILE, TOKENIZER_FILE + ".xz")
     for f in src.iterdir():
-        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.xz", TOKENIZER_FILE, TOKENIZER_FILE + ".xz")):
+        if f.is_file() and not f.name.endswith(weights_or_tokenizer):
             shutil.copyfile(f, out / f.name)
     text = read_tokenizer_json(src).encode("utf-8")
     if hf_layout:
@@ -146,7 +147,8 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--unpack", action="store_true", help="write float32 weights in Hugging Face layout")
     p.add_argument("--delta-from", type=Path, metavar="BASE",
-                   help="store the difference from packed model BASE, itself packed or a difference (loaded from beside OUT)")
+                   help="store the difference from packed model BASE, itself packed or a difference "
+                        "(loaded from beside OUT)")
     p.add_argument("--planes", action="store_true", help="store float weights losslessly in byte planes, xz")
     args = p.parse_args()
     if sum(map(bool, (args.unpack, args.delta_from, args.planes))) > 1:
