@@ -118,6 +118,14 @@ class KVCache8:
         for arrays in (self.keys, self.values, self.value_exp, self.value_max):
             arrays[:] = [a[rows] for a in arrays]
 
+    def store(self, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
+        """:func:`store` into this cache."""
+        store(self, layer, k, v, start, score_shift)
+
+    def attend(self, q: np.ndarray, layer: int, start: int) -> np.ndarray:
+        """:func:`attend` over this cache."""
+        return attend(q, self, layer, start)
+
 
 def quantize_vectors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 vectors and exponents for int64 ``x`` (..., n): ``x ~ q * 2**e`` per vector."""

@@ -105,10 +105,13 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens, prealloc) if mixing else None
     model.prepare(header.token_count)
     parts: list[bytes] = []
-    for j, segment in enumerate(segments):
-        rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
-        for ids in decode_group(model, bytes(segment), rows, settings, mixer):
-            parts.append(model.tokenizer.decode(ids))
+    try:
+        for j, segment in enumerate(segments):
+            rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
+            for ids in decode_group(model, bytes(segment), rows, settings, mixer):
+                parts.append(model.tokenizer.decode(ids))
+    finally:
+        fused.deactivate()   # the choice was this call's (llmzip.fused.select)
     data = b"".join(parts)
     if len(data) != header.original_size or content_checksum(data) != header.checksum:
         raise CorruptArchiveError("checksum mismatch: the decoded data is not the original")

@@ -41,6 +41,7 @@ from . import runtime
 # two cores). Building is never automatic: it takes a minute or two, more than one compression saves.
 FUSED_LOAD_MIN_TOKENS = 1 << 14
 _active = False
+_steps = False
 _lock = threading.Lock()
 
 
@@ -49,15 +50,22 @@ def active() -> bool:
     return _active
 
 
-def select(tokens: int, wanted: bool) -> bool:
-    """Choose for a codec call of ``tokens`` tokens, before its worker threads start: the fused
-    kernels if ``wanted`` (the caller runs its int8 GEMMs on torch and encodes), this machine has
-    a build of them that passes its probe, they are loaded or the call has
-    :data:`FUSED_LOAD_MIN_TOKENS` tokens, and torch's GEMMs run on one OpenMP thread per caller
-    (:func:`llmzip.runtime.one_openmp_thread`). ``LLMZIP_FUSED=0`` keeps numpy;
-    ``LLMZIP_FUSED=always`` takes the kernels (building them if needed) at any size and thread
-    setting. Returns the choice."""
-    global _active
+def steps_active() -> bool:
+    """Whether decoding steps attend through ``attend_step8`` over KV caches held as int8
+    (:class:`llmzip.attention8_steps.StepCache8`): during a decoding call that :func:`select` gave
+    the kernels."""
+    return _steps
+
+
+def select(tokens: int, wanted: bool, decoding: bool = False) -> bool:
+    """Choose for a codec call of ``tokens`` tokens, before its workers start: the fused kernels if
+    ``wanted`` (the caller runs its int8 GEMMs on torch), this machine has a build of them that
+    passes its probe, they are loaded or the call has :data:`FUSED_LOAD_MIN_TOKENS` tokens, and
+    torch's GEMMs run on one OpenMP thread per caller (:func:`llmzip.runtime.one_openmp_thread`).
+    For a ``decoding`` call the kernels also hold the KV caches as int8 (:func:`steps_active`).
+    ``LLMZIP_FUSED=0`` keeps numpy; ``LLMZIP_FUSED=always`` takes the kernels (building them if
+    needed) at any size and thread setting. Returns the choice."""
+    global _active, _steps
     mode = os.environ.get("LLMZIP_FUSED", "auto")
     # Without OMP_NUM_THREADS=1 (the CLI sets it before torch loads) the GEMMs inside the kernels
     # fork an OpenMP team per codec worker and the kernels lose to numpy: the 6x384 Llama compressed
@@ -68,6 +76,7 @@ def select(tokens: int, wanted: bool) -> bool:
         _active = False
     else:
         _active = available(build=mode == "always") and _exact_matmul()
+    _steps = _active and decoding
     return _active
 
 
@@ -83,6 +92,13 @@ def force(on: bool) -> None:
     """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`."""
     global _active
     _active = on and available(build=True)
+
+
+def force_steps(on: bool) -> None:
+    """Turn the decoding steps' kernel on or off regardless of size (tests and benchmarks); on needs
+    :func:`available`."""
+    global _steps
+    _steps = on and available(build=True)
 
 
 def available(build: bool = False) -> bool:
@@ -209,8 +225,8 @@ def eager_calls() -> int:
 
 def deactivate() -> None:
     """Back to numpy (the end of a codec call)."""
-    global _active
-    _active = False
+    global _active, _steps
+    _active = _steps = False
 
 
 def _probe(kernels: dict[str, Callable[..., Any]]) -> None:

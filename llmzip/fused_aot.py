@@ -71,6 +71,15 @@ def _attend(add_rank: int) -> Callable[[], tuple[torch.Tensor, ...]]:
     return example
 
 
+def _attend_step8() -> tuple[torch.Tensor, ...]:
+    """Queries (3 rows, 2 key/value heads, 3 query heads each, 16); a cache of 40 positions; 11 read."""
+    exps = _ints(3, 2, 40, dtype=torch.int32).abs() % 5
+    return (_ints(3, 2, 3, 16, dtype=torch.int32), _ints(3, 2, 3, dtype=torch.int32).abs() % 5,
+            _ints(3, 2, 16, 40, dtype=torch.int8), exps - 3, _ints(3, 2, 40, 16, dtype=torch.int8), exps,
+            _ints(3, 2, 3, dtype=torch.int32).abs() % 5, torch.zeros(11, dtype=torch.int8),
+            torch.from_numpy(attention8._weight_table()))
+
+
 def _head() -> tuple[torch.Tensor, ...]:
     """A 48 -> 24 output head, the exp table, clip and scale, and an int32 table to write."""
     return _linear() + (torch.from_numpy(quantize._exp_table_f64()), tensor(2.0**30), tensor(2.0**28),
@@ -80,6 +89,7 @@ def _head() -> tuple[torch.Tensor, ...]:
 SPECS: tuple[Spec, ...] = (
     Spec("linear8", _linear), Spec("linear8_int", _linear),
     Spec("attend", _attend(2), static=(6,)), Spec("attend", _attend(1), static=(6,)),
+    Spec("attend_step8", _attend_step8, static=(8,)),
     Spec("swiglu", lambda: (_ints(5, 14), _ints(33), tensor(16), tensor(1000), tensor(12))),
     Spec("activation", lambda: (_ints(5, 14), _ints(33), tensor(16))),
     Spec("norm_stats", lambda: (_ints(5, 14), tensor(True), tensor(20))),

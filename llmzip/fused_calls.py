@@ -60,6 +60,15 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp
             and add.shape[-1] <= keys.shape[2] and (add.dim() == 1 or add.shape[0] == q.shape[2]))
 
 
+def _attend_step8(q8: torch.Tensor, eq: torch.Tensor, keys_t: torch.Tensor, key_exp: torch.Tensor,
+                  values: torch.Tensor, value_exp: torch.Tensor, top: torch.Tensor, positions: torch.Tensor,
+                  table: torch.Tensor) -> bool:
+    rows, kv, capacity, hd = values.shape
+    return (q8.shape[:2] == (rows, kv) and q8.shape[3] == hd and eq.shape == top.shape == q8.shape[:3]
+            and keys_t.shape == (rows, kv, hd, capacity) and key_exp.shape == value_exp.shape == (rows, kv, capacity)
+            and positions.shape[0] <= capacity)
+
+
 def _norm_apply(x: torch.Tensor, *rest: torch.Tensor) -> bool:
     mean, shift, inv, out_shift, gamma, _, beta, _ = rest
     per_row = {mean.shape, shift.shape, inv.shape, out_shift.shape}
@@ -75,7 +84,8 @@ def _head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: to
 
 
 SHAPES: dict[str, Callable[..., bool]] = {   # the size relations a compiled kernel assumes
-    "linear8": _linear, "linear8_int": _linear, "attend": _attend, "norm_apply": _norm_apply,
+    "linear8": _linear, "linear8_int": _linear, "attend": _attend, "attend_step8": _attend_step8,
+    "norm_apply": _norm_apply,
     "rotate": _rotate, "head_freqs": _head_freqs,
     "swiglu": lambda gate_up, *_: gate_up.shape[1] % 2 == 0,
     "activation": lambda *_: True, "norm_stats": lambda *_: True,
@@ -143,6 +153,10 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
                     top: np.ndarray, table: np.ndarray) -> np.ndarray:
         return run("attend", (q, keys, values, value_exp, top, _halves(end), table))[0].numpy()
 
+    def attend_step8(q8: np.ndarray, eq: np.ndarray, keys_t: np.ndarray, key_exp: np.ndarray, values: np.ndarray,
+                     value_exp: np.ndarray, top: np.ndarray, end: int, table: np.ndarray) -> np.ndarray:
+        return run("attend_step8", (q8, eq, keys_t, key_exp, values, value_exp, top, _positions(end), table))[0].numpy()
+
     def rotate(qkv: np.ndarray, cos: np.ndarray, sin: np.ndarray, heads: int, frac: int, clip: int) -> np.ndarray:
         # Rotates every head (the value heads too, unused): one contiguous input, no copy of a slice.
         return run("rotate", (qkv, cos, sin, frac, clip))[0].numpy()[:, :, :heads]
@@ -158,11 +172,21 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
         return out
 
     return {"linear8": single("linear8"), "linear8_int": single("linear8_int"), "attend": attend,
-            "attend_step": attend_step, "swiglu": rows("swiglu"), "activation": rows("activation"),
+            "attend_step": attend_step, "attend_step8": attend_step8, "swiglu": rows("swiglu"), "activation": rows("activation"),
             "norm_stats": norm_stats, "norm_apply": single("norm_apply"), "rotate": rotate,
             "head_freqs": head_freqs}
 
 
+def _positions(end: int) -> np.ndarray:
+    """An (end,) array whose length tells ``attend_step8`` how many positions to read: a view of one
+    zero array, grown as needed."""
+    if len(_POSITIONS[0]) < end:
+        _POSITIONS[0] = np.zeros(max(end, 2 * len(_POSITIONS[0])), dtype=np.int8)
+        _POSITIONS[0].setflags(write=False)
+    return _POSITIONS[0][:end]
+
+
+_POSITIONS = [np.zeros(0, dtype=np.int8)]
 _HALVES = [np.zeros(0)]   # the longest row of halves asked for so far (read-only)
 
 

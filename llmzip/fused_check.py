@@ -55,15 +55,17 @@ def check_linear_layer(kernels: Kernels) -> None:
 
 
 def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int,
-                  capacity: int = 64) -> attention8.KVCache8:
+                  capacity: int = 64, kind: Any = attention8.KVCache8) -> Any:
+    """A one-layer cache of ``kind`` (:class:`~llmzip.attention8.KVCache8` or
+    :class:`~llmzip.attention8_steps.StepCache8`) holding ``length`` random positions."""
     from .engine.common import SCORE_SHIFT
 
-    cache = attention8.KVCache8(1, rows, kv_heads, capacity, hd)
+    cache = kind(1, rows, kv_heads, capacity, hd)
     scale = 2.0 ** rng.integers(0, 20, size=(rows, kv_heads, length, 1))   # exponents that vary by position
     k = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale).astype(np.int64)
     v = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale[:, :, ::-1]).astype(np.int64)
     v[0, 0, 2] = 0                                                       # a zero vector: exponent 0
-    attention8.store(cache, 0, k, v, 0, SCORE_SHIFT)
+    cache.store(0, k, v, 0, SCORE_SHIFT)
     cache.length = length
     return cache
 
@@ -92,6 +94,30 @@ def check_attend(kernels: Kernels) -> None:
                 mask = attention8._round_or_mask(group, start, end)
                 got = kernels["attend"](*arrays, mask, attention8._weight_table())
             _equal("attend", want, got)
+
+
+def check_attend_step8(kernels: Kernels) -> None:
+    """Decoding steps over an int8 cache against the reference over the float32 cache of the same
+    numbers: 1 and 3 query heads per key/value head, 1 and 2 of those, one row, the first position,
+    a full cache, and queries whose scales put the score shift on both sides of 0."""
+    from .attention8_steps import StepCache8
+
+    hd = 16
+    for group, rows, kv, capacity in ((1, 2, 2, 64), (3, 2, 2, 64), (3, 1, 1, 64), (1, 2, 1, 9), (3, 2, 2, 9)):
+        seed = 7 * group + 3 * rows + kv + capacity
+        want_cache = _filled_cache(np.random.default_rng(seed), rows, kv, 9, hd, capacity)
+        got_cache = _filled_cache(np.random.default_rng(seed), rows, kv, 9, hd, capacity, StepCache8)
+        rng = np.random.default_rng(seed)
+        for end, scale in ((9, 36), (9, 12), (5, 24), (1, 36), (1, 0)):
+            q = (rng.uniform(-1, 1, size=(rows, kv, group, hd)) * 2.0 ** scale).astype(np.int64)
+            q[0, 0, 0] = 0
+            q8, eq = attention8.quantize_vectors(q)
+            want = attention8._attend_rows(q8, eq, want_cache, 0, slice(0, rows), end - 1, end)
+            top = np.repeat(got_cache.value_max[0][:, :, end - 1 : end], group, axis=2)
+            got = kernels["attend_step8"](q8.astype(np.int32), eq.astype(np.int32), got_cache.keys_t[0],
+                                          got_cache.key_exp[0], got_cache.values[0], got_cache.value_exp[0],
+                                          top, end, attention8._weight_table())
+            _equal("attend_step8", want, got)
 
 
 def _around(limit: int, clip: int, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -192,5 +218,5 @@ def check_head_freqs(kernels: Kernels) -> None:
                 _equal("head_freqs", want, out)
 
 
-CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_swiglu, check_activation,
-                                                check_norms, check_rotate, check_head_freqs)
+CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_attend_step8, check_swiglu,
+                                                check_activation, check_norms, check_rotate, check_head_freqs)

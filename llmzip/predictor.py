@@ -86,12 +86,11 @@ class LoadedModel:
 
     def prepare(self, tokens: int, encoding: bool = False) -> None:
         """Get ready for a codec call of ``tokens`` tokens, before its worker threads start: the
-        int8 GEMM backend (:func:`llmzip.linear8.select_backend`) and, for a compression, the fused
-        kernels (:func:`llmzip.fused.select`; the decoder's forked workers keep numpy). Never
-        changes a table."""
+        int8 GEMM backend (:func:`llmzip.linear8.select_backend`) and the fused kernels
+        (:func:`llmzip.fused.select`). Never changes a table."""
         per_token = self.flops_per_token
         torch_gemm = self.engine.version.int8_gemm and select_backend(tokens * per_token, 0 if encoding else per_token)
-        fused.select(tokens, torch_gemm and encoding)
+        fused.select(tokens, torch_gemm, decoding=not encoding)
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32

@@ -149,3 +149,30 @@ def test_cache_grows_as_positions_are_stored_and_refuses_past_its_capacity():
     assert cache.value_max[0].shape[2] == 150
     with pytest.raises(ValueError, match="capacity"):
         cache.reserve(151)
+
+
+def _run_steps_cache(q: np.ndarray, k: np.ndarray, v: np.ndarray, step: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_run` over a StepCache8 (its numpy path: no kernels), dropping to ``rows`` halfway."""
+    from llmzip.attention8_steps import StepCache8
+
+    n, heads, length, head_dim = q.shape
+    cache = StepCache8(1, n, k.shape[1], length, head_dim)
+    parts = []
+    for t0 in range(0, length, step):
+        if rows is not None and t0 >= length // 2:
+            cache.keep(rows)
+            q, k, v, parts, rows = q[rows], k[rows], v[rows], [p[rows] for p in parts], None
+        sl = slice(t0, t0 + step)
+        cache.store(0, k[:, :, sl], v[:, :, sl], t0, SHIFT)
+        parts.append(cache.attend(q[:, :, sl] * 8192, 0, t0))
+    return np.concatenate(parts, axis=2)
+
+
+@pytest.mark.parametrize("step", [1, 7, 60])
+def test_int8_steps_cache_holds_the_same_numbers(step: int) -> None:
+    """The decoders' int8 cache, read by numpy, gives the float32 cache's integers, through growth
+    past its first capacity and rows dropped."""
+    q, k, v = _qkv(3, 2, 150, 16, seed=8)
+    want = _run(q, k, v, 150)
+    np.testing.assert_array_equal(_run_steps_cache(q, k, v, step), want)
+    np.testing.assert_array_equal(_run_steps_cache(q, k, v, step, np.array([2, 0])), want[[2, 0]])

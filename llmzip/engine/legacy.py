@@ -115,6 +115,10 @@ class Float64Attention:
     cache = KVCache64
 
     @staticmethod
+    def new_cache(n_layer: int, rows: int, heads: int, capacity: int, head_dim: int) -> KVCache64:
+        return KVCache64(n_layer, rows, heads, capacity, head_dim)
+
+    @staticmethod
     def check_bounds(head_dim: int, n_ctx: int) -> None:
         check_gemm_bound(head_dim, ACT_CLIP, ACT_CLIP, "attention scores")
         check_gemm_bound(n_ctx, 2**FLOAT_ATT_WEIGHT_BITS, ACT_CLIP, "attention values")

@@ -244,7 +244,7 @@ class ExactLlama:
 
     def new_cache(self, rows: int, capacity: int | None = None) -> Any:
         s = self.spec
-        return self.attention.cache(s.n_layer, rows, s.n_kv_head, capacity or s.n_ctx, s.head_dim)
+        return self.attention.new_cache(s.n_layer, rows, s.n_kv_head, capacity or s.n_ctx, s.head_dim)
 
     def kv_bytes_per_row(self) -> int:
         """KV-cache bytes one row of a full context needs."""

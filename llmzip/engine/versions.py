@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from .. import attention8
+from .. import attention8, fused
+from ..attention8_steps import StepCache8
 from ..errors import UnsupportedFormatError
 from ..linear8 import check_linear8, quantize_linear8
 from .common import SCORE_SHIFT
@@ -55,7 +56,10 @@ class KVCache(Protocol):
 class Attention(Protocol):
     """Causal attention arithmetic: its KV cache type, its exactness bounds, and the computation."""
 
-    cache: Any   # a KVCache class: cache(n_layer, rows, kv_heads, capacity, head_dim), .bytes_per_row(same but rows)
+    cache: Any   # the KVCache class whose .bytes_per_row(n_layer, kv_heads, capacity, head_dim) sizes groups
+
+    def new_cache(self, n_layer: int, rows: int, kv_heads: int, capacity: int, head_dim: int) -> Any:
+        """An empty KV cache for this arithmetic (its layout may depend on the call: decoding, kernels)."""
 
     def check_bounds(self, head_dim: int, n_ctx: int) -> None: ...
 
@@ -69,15 +73,22 @@ class Int8Attention:
     cache = attention8.KVCache8
 
     @staticmethod
+    def new_cache(n_layer: int, rows: int, kv_heads: int, capacity: int, head_dim: int) -> Any:
+        """The float32 cache numpy's GEMMs and the prefill kernel read, or while decoding steps run
+        their kernel (:func:`llmzip.fused.steps_active`) the int8 one it reads: the same integers."""
+        steps = fused.steps_active() and capacity <= attention8.SPAN
+        return (StepCache8 if steps else attention8.KVCache8)(n_layer, rows, kv_heads, capacity, head_dim)
+
+    @staticmethod
     def check_bounds(head_dim: int, n_ctx: int) -> None:
         attention8.check_bounds(head_dim)
 
     @staticmethod
-    def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: attention8.KVCache8, layer: int,
+    def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: attention8.KVCache8 | StepCache8, layer: int,
                  start: int, scale: int) -> np.ndarray:
         """Store k, v (rows, kv_heads, T, hd); attend with ``q * scale`` (rows, H, T, hd); int64 (rows, H, T, hd)."""
-        attention8.store(cache, layer, k, v, start, SCORE_SHIFT)
-        return attention8.attend(q * scale, cache, layer, start)   # |q * scale| < 2**20 * 2**16
+        cache.store(layer, k, v, start, SCORE_SHIFT)
+        return cache.attend(q * scale, layer, start)   # |q * scale| < 2**20 * 2**16
 
 
 @dataclass(frozen=True)

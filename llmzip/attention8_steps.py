@@ -1,0 +1,124 @@
+"""Decoding steps of :mod:`llmzip.attention8` over a KV cache held as int8: the same integers from a
+quarter of the memory.
+
+A decoding step reads every cached key and value of every row, so with the cache held as float32
+(:class:`~llmzip.attention8.KVCache8`, the layout numpy's float32 GEMMs need) it is bound by memory
+reads: 64 rows of the embedded model (4 heads of 48) at 128 positions are 12.6 MB per layer and step.
+:class:`StepCache8` holds the same numbers as int8, with their exponents beside them, and the fused
+kernel ``attend_step8`` (:mod:`llmzip.fused_torch`) computes both products in int32 straight from
+them. Nothing here is a new arithmetic: every score, weight and output is the integer
+:func:`llmzip.attention8._attend_rows` gives (the kernel's probe, :mod:`llmzip.fused_check`, and
+the tests compare them). Keys are stored transposed, (head_dim, positions) per row and head, so
+the kernel's score loop runs along positions.
+
+Used only while :func:`llmzip.fused.steps_active` (a decoding call that runs the fused kernels) and
+for contexts of at most :data:`~llmzip.attention8.SPAN` positions, where the
+kernel's int32 sums are exact. Anything the kernel does not take (several positions at once)
+runs the numpy reference on a float32 copy of the positions read: exact, and slow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import attention8, fused
+from .attention8 import KVCache8, quantize_vectors
+
+
+class StepCache8:
+    """Keys and values of every layer as int8 vectors with one exponent each, as a decoder holds them.
+
+    ``keys_t[l]``: int8 (rows, heads, head_dim, capacity), ``q_k`` transposed; ``key_exp[l]``: int32
+    (rows, heads, capacity), ``e_k - score_shift``. ``values[l]``: int8 (rows, heads, capacity,
+    head_dim), ``q_v``; ``value_exp[l]``: int32 ``e_v``, and ``value_max[l]`` its running maximum
+    along positions. Capacity grows by doubling as in :class:`~llmzip.attention8.KVCache8`.
+    """
+
+    def __init__(self, n_layer: int, rows: int, n_head: int, capacity: int, head_dim: int) -> None:
+        self.limit = capacity
+        held = min(capacity, attention8.FIRST_CAPACITY)
+        self.keys_t = [np.zeros((rows, n_head, head_dim, held), np.int8) for _ in range(n_layer)]
+        self.values = [np.zeros((rows, n_head, held, head_dim), np.int8) for _ in range(n_layer)]
+        self.key_exp = [np.zeros((rows, n_head, held), np.int32) for _ in range(n_layer)]
+        self.value_exp = [np.zeros((rows, n_head, held), np.int32) for _ in range(n_layer)]
+        self.value_max = [np.zeros((rows, n_head, held), np.int32) for _ in range(n_layer)]
+        self.length = 0
+
+    @property
+    def rows(self) -> int:
+        return self.values[0].shape[0]
+
+    @property
+    def held(self) -> int:
+        return self.values[0].shape[2]
+
+    def reserve(self, end: int) -> None:
+        """Make room for positions up to ``end`` (at most the capacity given at construction)."""
+        held = self.held
+        if end <= held:
+            return
+        if end > self.limit:
+            raise ValueError(f"KV cache: position {end} beyond its capacity of {self.limit}")
+        size = min(self.limit, max(end, 2 * held))
+        self.keys_t = [_grown(a, -1, size) for a in self.keys_t]
+        self.values = [_grown(a, 2, size) for a in self.values]
+        for arrays in (self.key_exp, self.value_exp, self.value_max):
+            arrays[:] = [_grown(a, 2, size) for a in arrays]
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Drop every row not listed in ``rows`` (e.g. chunks that have ended)."""
+        for arrays in (self.keys_t, self.values, self.key_exp, self.value_exp, self.value_max):
+            arrays[:] = [a[rows] for a in arrays]
+
+    def store(self, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
+        """:func:`llmzip.attention8.store`'s numbers, kept as int8 and exponents."""
+        end = start + k.shape[2]
+        self.reserve(end)
+        k8, ek = quantize_vectors(k)
+        v8, ev = quantize_vectors(v)
+        self.keys_t[layer][..., start:end] = k8.swapaxes(-1, -2)
+        self.key_exp[layer][..., start:end] = ek - score_shift
+        self.values[layer][:, :, start:end] = v8
+        self.value_exp[layer][..., start:end] = ev
+        running = np.maximum.accumulate(ev, axis=-1)
+        if start:
+            np.maximum(running, self.value_max[layer][..., start - 1 : start], out=running)
+        self.value_max[layer][..., start:end] = running
+
+    def attend(self, q: np.ndarray, layer: int, start: int) -> np.ndarray:
+        """:func:`llmzip.attention8.attend` of queries (rows, H, T, hd) at positions ``start``..."""
+        rows, heads, t_new, head_dim = q.shape
+        kv_heads = self.values[layer].shape[1]
+        end = start + t_new
+        if t_new > 1 or end > attention8.SPAN or not fused.steps_active():
+            return attention8.attend(q, self.as_float32(layer, end), 0, start)
+        q8, eq = quantize_vectors(q.reshape(rows, kv_heads, heads // kv_heads, head_dim))
+        top = self.value_max[layer][:, :, end - 1 : end]
+        top = np.repeat(top, heads // kv_heads, axis=2)
+        arrays = (q8.astype(np.int32), eq.astype(np.int32), self.keys_t[layer], self.key_exp[layer],
+                  self.values[layer], self.value_exp[layer], top, end)
+        return fused.kernel("attend_step8")(*arrays, attention8._weight_table()).reshape(q.shape)
+
+    def as_float32(self, layer: int, end: int) -> KVCache8:
+        """Positions ``0..end - 1`` of one layer as the one-layer float32 cache numpy's attention reads."""
+        rows, heads, head_dim, _ = self.keys_t[layer].shape
+        cache = KVCache8(1, rows, heads, self.limit, head_dim)
+        cache.reserve(end)
+        keys = self.keys_t[layer][..., :end].swapaxes(-1, -2).astype(np.float32)
+        cache.keys[0][:, :, :end] = np.ldexp(keys, self.key_exp[layer][..., :end, None])
+        cache.values[0][:, :, :end] = self.values[layer][:, :, :end]
+        cache.value_exp[0][:, :, :end] = self.value_exp[layer][..., :end]
+        cache.value_max[0][:, :, :end] = self.value_max[layer][..., :end]
+        cache.length = end
+        return cache
+
+
+def _grown(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``a`` zero-padded along ``axis`` to ``size``."""
+    shape = list(a.shape)
+    shape[axis] = size
+    grown = np.zeros(shape, dtype=a.dtype)
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(0, a.shape[axis])
+    grown[tuple(index)] = a
+    return grown
