@@ -126,6 +126,12 @@ class KVCache8:
         """:func:`attend` over this cache."""
         return attend(q, self, layer, start)
 
+    def attend_new(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, start: int, scale: int,
+                   score_shift: int) -> np.ndarray:
+        """Store keys and values (rows, kv_heads, T, hd) at ``start``..., then attend with ``q * scale``."""
+        store(self, layer, k, v, start, score_shift)
+        return attend(q * scale, self, layer, start)
+
 
 def quantize_vectors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 vectors and exponents for int64 ``x`` (..., n): ``x ~ q * 2**e`` per vector."""

@@ -19,6 +19,8 @@ runs the numpy reference on a float32 copy of the positions read: exact, and slo
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import attention8, fused
@@ -85,19 +87,37 @@ class StepCache8:
             np.maximum(running, self.value_max[layer][..., start - 1 : start], out=running)
         self.value_max[layer][..., start:end] = running
 
+    def attend_new(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, start: int, scale: int,
+                   score_shift: int) -> np.ndarray:
+        """Store keys and values (rows, kv_heads, T, hd) at ``start``..., then attend with ``q * scale``:
+        for one decoding step with the kernels, the three quantised by one kernel call."""
+        if k.shape[2] > 1 or start + 1 > attention8.SPAN or not fused.steps_active():
+            self.store(layer, k, v, start, score_shift)
+            return self.attend(q * scale, layer, start)
+        rows, heads, _, head_dim = q.shape
+        kv_heads = k.shape[1]
+        x8, e = fused.kernel("quantize_heads")(np.concatenate((q, k, v), axis=1)[:, :, 0], _multipliers(heads, kv_heads, scale))
+        self.reserve(start + 1)
+        self.keys_t[layer][..., start] = x8[:, heads : heads + kv_heads]
+        self.key_exp[layer][..., start] = e[:, heads : heads + kv_heads] - score_shift
+        self.values[layer][:, :, start] = x8[:, heads + kv_heads :]
+        ev = e[:, heads + kv_heads :]
+        self.value_exp[layer][..., start] = ev
+        self.value_max[layer][..., start] = np.maximum(ev, self.value_max[layer][..., start - 1]) if start else ev
+        q8 = x8[:, :heads].reshape(rows, kv_heads, heads // kv_heads, head_dim)
+        return self._kernel(layer, q8, e[:, :heads].reshape(q8.shape[:3]), start + 1).reshape(q.shape)
+
     def attend(self, q: np.ndarray, layer: int, start: int) -> np.ndarray:
-        """:func:`llmzip.attention8.attend` of queries (rows, H, T, hd) at positions ``start``..."""
-        rows, heads, t_new, head_dim = q.shape
-        kv_heads = self.values[layer].shape[1]
-        end = start + t_new
-        if t_new > 1 or end > attention8.SPAN or not fused.steps_active():
-            return attention8.attend(q, self.as_float32(layer, end), 0, start)
-        q8, eq = quantize_vectors(q.reshape(rows, kv_heads, heads // kv_heads, head_dim))
-        top = self.value_max[layer][:, :, end - 1 : end]
-        top = np.repeat(top, heads // kv_heads, axis=2)
+        """:func:`llmzip.attention8.attend` of queries (rows, H, T, hd) at positions ``start``..., by
+        numpy on a float32 copy of the positions read (the reference; steps go through :meth:`attend_new`)."""
+        return attention8.attend(q, self.as_float32(layer, start + q.shape[2]), 0, start)
+
+    def _kernel(self, layer: int, q8: np.ndarray, eq: np.ndarray, end: int) -> np.ndarray:
+        """``attend_step8`` of quantised queries (rows, kv_heads, G, hd) at position ``end - 1``."""
+        top = np.repeat(self.value_max[layer][:, :, end - 1 : end], q8.shape[2], axis=2)
         arrays = (q8.astype(np.int32), eq.astype(np.int32), self.keys_t[layer], self.key_exp[layer],
                   self.values[layer], self.value_exp[layer], top, end)
-        return fused.kernel("attend_step8")(*arrays, attention8._weight_table()).reshape(q.shape)
+        return fused.kernel("attend_step8")(*arrays, attention8._weight_table())
 
     def as_float32(self, layer: int, end: int) -> KVCache8:
         """Positions ``0..end - 1`` of one layer as the one-layer float32 cache numpy's attention reads."""
@@ -111,6 +131,14 @@ class StepCache8:
         cache.value_max[0][:, :, :end] = self.value_max[layer][..., :end]
         cache.length = end
         return cache
+
+
+@functools.lru_cache(maxsize=16)
+def _multipliers(heads: int, kv_heads: int, scale: int) -> np.ndarray:
+    """``quantize_heads``' factor per head of a step's (queries, keys, values): the scale, then ones."""
+    mult = np.array([scale] * heads + [1] * (2 * kv_heads), dtype=np.int64)
+    mult.setflags(write=False)
+    return mult
 
 
 def _grown(a: np.ndarray, axis: int, size: int) -> np.ndarray:

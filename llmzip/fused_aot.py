@@ -90,6 +90,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("linear8", _linear), Spec("linear8_int", _linear),
     Spec("attend", _attend(2), static=(6,)), Spec("attend", _attend(1), static=(6,)),
     Spec("attend_step8", _attend_step8, static=(8,)),
+    Spec("quantize_heads", lambda: (_ints(3, 5, 16) << 20, _ints(5).abs() + 1)),
     Spec("swiglu", lambda: (_ints(5, 14), _ints(33), tensor(16), tensor(1000), tensor(12))),
     Spec("activation", lambda: (_ints(5, 14), _ints(33), tensor(16))),
     Spec("norm_stats", lambda: (_ints(5, 14), tensor(True), tensor(20))),

@@ -85,7 +85,7 @@ def _head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: to
 
 SHAPES: dict[str, Callable[..., bool]] = {   # the size relations a compiled kernel assumes
     "linear8": _linear, "linear8_int": _linear, "attend": _attend, "attend_step8": _attend_step8,
-    "norm_apply": _norm_apply,
+    "quantize_heads": lambda x, mult: mult.shape == x.shape[1:2], "norm_apply": _norm_apply,
     "rotate": _rotate, "head_freqs": _head_freqs,
     "swiglu": lambda gate_up, *_: gate_up.shape[1] % 2 == 0,
     "activation": lambda *_: True, "norm_stats": lambda *_: True,
@@ -172,7 +172,9 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
         return out
 
     return {"linear8": single("linear8"), "linear8_int": single("linear8_int"), "attend": attend,
-            "attend_step": attend_step, "attend_step8": attend_step8, "swiglu": rows("swiglu"), "activation": rows("activation"),
+            "attend_step": attend_step, "attend_step8": attend_step8,
+            "quantize_heads": lambda x, mult: tuple(t.numpy() for t in run("quantize_heads", (x, mult))),
+            "swiglu": rows("swiglu"), "activation": rows("activation"),
             "norm_stats": norm_stats, "norm_apply": single("norm_apply"), "rotate": rotate,
             "head_freqs": head_freqs}
 

@@ -120,6 +120,18 @@ def check_attend_step8(kernels: Kernels) -> None:
             _equal("attend_step8", want, got)
 
 
+def check_quantize_heads(kernels: Kernels) -> None:
+    """A step's queries (times a scale), keys and values: rows on both sides of every shift boundary."""
+    rng = np.random.default_rng(4)
+    x = _edge_rows(rng, 16, 2**36)[:15].reshape(3, 5, 16)
+    mult = np.array([9459, 8192, 1, 1, 1], dtype=np.int64)
+    for rows in (x, x[:1]):
+        want = attention8.quantize_vectors(rows * mult[:, None])
+        got = kernels["quantize_heads"](rows, mult)
+        for w, g in zip(want, got):
+            _equal("quantize_heads", w, g)
+
+
 def _around(limit: int, clip: int, rng: np.random.Generator, n: int) -> np.ndarray:
     """Values at and around the table's ends, the clip, zero, and random ones, shape (2, n)."""
     edges = [0, 1, -1, limit - 1, limit, limit + 1, -limit + 1, -limit, -limit - 1, clip, -clip, clip + 5, -clip - 5]
@@ -218,5 +230,6 @@ def check_head_freqs(kernels: Kernels) -> None:
                 _equal("head_freqs", want, out)
 
 
-CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_attend_step8, check_swiglu,
-                                                check_activation, check_norms, check_rotate, check_head_freqs)
+CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_attend_step8, check_quantize_heads,
+                                                check_swiglu, check_activation, check_norms, check_rotate,
+                                                check_head_freqs)

@@ -21,21 +21,20 @@ Q_MAX = 127
 # One OpenMP thread per kernel, fixed at compile time (the codec's workers are the parallelism).
 # No unsafe-math and no floating-point contraction, whatever the environment says (Inductor's
 # defaults; the kernels' float steps are exact, so neither could change a bit anyway). Constants
-# (``_POW2``) inside the shared library, which is all fused_aot keeps of a build.
+# inside the shared library, which is all fused_aot keeps of a build.
 COMPILE_OPTIONS: dict[str, Any] = {"cpp.threads": 1, "cpp.enable_unsafe_math_opt_flag": False,
                                    "cpp.enable_floating_point_contract_flag": "off",
                                    "aot_inductor.package_constants_in_so": True}
-_POW2 = [1 << k for k in range(63)]
 Scalar = Any    # an int or float, or the 0-d tensor that carries it into a compiled kernel
 
 
 def _bit_length(peak: torch.Tensor) -> torch.Tensor:
-    """Bit length of non-negative int64 values: the number of powers of two at or below each value,
-    compared exactly in int64. Equal to ``fixedpoint.bit_length`` (frexp) below 2**53, the only
-    range the engine passes (its largest inputs: 2**36 into ``down`` and the attention queries,
-    2**31 into the norms); from 2**53 on, frexp's rounding can make the reference one larger."""
-    powers = torch.tensor(_POW2, dtype=torch.int64, device=peak.device)
-    return (peak.unsqueeze(-1) >= powers).sum(-1)
+    """Bit length of non-negative int64 values, read from the exponent field of their float64
+    conversion: ``fixedpoint.bit_length`` (frexp of the same conversion, rounded to nearest) for
+    every value, exact below 2**53 (the only range the engine passes: its largest inputs are 2**36
+    into ``down`` and the attention queries, 2**31 into the norms). 0 gives 0 (its field is 0)."""
+    field = (peak.to(torch.float64).view(torch.int64) >> 52) & 2047
+    return torch.clamp(field - 1022, min=0)
 
 
 def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +103,12 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp:
     low = torch.matmul((weights & 255).to(torch.float32), values).to(torch.int64)
     num = ((high << 8) + low) << top.unsqueeze(-1)
     return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+
+
+def quantize_heads(x: torch.Tensor, mult: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention8.quantize_vectors(x * mult)`` for int64 ``x`` (R, N, hd) and ``mult`` (N,): a decoding
+    step's queries (times the attention scale), keys and values, quantised in one call."""
+    return _quantize_rows(x * mult.unsqueeze(-1))
 
 
 def attend_step8(q8: torch.Tensor, eq: torch.Tensor, keys_t: torch.Tensor, key_exp: torch.Tensor,
@@ -214,6 +219,7 @@ def head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: tor
 
 
 KERNELS: dict[str, Callable[..., Any]] = {
-    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "attend_step8": attend_step8, "swiglu": swiglu, "activation": activation,
+    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "attend_step8": attend_step8,
+    "quantize_heads": quantize_heads, "swiglu": swiglu, "activation": activation,
     "norm_stats": norm_stats, "norm_apply": norm_apply, "rotate": rotate, "head_freqs": head_freqs,
 }

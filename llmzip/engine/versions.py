@@ -87,8 +87,7 @@ class Int8Attention:
     def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: attention8.KVCache8 | StepCache8, layer: int,
                  start: int, scale: int) -> np.ndarray:
         """Store k, v (rows, kv_heads, T, hd); attend with ``q * scale`` (rows, H, T, hd); int64 (rows, H, T, hd)."""
-        cache.store(layer, k, v, start, SCORE_SHIFT)
-        return cache.attend(q * scale, layer, start)   # |q * scale| < 2**20 * 2**16
+        return cache.attend_new(q, k, v, layer, start, scale, SCORE_SHIFT)   # |q * scale| < 2**20 * 2**16
 
 
 @dataclass(frozen=True)
