@@ -69,7 +69,7 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {   # name -> (architecture, Hug
 }
 SQUARE = ((2048, 2048, 2048), (1024, 1024, 1024), (256, 384, 1152))
 MODES = ("lm", "mix")
-FUSED_COMPRESS = False   # --fused-compress
+FUSED_OPS: tuple[str, ...] = ()   # the ops that run the fused kernels: --fused both, --fused-compress "compress"
 
 
 def gemm_rate(dtype: str, m: int, k: int, n: int, workers: int, seconds: float) -> float | None:
@@ -196,9 +196,9 @@ def coded(model: Any, data: bytes, mode: str, settings: Any, timer: Any = None) 
     mixing = codec.DEFAULT_MIX if mode == "mix" else None
     result: dict[str, Any] = {}
     for op in ("compress", "decompress"):
-        # The fused kernels code the compressions of --fused-compress only (slower for decoding
-        # today); otherwise numpy throughout, even where this machine has a build of them.
-        os.environ["LLMZIP_FUSED"] = "always" if FUSED_COMPRESS and op == "compress" else "0"
+        # The fused kernels code the ops of --fused (both) or --fused-compress (compressions, as the
+        # codec did before decompressions took them); otherwise numpy, even where they are built.
+        os.environ["LLMZIP_FUSED"] = "always" if op in FUSED_OPS else "0"
         with timer() if timer else _Plain() as clock:
             if op == "compress":
                 blob = codec.compress(data, model, settings=replace(settings, stats=stats), mixing=mixing)
@@ -294,12 +294,12 @@ def main() -> None:
     from llmzip.lockstep import cpu_threads
     from llmzip.model import load_model
 
-    global FUSED_COMPRESS
-    FUSED_COMPRESS = args.fused_compress
-    if FUSED_COMPRESS:
+    global FUSED_OPS
+    FUSED_OPS = ("compress", "decompress") if args.fused else ("compress",) if args.fused_compress else ()
+    if FUSED_OPS:
         from llmzip import fused
         if not fused.available(build=True):
-            raise SystemExit(f"--fused-compress: the kernels are not available here: {fused.unavailable_reason()}")
+            raise SystemExit(f"--fused: the kernels are not available here: {fused.unavailable_reason()}")
     settings = codec.Settings(threads=args.threads)
     files = {p.name: p.read_bytes()[: args.kb * 1024] for p in args.files}
     with tempfile.TemporaryDirectory(prefix="llmzip-roofline-") as tmp:
@@ -314,7 +314,7 @@ def main() -> None:
     derive(rows, peaks)
     result = {"machine": {**machine(), "workers": workers, "contended": args.contended},
               "command": "python benchmarks/roofline.py " + " ".join(sys.argv[1:]),
-              "kb": args.kb, "files": list(files), "peaks": peaks, "rows": rows, "fused_compress": FUSED_COMPRESS,
+              "kb": args.kb, "files": list(files), "peaks": peaks, "rows": rows, "fused_ops": list(FUSED_OPS),
               "models": {label: {"path": names[label], "ops_per_token": m.flops_per_token, "vocab": m.vocab_size}
                          for label, m in models.items()}}
     text = roofline_report.write_reports(result, args.out)
@@ -336,8 +336,11 @@ def parse_args() -> argparse.Namespace:
                    help="write roofline.md and roofline.json here [default: benchmarks/results; --quick: nowhere]")
     p.add_argument("--contended", action="store_true", help="say in the results that the machine was busy")
     p.add_argument("--quick", action="store_true", help="a tiny run (CI): 2 KB, llama-tiny, short GEMM timings")
+    p.add_argument("--fused", action="store_true",
+                   help="compress and decompress with the fused kernels (llmzip.fused), as the CLI does where they "
+                        "are built; write roofline_fused.md/.json")
     p.add_argument("--fused-compress", action="store_true",
-                   help="compress with the fused kernels (llmzip.fused); write roofline_fused.md/.json")
+                   help="the fused kernels for compressions only (what the codec chose before decompressions ran them too)")
     args = p.parse_args()
     args.kb = args.kb or (2 if args.quick else 16)
     args.models = args.models if args.models is not None else ([] if args.quick else ["embedded", LLAMA])

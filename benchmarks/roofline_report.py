@@ -12,6 +12,12 @@ STAGE_COLUMNS = (("linear_gemm", "GEMM linear"), ("linear_other", "linear other"
                  ("coder", "coder"), ("tokenizer", "tokenizer"), ("other", "Python, other"))
 
 
+def _fused_line(ops: list[str]) -> str:
+    if len(ops) == 2:
+        return "Compressions and decompressions run the fused kernels (`llmzip.fused`, built before timing)."
+    return "Compressions run the fused kernels (`llmzip.fused`, built before timing); decompressions the numpy engine."
+
+
 def write_reports(result: dict[str, Any], out: Path | None) -> str:
     """The Markdown report (and, with ``out``, roofline.md and roofline.json written there)."""
     m, peaks = result["machine"], result["peaks"]
@@ -20,8 +26,7 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
              f"torch {m['torch']}; first {result['kb']} KB of {', '.join(result['files'])}."
              + (" **Contended**: the machine was busy with other jobs while this ran; compare ratios "
                 "within this run, not absolute numbers across runs." if m["contended"] else ""), "",
-             *(["Compressions run the fused kernels (`llmzip.fused`, built before timing); decompressions the "
-                "numpy engine.", ""] if result["fused_compress"] else []),
+             *([_fused_line(result["fused_ops"]), ""] if result["fused_ops"] else []),
              "## GEMM peaks", "",
              f"GOPS = 2 x multiply-accumulates per second; one torch thread per worker, {m['workers']} "
              "concurrent workers (as the codec runs its GEMMs) and one alone.", "",
@@ -42,7 +47,7 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = "roofline_fused" if result["fused_compress"] else "roofline"
+        stem = "roofline_fused" if result["fused_ops"] else "roofline"
         (out / f"{stem}.md").write_text(text)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     return text
