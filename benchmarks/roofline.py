@@ -338,9 +338,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a tiny run (CI): 2 KB, llama-tiny, short GEMM timings")
     p.add_argument("--fused", action="store_true",
                    help="compress and decompress with the fused kernels (llmzip.fused), as the CLI does where they "
-                        "are built; write roofline_fused.md/.json")
+                        "are built; write roofline_fused_all.md/.json")
     p.add_argument("--fused-compress", action="store_true",
-                   help="the fused kernels for compressions only (what the codec chose before decompressions ran them too)")
+                   help="the fused kernels for compressions only (what the codec chose before decompressions ran them "
+                        "too); write roofline_fused.md/.json")
     args = p.parse_args()
     args.kb = args.kb or (2 if args.quick else 16)
     args.models = args.models if args.models is not None else ([] if args.quick else ["embedded", LLAMA])

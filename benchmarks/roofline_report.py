@@ -47,7 +47,7 @@ def write_reports(result: dict[str, Any], out: Path | None) -> str:
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = "roofline_fused" if result["fused_ops"] else "roofline"
+        stem = {0: "roofline", 1: "roofline_fused", 2: "roofline_fused_all"}[len(result["fused_ops"])]
         (out / f"{stem}.md").write_text(text)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     return text

@@ -11,10 +11,10 @@ them. Nothing here is a new arithmetic: every score, weight and output is the in
 the tests compare them). Keys are stored transposed, (head_dim, positions) per row and head, so
 the kernel's score loop runs along positions.
 
-Used only while :func:`llmzip.fused.steps_active` (a decoding call that runs the fused kernels) and
-for contexts of at most :data:`~llmzip.attention8.SPAN` positions, where the
-kernel's int32 sums are exact. Anything the kernel does not take (several positions at once)
-runs the numpy reference on a float32 copy of the positions read: exact, and slow.
+Made only while :func:`llmzip.fused.steps_active` (a decoding call that runs the fused kernels) and
+for contexts of at most :data:`~llmzip.attention8.SPAN` positions, where the kernel's int32 sums are
+exact. Anything the kernel does not take (several positions at once) runs
+:func:`llmzip.attention8.attend` on a float32 copy of the positions read: exact, and slow.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class StepCache8:
         self.value_exp = [np.zeros((rows, n_head, held), np.int32) for _ in range(n_layer)]
         self.value_max = [np.zeros((rows, n_head, held), np.int32) for _ in range(n_layer)]
         self.length = 0
+        # Chosen once: a cache made for the kernel keeps it even if a later call turns the flag off.
+        self.kernel_steps = fused.steps_active()
 
     @property
     def rows(self) -> int:
@@ -91,12 +93,13 @@ class StepCache8:
                    score_shift: int) -> np.ndarray:
         """Store keys and values (rows, kv_heads, T, hd) at ``start``..., then attend with ``q * scale``:
         for one decoding step with the kernels, the three quantised by one kernel call."""
-        if k.shape[2] > 1 or start + 1 > attention8.SPAN or not fused.steps_active():
+        if k.shape[2] > 1 or start + 1 > attention8.SPAN or not self.kernel_steps:
             self.store(layer, k, v, start, score_shift)
             return self.attend(q * scale, layer, start)
         rows, heads, _, head_dim = q.shape
         kv_heads = k.shape[1]
-        x8, e = fused.kernel("quantize_heads")(np.concatenate((q, k, v), axis=1)[:, :, 0], _multipliers(heads, kv_heads, scale))
+        stacked = np.concatenate((q, k, v), axis=1)[:, :, 0]              # (rows, heads + 2 kv_heads, hd)
+        x8, e = fused.kernel("quantize_heads")(stacked, _multipliers(heads, kv_heads, scale))
         self.reserve(start + 1)
         self.keys_t[layer][..., start] = x8[:, heads : heads + kv_heads]
         self.key_exp[layer][..., start] = e[:, heads : heads + kv_heads] - score_shift
@@ -108,8 +111,8 @@ class StepCache8:
         return self._kernel(layer, q8, e[:, :heads].reshape(q8.shape[:3]), start + 1).reshape(q.shape)
 
     def attend(self, q: np.ndarray, layer: int, start: int) -> np.ndarray:
-        """:func:`llmzip.attention8.attend` of queries (rows, H, T, hd) at positions ``start``..., by
-        numpy on a float32 copy of the positions read (the reference; steps go through :meth:`attend_new`)."""
+        """:func:`llmzip.attention8.attend` of queries (rows, H, T, hd) at positions ``start``..., over a
+        float32 copy of the positions read (the reference's path; steps go through :meth:`attend_new`)."""
         return attention8.attend(q, self.as_float32(layer, start + q.shape[2]), 0, start)
 
     def _kernel(self, layer: int, q8: np.ndarray, eq: np.ndarray, end: int) -> np.ndarray:

@@ -103,9 +103,9 @@ def decompress(blob: bytes, model: Model, settings: Settings = Settings()) -> by
     # up front, so a forged count cannot make us allocate much before decoding fails.
     prealloc = min(header.token_count, MIXER_PREALLOC)
     mixer = Mixer(model.vocab_size, mixing, header.chunk_tokens, prealloc) if mixing else None
-    model.prepare(header.token_count)
     parts: list[bytes] = []
     try:
+        model.prepare(header.token_count)
         for j, segment in enumerate(segments):
             rows = [header.chunk_length(i) for i in header.segment_chunks(j)]
             for ids in decode_group(model, bytes(segment), rows, settings, mixer):

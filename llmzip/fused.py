@@ -22,7 +22,7 @@ compiler). Nothing here is a new arithmetic:
 
 Building takes a minute or two, once per machine (``llmzip kernels --build``, or
 ``LLMZIP_FUSED=always``); a process then loads and probes the build in about 0.3 s, so once built
-the kernels serve every compression long enough to earn that back. The kernels hold no state:
+the kernels serve every compression and decompression long enough to earn that back. The kernels hold no state:
 numpy arrays are passed as zero-copy tensors (copied first where they are not contiguous).
 """
 
@@ -36,9 +36,9 @@ from typing import Any, Callable
 from . import runtime
 
 
-# Loading and probing a build costs a process ~0.3 s, which a compression of this many tokens earns
-# back (the kernels save ~25 % of its time; the embedded model compresses ~14k tokens/s with numpy on
-# two cores). Building is never automatic: it takes a minute or two, more than one compression saves.
+# Loading and probing a build costs a process ~0.3 s, which a codec call of this many tokens earns
+# back (the kernels save ~25 % of a compression's time and of a decompression's; the embedded model
+# compresses ~14k tokens/s with numpy on two cores). Building is never automatic: it takes a minute or two, more than one compression saves.
 FUSED_LOAD_MIN_TOKENS = 1 << 14
 _active = False
 _steps = False
@@ -89,9 +89,10 @@ def _exact_matmul() -> bool:
 
 
 def force(on: bool) -> None:
-    """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`."""
-    global _active
-    _active = on and available(build=True)
+    """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`.
+    Decoding steps' int8 caches stay off (:func:`force_steps`)."""
+    global _active, _steps
+    _active, _steps = on and available(build=True), False
 
 
 def force_steps(on: bool) -> None:
@@ -203,7 +204,8 @@ def _proven(directory: Path) -> tuple[Any, dict[str, Callable[..., Any]]]:
 
 
 def kernel(name: str) -> Callable[..., Any]:
-    """The compiled kernel ``name`` (only while :func:`active`)."""
+    """The compiled kernel ``name`` (only once :func:`available`: while :func:`active`, or for an int8
+    cache made while :func:`steps_active`)."""
     global _calls
     assert _kernels is not None
     _calls += 1

@@ -181,11 +181,13 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
 
 def _positions(end: int) -> np.ndarray:
     """An (end,) array whose length tells ``attend_step8`` how many positions to read: a view of one
-    zero array, grown as needed."""
-    if len(_POSITIONS[0]) < end:
-        _POSITIONS[0] = np.zeros(max(end, 2 * len(_POSITIONS[0])), dtype=np.int8)
-        _POSITIONS[0].setflags(write=False)
-    return _POSITIONS[0][:end]
+    zero array, grown as needed (read once: a thread growing it meanwhile cannot shorten the view)."""
+    held = _POSITIONS[0]
+    if len(held) < end:
+        held = np.zeros(max(end, 2 * len(held)), dtype=np.int8)
+        held.setflags(write=False)
+        _POSITIONS[0] = held
+    return held[:end]
 
 
 _POSITIONS = [np.zeros(0, dtype=np.int8)]
@@ -194,9 +196,10 @@ _HALVES = [np.zeros(0)]   # the longest row of halves asked for so far (read-onl
 
 def _halves(end: int) -> np.ndarray:
     """(end,) halves: a decoding step's rounding, every key visible. One array, grown as needed and
-    sliced (a contiguous view), rather than one per length."""
-    if len(_HALVES[0]) < end:
-        halves = np.full(max(end, 2 * len(_HALVES[0])), 0.5)
-        halves.setflags(write=False)
-        _HALVES[0] = halves
-    return _HALVES[0][:end]
+    sliced (a contiguous view), rather than one per length (read once, as in :func:`_positions`)."""
+    held = _HALVES[0]
+    if len(held) < end:
+        held = np.full(max(end, 2 * len(held)), 0.5)
+        held.setflags(write=False)
+        _HALVES[0] = held
+    return held[:end]

@@ -40,7 +40,7 @@ def _bit_length(peak: torch.Tensor) -> torch.Tensor:
 def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``linear8.quantize_rows`` over the last axis: int8 values, int64 shifts (one per row)."""
     peak = torch.maximum(x.amax(-1), -x.amin(-1))
-    e = torch.clamp(_bit_length(peak) - 7, min=0)              # 0 <= e <= 55: defined shifts
+    e = torch.clamp(_bit_length(peak) - 7, min=0)              # 0 <= e <= 57: defined shifts
     q = (x + ((torch.ones_like(e) << e) >> 1).unsqueeze(-1)) >> e.unsqueeze(-1)
     return torch.clamp(q, -Q_MAX, Q_MAX).to(torch.int8), e
 
@@ -129,7 +129,7 @@ def attend_step8(q8: torch.Tensor, eq: torch.Tensor, keys_t: torch.Tensor, key_e
     reference's score ``floor(dot * 2**s + 1/2)``, ``s = eq + e_k - score_shift``, is ``dot << s`` for
     ``s >= 0`` and ``(dot + 2**(m - 1)) >> m`` for ``m = -s >= 1`` (both exact in int64; the clamps only
     keep C++'s shift counts defined: ``s`` lies in ``[-score_shift, 62 - 24]`` for the engine's inputs,
-    and past 62 the result is 0 either way)."""
+    and a right shift past 62 gives 0 as the reference's rounding does for ``|dot| < 2**24``)."""
     end = positions.shape[0]
     keys_t, key_exp, values, value_exp = keys_t[..., :end], key_exp[..., :end], values[:, :, :end], value_exp[..., :end]
     dot = (q8.unsqueeze(-1) * keys_t.unsqueeze(-3).to(torch.int32)).sum(-2, dtype=torch.int32)   # (R, KV, G, end)

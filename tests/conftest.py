@@ -196,3 +196,12 @@ def prose_file(tmp_path: Path) -> Path:
     path = tmp_path / "prose.txt"
     path.write_bytes(PROSE)
     return path
+
+
+@pytest.fixture(scope="session")
+def built_kernels() -> None:
+    """This machine's build of the fused kernels (built at the first test that needs it: a minute or two)."""
+    from llmzip import fused
+
+    if not fused.available(build=True):
+        pytest.skip(f"no fused kernels here: {fused.unavailable_reason()}")

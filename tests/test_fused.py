@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 
 from llmzip import attention8, codec, fused, fixedpoint
-from llmzip.attention8_steps import StepCache8
 from llmzip.engine.common import ACT_CLIP, ACT_FRAC, SCORE_SHIFT
 from llmzip.linear8 import quantize_linear8
 
 pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="session")
-def built_kernels() -> None:
-    """This machine's build of the kernels (built at the first test that needs it: a minute or two)."""
-    if not fused.available(build=True):
-        pytest.skip(f"no fused kernels here: {fused.unavailable_reason()}")
 
 
 needs_kernels = pytest.mark.usefixtures("built_kernels")
@@ -61,6 +53,7 @@ def test_probe_catches_a_kernel_off_by_one() -> None:
     for name, broken in (("linear8_int", lambda *a: kernels["linear8_int"](*a) + 1),
                          ("attend", lambda *a: kernels["attend"](*a) ^ 1),
                          ("attend_step8", lambda *a: kernels["attend_step8"](*a) - 1),
+                         ("quantize_heads", lambda *a: (kernels["quantize_heads"](*a)[0], kernels["quantize_heads"](*a)[1] + 1)),
                          ("head_freqs", lambda *a: np.add(kernels["head_freqs"](*a), 1, out=a[-1]))):
         with pytest.raises(AssertionError, match="differs"):
             for case in fused_check.CASES:
@@ -105,50 +98,6 @@ def test_attention_over_a_growing_cache_matches(group: int, steps: tuple[int, ..
             finally:
                 fused.force(False)
         np.testing.assert_array_equal(outs[0], outs[1])
-
-
-def _steps_against_float32(k: np.ndarray, v: np.ndarray, q: np.ndarray, bounds: list[int], capacity: int,
-                           scale: int = 9459) -> None:
-    """Store and attend block by block in a float32 cache (numpy) and an int8 one (its kernel for single
-    steps, numpy for blocks); every output equal, and every step on the compiled kernel."""
-    rows, kv, _, hd = k.shape
-    want, got = attention8.KVCache8(1, rows, kv, capacity, hd), StepCache8(1, rows, kv, capacity, hd)
-    calls, eager = fused.kernel_calls(), fused.eager_calls()
-    for start, end in zip(bounds, bounds[1:]):
-        outs = []
-        for cache in (want, got):
-            fused.force_steps(cache is got)
-            try:
-                outs.append(cache.attend_new(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], 0, start,
-                                             scale, SCORE_SHIFT))
-            finally:
-                fused.force_steps(False)
-        np.testing.assert_array_equal(outs[0], outs[1])
-    assert fused.kernel_calls() - calls == 2 * sum(b - a == 1 for a, b in zip(bounds, bounds[1:]))
-    assert fused.eager_calls() == eager
-
-
-@needs_kernels
-@pytest.mark.parametrize("group, first", [(1, 1), (3, 30)])
-def test_decoding_steps_over_an_int8_cache_match(group: int, first: int) -> None:
-    """A prefill block, then single steps; the int8 cache grows past its first capacity."""
-    rng = np.random.default_rng(group)
-    rows, kv, hd, length = 3, 2, 32, 70
-    k = rng.integers(-2**20, 2**20, size=(rows, kv, length, hd)) >> rng.integers(0, 16, size=(rows, kv, length, 1))
-    v = rng.integers(-2**20, 2**20, size=(rows, kv, length, hd)) >> rng.integers(0, 16, size=(rows, kv, length, 1))
-    q = rng.integers(-2**20, 2**20, size=(rows, kv * group, length, hd)) >> rng.integers(0, 20, size=(rows, 1, length, 1))
-    _steps_against_float32(k, v, q, [0, *range(first, length + 1)], 128)
-
-
-@needs_kernels
-def test_decoding_step_at_the_int32_bound_matches() -> None:
-    """SPAN positions of equal scores (every weight 2**15) and values at +-127 with equal exponents:
-    the kernel's int32 value sums at the top of their range."""
-    rows, kv, hd, end = 1, 1, 8, attention8.SPAN
-    k = np.full((rows, kv, end, hd), 1 << 20, dtype=np.int64)
-    v = np.where(np.arange(hd) % 2, 127, -127).astype(np.int64) * np.ones((rows, kv, end, 1), dtype=np.int64) << 13
-    q = np.full((rows, kv, end, hd), 1 << 14, dtype=np.int64)
-    _steps_against_float32(k, v, q, [0, end - 1, end], end, scale=1 << 16)
 
 
 @needs_kernels
@@ -208,32 +157,6 @@ def test_select_rules(monkeypatch: pytest.MonkeyPatch) -> None:
             assert fused.select(10, True) is True
     finally:
         fused.force(False)
-
-
-def test_decoding_steps_run_the_kernel_and_decode_the_same(prose_file: Path, built_kernels: None,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A decompression in this process with the steps' kernel: the archive decodes, through the kernel."""
-    from llmzip.lockstep import Settings
-    from llmzip.model import load_model
-
-    model, data = load_model(None), prose_file.read_bytes()[:4000]
-    monkeypatch.setenv("LLMZIP_FUSED", "0")
-    blob = codec.compress(data, model)
-    monkeypatch.setenv("LLMZIP_FUSED", "always")
-    calls, eager = fused.kernel_calls(), fused.eager_calls()
-    assert codec.decompress(blob, model, Settings(threads=1, processes=False)) == data
-    assert fused.kernel_calls() > calls and fused.eager_calls() == eager and not fused.active()
-
-
-def test_decoding_calls_hold_int8_caches_with_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        monkeypatch.setenv("LLMZIP_FUSED", "always")
-        assert fused.select(1 << 30, True) is fused.available() and not fused.steps_active()   # compression
-        assert fused.select(1 << 30, True, decoding=True) is fused.steps_active() is fused.available()
-        monkeypatch.setenv("LLMZIP_FUSED", "0")
-        assert fused.select(1 << 30, True, decoding=True) is fused.steps_active() is False
-    finally:
-        fused.deactivate()
 
 
 def test_select_loads_by_the_call_size_and_never_builds_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
