@@ -93,9 +93,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("quantize_heads", lambda: (_ints(3, 5, 16) << 20, _ints(5).abs() + 1)),
     Spec("swiglu", lambda: (_ints(5, 14), _ints(33), tensor(16), tensor(1000), tensor(12))),
     Spec("activation", lambda: (_ints(5, 14), _ints(33), tensor(16))),
-    Spec("norm_stats", lambda: (_ints(5, 14), tensor(True), tensor(20))),
-    Spec("norm_apply", lambda: (_ints(5, 14), _ints(5), _ints(5), _ints(5), _ints(5).abs() % 4 + 1, _ints(14), tensor(14),
-                                _ints(14), tensor(1000))),
+    Spec("norm", lambda: (_ints(5, 14), tensor(True), tensor(20), tensor(1e-5), tensor(16), tensor(12), _ints(14),
+                          tensor(14), _ints(14), tensor(1000))),
     Spec("rotate", lambda: (_ints(3, 7, 5, 16), _ints(7, 8), _ints(7, 8), tensor(15), tensor(1000))),
     Spec("head_freqs", _head, static=(4,)),
 )

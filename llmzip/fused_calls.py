@@ -69,10 +69,9 @@ def _attend_step8(q8: torch.Tensor, eq: torch.Tensor, keys_t: torch.Tensor, key_
             and positions.shape[0] <= capacity)
 
 
-def _norm_apply(x: torch.Tensor, *rest: torch.Tensor) -> bool:
-    mean, shift, inv, out_shift, gamma, _, beta, _ = rest
-    per_row = {mean.shape, shift.shape, inv.shape, out_shift.shape}
-    return per_row == {x.shape[:1]} and gamma.shape == beta.shape == x.shape[1:]
+def _norm(x: torch.Tensor, *rest: torch.Tensor) -> bool:
+    gamma, beta = rest[5], rest[7]
+    return gamma.shape == beta.shape == x.shape[1:]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *_: torch.Tensor) -> bool:
@@ -85,10 +84,10 @@ def _head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: to
 
 SHAPES: dict[str, Callable[..., bool]] = {   # the size relations a compiled kernel assumes
     "linear8": _linear, "linear8_int": _linear, "attend": _attend, "attend_step8": _attend_step8,
-    "quantize_heads": lambda x, mult: mult.shape == x.shape[1:2], "norm_apply": _norm_apply,
+    "quantize_heads": lambda x, mult: mult.shape == x.shape[1:2], "norm": _norm,
     "rotate": _rotate, "head_freqs": _head_freqs,
     "swiglu": lambda gate_up, *_: gate_up.shape[1] % 2 == 0,
-    "activation": lambda *_: True, "norm_stats": lambda *_: True,
+    "activation": lambda *_: True,
 }
 
 
@@ -161,8 +160,8 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
         # Rotates every head (the value heads too, unused): one contiguous input, no copy of a slice.
         return run("rotate", (qkv, cos, sin, frac, clip))[0].numpy()[:, :, :heads]
 
-    def norm_stats(x: np.ndarray, centre: bool, square_bits: int) -> tuple[np.ndarray, ...]:
-        return tuple(t.numpy() for t in run("norm_stats", (x, bool(centre), square_bits)))
+    def norm(x: np.ndarray, centre: bool, *rest: Any) -> tuple[np.ndarray, ...]:
+        return tuple(t.numpy() for t in run("norm", (x, bool(centre), *rest)))
 
     def head_freqs(x: np.ndarray, w: np.ndarray, factor: np.ndarray, bias: np.ndarray, table: np.ndarray,
                    clip: float, scale: float, out: np.ndarray) -> np.ndarray:
@@ -175,7 +174,7 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
             "attend_step": attend_step, "attend_step8": attend_step8,
             "quantize_heads": lambda x, mult: tuple(t.numpy() for t in run("quantize_heads", (x, mult))),
             "swiglu": rows("swiglu"), "activation": rows("activation"),
-            "norm_stats": norm_stats, "norm_apply": single("norm_apply"), "rotate": rotate,
+            "norm": norm, "rotate": rotate,
             "head_freqs": head_freqs}
 
 

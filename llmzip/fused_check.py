@@ -184,10 +184,8 @@ def check_norms(kernels: Kernels) -> None:
             for rows in (h, h[:1]):
                 for eps in (1e-5, 1e-6):
                     want = norm(rows, eps)
-                    mean, shift, ss = kernels["norm_stats"](rows, centre, fixedpoint.norm_square_bits(d))
-                    inv, out_shift = fixedpoint.norm_scale(ss, shift, d, eps, RESID_FRAC, ACT_FRAC)
-                    got = kernels["norm_apply"](rows, mean, shift, inv, out_shift, norm.gamma, GAMMA_FRAC, beta,
-                                                ACT_CLIP)
+                    got, _ = kernels["norm"](rows, centre, fixedpoint.norm_square_bits(d), eps, RESID_FRAC, ACT_FRAC,
+                                             norm.gamma, GAMMA_FRAC, beta, ACT_CLIP)
                     _equal("norm", want, got)
 
 

@@ -188,6 +188,37 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: to
     return torch.clamp(z, -clip, clip)
 
 
+def _frexp_exponent(x: torch.Tensor) -> torch.Tensor:
+    """``np.frexp(x)[1]`` for float64 ``x`` that is 0 or a positive normal number, from its exponent field."""
+    field = (x.view(torch.int64) >> 52) & 2047
+    return torch.where(x > 0, field - 1022, 0)
+
+
+def _norm_scale(ss: torch.Tensor, shift: torch.Tensor, d: int, eps: Scalar, in_frac: Scalar,
+                out_frac: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fixedpoint.norm_scale``: the same IEEE operations in the same order (the int64 -> float64
+    conversion, the division by ``d``, the sum and ``sqrt`` and the division into ``2**g`` are each
+    correctly rounded; the powers of two are exact), so the same ``inv`` and shift per row. ``rms`` is
+    a positive normal number (at least ``sqrt(eps * 2**-102)``) or, with ``eps`` 0, possibly 0."""
+    eps_scaled = eps * _pow2_float64(2 * (in_frac - shift))
+    rms = torch.sqrt(ss.to(torch.float64) / d + eps_scaled)
+    g = 24 + _frexp_exponent(rms)
+    inv = torch.floor(_pow2_float64(g) / rms).to(torch.int64)
+    return inv, g - out_frac
+
+
+def norm(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar, eps: Scalar, in_frac: Scalar, out_frac: Scalar,
+         gamma: torch.Tensor, gamma_frac: Scalar, beta: torch.Tensor, clip: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
+    """``engine.common.LayerNorm`` (``centre``) or ``RMSNorm`` (``beta`` zeros) of int64 rows ``x`` (n, d),
+    the clip included, in one kernel: :func:`norm_stats`, :func:`_norm_scale`, :func:`norm_apply`.
+    Returns the rows and each row's final shift: the result stands only where every shift is >= 1
+    (the caller checks; below 1 the kernel's shift is clamped and numpy must compute the row)."""
+    mean, shift, ss = norm_stats(x, centre, square_bits)
+    inv, out_shift = _norm_scale(ss, shift, x.shape[-1], eps, in_frac, out_frac)
+    y = norm_apply(x, mean, shift, inv, torch.clamp(out_shift, min=1), gamma, gamma_frac, beta, clip)
+    return y, out_shift
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frac: Scalar, clip: Scalar) -> torch.Tensor:
     """``rope.rotate`` of every head of ``x`` (rows, T, heads, hd), then the clip
     ``ExactLlama._attention`` applies: int64 (rows, T, heads, hd)."""
@@ -221,5 +252,5 @@ def head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: tor
 KERNELS: dict[str, Callable[..., Any]] = {
     "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "attend_step8": attend_step8,
     "quantize_heads": quantize_heads, "swiglu": swiglu, "activation": activation,
-    "norm_stats": norm_stats, "norm_apply": norm_apply, "rotate": rotate, "head_freqs": head_freqs,
+    "norm": norm, "rotate": rotate, "head_freqs": head_freqs,
 }

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import attention8, fused
-from ..fixedpoint import clip_inplace, layer_norm, norm_scale, norm_square_bits, rms_norm
+from ..fixedpoint import clip_inplace, layer_norm, norm_square_bits, rms_norm
 
 RESID_FRAC = 16          # residual stream fraction bits
 RESID_CLIP = 2**30 - 1   # residual magnitude bound (2**14 in real units)
@@ -70,17 +70,16 @@ class RMSNorm:
 
 
 def _fused_norm(h: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, centre: bool) -> np.ndarray | None:
-    """LayerNorm (``centre``) or RMSNorm then the clip, by the fused kernels: the numpy integers.
-    The rows' scales come from the same :func:`~llmzip.fixedpoint.norm_scale`. None (use numpy)
-    if a row's final shift is below 1, which the kernel's shifts do not define (never seen: it
-    needs a row of zeros and eps below 2**-56)."""
+    """LayerNorm (``centre``) or RMSNorm then the clip, by one fused kernel: the numpy integers, the
+    rows' scales by the same IEEE operations as :func:`~llmzip.fixedpoint.norm_scale`. None (use
+    numpy) if a row's final shift is below 1, which the kernel's shifts do not define (never seen:
+    it needs a row of zeros and eps below 2**-56)."""
     d = h.shape[-1]
     flat = h.reshape(-1, d)
-    mean, shift, ss = fused.kernel("norm_stats")(flat, centre, norm_square_bits(d))
-    inv, out_shift = norm_scale(ss, shift, d, eps, RESID_FRAC, ACT_FRAC)
+    y, out_shift = fused.kernel("norm")(flat, centre, norm_square_bits(d), eps, RESID_FRAC, ACT_FRAC, gamma,
+                                        GAMMA_FRAC, beta, ACT_CLIP)
     if len(out_shift) and out_shift.min() < 1:
         return None
-    y = fused.kernel("norm_apply")(flat, mean, shift, inv, out_shift, gamma, GAMMA_FRAC, beta, ACT_CLIP)
     return y.reshape(h.shape)
 
 
