@@ -12,8 +12,10 @@ compiler). Nothing here is a new arithmetic:
   (products of small integers by powers of two, sums of integers below 2**53, ``floor``), so
   fusing, vectorising or reordering them cannot change a bit; Inductor's C++ is built without
   unsafe-math and without floating-point contraction (set in ``fused_torch.COMPILE_OPTIONS``);
-* the one rounding step, the quantiser's ``e * (2**28 / sum)``, is kept as two single IEEE
-  operations (one division per row, one product per entry);
+* the rounding steps are the numpy code's single IEEE operations in its order: the quantiser's
+  ``e * (2**28 / sum)`` (one division per row, one product per entry) and a norm's row scale
+  (``fixedpoint.norm_scale``: conversion, division, sum, square root, division), each correctly
+  rounded;
 * shift counts are clamped where numpy defines shifts past the width and C++ does not (every such
   clamp is argued at its line);
 * each process that loads the kernels first runs each on inputs chosen to hit its edge cases and

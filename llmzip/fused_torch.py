@@ -163,7 +163,7 @@ def activation(u: torch.Tensor, table: torch.Tensor, limit: Scalar) -> torch.Ten
     return torch.where(u > limit, u, y)
 
 
-def norm_stats(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _norm_stats(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of int64 ``x`` (n, d): LayerNorm's mean (``fixedpoint.row_mean``; 0 unless ``centre``,
     a boolean tensor: one compiled kernel for both norms), the shift and the exact sum of squares of
     ``fixedpoint._normalise``."""
@@ -176,7 +176,7 @@ def norm_stats(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar) -> tu
     return mean.squeeze(-1), shift, (xs * xs).sum(-1)
 
 
-def norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: torch.Tensor,
+def _norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: torch.Tensor,
                out_shift: torch.Tensor, gamma: torch.Tensor, gamma_frac: Scalar, beta: torch.Tensor,
                clip: Scalar) -> torch.Tensor:
     """``fixedpoint._normalise``'s last step, then the gain, the bias and the clip of
@@ -210,12 +210,12 @@ def _norm_scale(ss: torch.Tensor, shift: torch.Tensor, d: int, eps: Scalar, in_f
 def norm(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar, eps: Scalar, in_frac: Scalar, out_frac: Scalar,
          gamma: torch.Tensor, gamma_frac: Scalar, beta: torch.Tensor, clip: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
     """``engine.common.LayerNorm`` (``centre``) or ``RMSNorm`` (``beta`` zeros) of int64 rows ``x`` (n, d),
-    the clip included, in one kernel: :func:`norm_stats`, :func:`_norm_scale`, :func:`norm_apply`.
+    the clip included, in one kernel: :func:`_norm_stats`, :func:`_norm_scale`, :func:`_norm_apply`.
     Returns the rows and each row's final shift: the result stands only where every shift is >= 1
     (the caller checks; below 1 the kernel's shift is clamped and numpy must compute the row)."""
-    mean, shift, ss = norm_stats(x, centre, square_bits)
+    mean, shift, ss = _norm_stats(x, centre, square_bits)
     inv, out_shift = _norm_scale(ss, shift, x.shape[-1], eps, in_frac, out_frac)
-    y = norm_apply(x, mean, shift, inv, torch.clamp(out_shift, min=1), gamma, gamma_frac, beta, clip)
+    y = _norm_apply(x, mean, shift, inv, torch.clamp(out_shift, min=1), gamma, gamma_frac, beta, clip)
     return y, out_shift
 
 
