@@ -199,7 +199,10 @@ def _norm_scale(ss: torch.Tensor, shift: torch.Tensor, d: int, eps: Scalar, in_f
     """``fixedpoint.norm_scale``: the same IEEE operations in the same order (the int64 -> float64
     conversion, the division by ``d``, the sum and ``sqrt`` and the division into ``2**g`` are each
     correctly rounded; the powers of two are exact), so the same ``inv`` and shift per row. ``rms`` is
-    a positive normal number (at least ``sqrt(eps * 2**-102)``) or, with ``eps`` 0, possibly 0."""
+    a positive normal number (at least ``sqrt(eps * 2**-102)``) or, with ``eps`` 0, possibly 0.
+    ``d`` must stay a size (the rows' width): Inductor compiles a division by it as a division, but a
+    division by a 0-d tensor input as a product by its reciprocal, which rounds otherwise (tried: the
+    probe caught it)."""
     eps_scaled = eps * _pow2_float64(2 * (in_frac - shift))
     rms = torch.sqrt(ss.to(torch.float64) / d + eps_scaled)
     g = 24 + _frexp_exponent(rms)

@@ -101,6 +101,28 @@ def test_attention_over_a_growing_cache_matches(group: int, steps: tuple[int, ..
 
 
 @needs_kernels
+@pytest.mark.parametrize("d", [192, 384, 7])
+def test_norms_match_on_many_rows(d: int) -> None:
+    """The one-kernel norms (their row scale by float64 division and square root) against numpy on
+    thousands of rows of every scale: one rounding step off would change some row."""
+    from llmzip.engine.common import RESID_CLIP, LayerNorm, RMSNorm
+
+    rng = np.random.default_rng(d)
+    h = rng.integers(-RESID_CLIP, RESID_CLIP + 1, size=(3000, d)) >> rng.integers(0, 40, size=(3000, 1))
+    gamma = rng.normal(1.0, 0.3, size=d)
+    for norm in (LayerNorm.quantize(gamma, rng.normal(0, 1, size=d)), RMSNorm.quantize(gamma)):
+        for eps in (1e-5, 1e-6):
+            want, calls = norm(h, eps), fused.kernel_calls()
+            fused.force(True)
+            try:
+                got = norm(h, eps)
+            finally:
+                fused.force(False)
+            assert fused.kernel_calls() == calls + 1
+            np.testing.assert_array_equal(want, got)
+
+
+@needs_kernels
 def test_activation_tables_match(kernels_on: None) -> None:
     u = np.arange(-ACT_CLIP, ACT_CLIP + 1, 37, dtype=np.int64)[:56672].reshape(-1, 8)
     for kind, half in (("gelu_new", 8), ("silu", fixedpoint.SILU_HALF_RANGE)):
