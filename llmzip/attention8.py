@@ -85,11 +85,9 @@ class KVCache8:
     def reserve(self, end: int) -> None:
         """Make room for positions up to ``end`` (at most the capacity given at construction)."""
         held = self.keys[0].shape[2]
-        if end <= held:
+        size = grown_capacity(held, end, self.limit)
+        if size == held:
             return
-        if end > self.limit:
-            raise ValueError(f"KV cache: position {end} beyond its capacity of {self.limit}")
-        size = min(self.limit, max(end, 2 * held))
         for arrays in (self.keys, self.values, self.value_exp, self.value_max):
             for i, a in enumerate(arrays):
                 grown = np.zeros(a.shape[:2] + (size,) + a.shape[3:], dtype=a.dtype)
@@ -131,6 +129,16 @@ class KVCache8:
         """Store keys and values (rows, kv_heads, T, hd) at ``start``..., then attend with ``q * scale``."""
         store(self, layer, k, v, start, score_shift)
         return attend(q * scale, self, layer, start)
+
+
+def grown_capacity(held: int, end: int, limit: int) -> int:
+    """Positions a KV cache holding ``held`` should hold to store up to ``end``: ``held`` if that is
+    enough, else double (at least ``end``, at most ``limit``); ValueError past ``limit``."""
+    if end <= held:
+        return held
+    if end > limit:
+        raise ValueError(f"KV cache: position {end} beyond its capacity of {limit}")
+    return min(limit, max(end, 2 * held))
 
 
 def quantize_vectors(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import functools
 import numpy as np
 
 from . import attention8, fused
-from .attention8 import KVCache8, quantize_vectors
+from .attention8 import KVCache8, grown_capacity, quantize_vectors
 
 
 class StepCache8:
@@ -58,12 +58,9 @@ class StepCache8:
 
     def reserve(self, end: int) -> None:
         """Make room for positions up to ``end`` (at most the capacity given at construction)."""
-        held = self.held
-        if end <= held:
+        size = grown_capacity(self.held, end, self.limit)
+        if size == self.held:
             return
-        if end > self.limit:
-            raise ValueError(f"KV cache: position {end} beyond its capacity of {self.limit}")
-        size = min(self.limit, max(end, 2 * held))
         self.keys_t = [_grown(a, -1, size) for a in self.keys_t]
         self.values = [_grown(a, 2, size) for a in self.values]
         for arrays in (self.key_exp, self.value_exp, self.value_max):
@@ -76,10 +73,14 @@ class StepCache8:
 
     def store(self, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
         """:func:`llmzip.attention8.store`'s numbers, kept as int8 and exponents."""
-        end = start + k.shape[2]
+        self._put(layer, start, *quantize_vectors(k), *quantize_vectors(v), score_shift)
+
+    def _put(self, layer: int, start: int, k8: np.ndarray, ek: np.ndarray, v8: np.ndarray, ev: np.ndarray,
+             score_shift: int) -> None:
+        """Write quantised keys and values (rows, kv_heads, T, hd), exponents (rows, kv_heads, T), at
+        positions ``start``..., and the running maximum of the value exponents."""
+        end = start + k8.shape[2]
         self.reserve(end)
-        k8, ek = quantize_vectors(k)
-        v8, ev = quantize_vectors(v)
         self.keys_t[layer][..., start:end] = k8.swapaxes(-1, -2)
         self.key_exp[layer][..., start:end] = ek - score_shift
         self.values[layer][:, :, start:end] = v8
@@ -100,13 +101,9 @@ class StepCache8:
         kv_heads = k.shape[1]
         stacked = np.concatenate((q, k, v), axis=1)[:, :, 0]              # (rows, heads + 2 kv_heads, hd)
         x8, e = fused.kernel("quantize_heads")(stacked, _multipliers(heads, kv_heads, scale))
-        self.reserve(start + 1)
-        self.keys_t[layer][..., start] = x8[:, heads : heads + kv_heads]
-        self.key_exp[layer][..., start] = e[:, heads : heads + kv_heads] - score_shift
-        self.values[layer][:, :, start] = x8[:, heads + kv_heads :]
-        ev = e[:, heads + kv_heads :]
-        self.value_exp[layer][..., start] = ev
-        self.value_max[layer][..., start] = np.maximum(ev, self.value_max[layer][..., start - 1]) if start else ev
+        kv = slice(heads, heads + kv_heads), slice(heads + kv_heads, None)   # keys, values: one position each
+        self._put(layer, start, x8[:, kv[0], None], e[:, kv[0], None], x8[:, kv[1], None], e[:, kv[1], None],
+                  score_shift)
         q8 = x8[:, :heads].reshape(rows, kv_heads, heads // kv_heads, head_dim)
         return self._kernel(layer, q8, e[:, :heads].reshape(q8.shape[:3]), start + 1).reshape(q.shape)
 

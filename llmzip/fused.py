@@ -24,8 +24,9 @@ compiler). Nothing here is a new arithmetic:
 
 Building takes a minute or two, once per machine (``llmzip kernels --build``, or
 ``LLMZIP_FUSED=always``); a process then loads and probes the build in about 0.3 s, so once built
-the kernels serve every compression and decompression long enough to earn that back. The kernels hold no state:
-numpy arrays are passed as zero-copy tensors (copied first where they are not contiguous).
+the kernels serve every compression and decompression long enough to earn that back. The kernels
+hold no state: numpy arrays are passed as zero-copy tensors (copied first where they are not
+contiguous).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from . import runtime
 
 # Loading and probing a build costs a process ~0.3 s, which a codec call of this many tokens earns
 # back (the kernels save ~25 % of a compression's time and of a decompression's; the embedded model
-# compresses ~14k tokens/s with numpy on two cores). Building is never automatic: it takes a minute or two, more than one compression saves.
+# compresses ~14k tokens/s with numpy on two cores). Building is never automatic: it takes a minute
+# or two, more than one compression saves.
 FUSED_LOAD_MIN_TOKENS = 1 << 14
 _active = False
 _steps = False
