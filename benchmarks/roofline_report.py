@@ -62,12 +62,13 @@ def _breakdown_lines(rows: list[dict[str, Any]]) -> list[str]:
              "(benchmarks/stage_timer.py: exclusive per-thread CPU timers around the functions of each stage; "
              "its workers are threads, since the timers see one process). "
              "CPU/wall: cores kept busy. GEMM GOPS/core: the GEMMs' own rate per CPU-second, to compare with "
-             "the one-worker int8 peak. Overhead: instrumented CPU time over plain CPU time (worker processes' "
+             "the one-worker int8 peak (-: not every GEMM is timed, as inside the fused kernels). Overhead: instrumented CPU time over plain CPU time (worker processes' "
              "CPU time included), so it also shows what threads cost against processes.", "",
              "| model | mode | op | " + " | ".join(c for _, c in STAGE_COLUMNS) + " | CPU/wall | GEMM GOPS/core | overhead |",
              "|---|---|---|" + "---:|" * (len(STAGE_COLUMNS) + 3)]
     for r in rows:
         shares = " | ".join(f"{r['stage_pct'][s]:.1f}" for s, _ in STAGE_COLUMNS)
+        gops = f"{r['gemm_gops_per_core']:.0f}" if r["gemm_gops_per_core"] else "-"   # -: GEMMs not all timed
         lines.append(f"| {r['model']} | {r['mode']} | {r['op']} | {shares} | {r['cpu'] / r['wall']:.2f} | "
-                     f"{r['gemm_gops_per_core']:.0f} | {r['timer_overhead_pct']:+.0f}% |")
+                     f"{gops} | {r['timer_overhead_pct']:+.0f}% |")
     return lines + ["", "Stages:", ""] + [f"* {c}: {DESCRIPTIONS[s]}" for s, c in STAGE_COLUMNS]

@@ -47,7 +47,7 @@ DESCRIPTIONS = {
 _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (linear8, "int8_matmul", "linear_gemm", {"head_other": "head_gemm"}),
     (linear8.Linear8, "_outputs", "linear_other", {"head_other": "head_other"}),
-    (predictor, "head_freqs", "head_other", {}),   # with the fused kernels: head and quantiser at once
+    (predictor, "head_freqs", "head_other", {}),   # with the kernels: head and quantiser at once
     (gpt2.ExactGPT2, "forward", "engine_other", {}),
     (llama.ExactLlama, "forward", "engine_other", {}),
     (gpt2.ExactGPT2, "_attention", "attention", {}),

@@ -6,7 +6,9 @@ elementwise passes around the matrix products (quantising a GEMM's input, rescal
 attention scores to weights, activation tables). The same chains are written with torch
 operations (:mod:`llmzip.fused_torch`) and compiled ahead of time by AOTInductor into C++ loops,
 once per machine, into llmzip's cache (:mod:`llmzip.fused_aot`; it needs torch and a C++
-compiler). Nothing here is a new arithmetic:
+compiler), together with the hand-written C kernels of :mod:`llmzip.native` (attention over int8
+caches, the output head's tables, the mixer; a C compiler), which are built, loaded and proven
+with them. Nothing here is a new arithmetic:
 
 * every step is an integer operation, or a float operation whose exact result is representable
   (products of small integers by powers of two, sums of integers below 2**53, ``floor``), so
@@ -45,7 +47,6 @@ from . import runtime
 # or two, more than one compression saves.
 FUSED_LOAD_MIN_TOKENS = 1 << 14
 _active = False
-_steps = False
 _lock = threading.Lock()
 
 
@@ -54,22 +55,16 @@ def active() -> bool:
     return _active
 
 
-def steps_active() -> bool:
-    """Whether decoding steps attend through ``attend_step8`` over KV caches held as int8
-    (:class:`llmzip.attention8_steps.StepCache8`): during a decoding call that :func:`select` gave
-    the kernels."""
-    return _steps
-
-
-def select(tokens: int, wanted: bool, decoding: bool = False) -> bool:
+def select(tokens: int, wanted: bool) -> bool:
     """Choose for a codec call of ``tokens`` tokens, before its workers start: the fused kernels if
     ``wanted`` (the caller runs its int8 GEMMs on torch), this machine has a build of them that
     passes its probe, they are loaded or the call has :data:`FUSED_LOAD_MIN_TOKENS` tokens, and
     torch's GEMMs run on one OpenMP thread per caller (:func:`llmzip.runtime.one_openmp_thread`).
-    For a ``decoding`` call the kernels also hold the KV caches as int8 (:func:`steps_active`).
+    With the kernels, the call's KV caches are held as int8 for the native attention
+    (:class:`llmzip.attention8_int8.Int8KVCache`).
     ``LLMZIP_FUSED=0`` keeps numpy; ``LLMZIP_FUSED=always`` takes the kernels (building them if
     needed) at any size and thread setting. Returns the choice."""
-    global _active, _steps
+    global _active
     mode = os.environ.get("LLMZIP_FUSED", "auto")
     # Without OMP_NUM_THREADS=1 (the CLI sets it before torch loads) the GEMMs inside the kernels
     # fork an OpenMP team per codec worker and the kernels lose to numpy: the 6x384 Llama compressed
@@ -80,7 +75,6 @@ def select(tokens: int, wanted: bool, decoding: bool = False) -> bool:
         _active = False
     else:
         _active = available(build=mode == "always") and _exact_matmul()
-    _steps = _active and decoding
     return _active
 
 
@@ -93,17 +87,9 @@ def _exact_matmul() -> bool:
 
 
 def force(on: bool) -> None:
-    """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`.
-    Decoding steps' int8 caches stay off (:func:`force_steps`)."""
-    global _active, _steps
-    _active, _steps = on and available(build=True), False
-
-
-def force_steps(on: bool) -> None:
-    """Turn the decoding steps' kernel on or off regardless of size (tests and benchmarks); on needs
-    :func:`available`."""
-    global _steps
-    _steps = on and available(build=True)
+    """Turn the kernels on or off regardless of size (tests and benchmarks); on needs :func:`available`."""
+    global _active
+    _active = on and available(build=True)
 
 
 def available(build: bool = False) -> bool:
@@ -201,15 +187,15 @@ def _proven(directory: Path) -> tuple[Any, dict[str, Callable[..., Any]]]:
     """The build in ``directory``, loaded, and its kernels once they pass the probe."""
     from . import fused_aot, fused_calls
 
-    dispatcher = fused_aot.load(directory)
-    kernels = fused_calls.numpy_kernels(dispatcher.run)
+    dispatcher, hand_written = fused_aot.load(directory)
+    kernels = fused_calls.numpy_kernels(dispatcher.run) | hand_written
     _probe(kernels)
     return dispatcher, kernels
 
 
 def kernel(name: str) -> Callable[..., Any]:
     """The compiled kernel ``name`` (only once :func:`available`: while :func:`active`, or for an int8
-    cache made while :func:`steps_active`)."""
+    cache made while it was)."""
     global _calls
     assert _kernels is not None
     _calls += 1
@@ -231,14 +217,15 @@ def eager_calls() -> int:
 
 def deactivate() -> None:
     """Back to numpy (the end of a codec call)."""
-    global _active, _steps
-    _active = _steps = False
+    global _active
+    _active = False
 
 
 def _probe(kernels: dict[str, Callable[..., Any]]) -> None:
     """Raise AssertionError unless every kernel gives the numpy reference's integers on its edge cases
     (:mod:`llmzip.fused_check`); the references run while the kernels are off."""
     from . import fused_check
-    assert not _active
+    if _active:       # the references would run the kernels themselves
+        raise RuntimeError("the kernels are probed while the engine runs on numpy only")
     for case in fused_check.CASES:
         case(kernels)

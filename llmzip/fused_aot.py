@@ -10,7 +10,8 @@ A compiled kernel assumes the dtypes, ranks and C-contiguous layout of the examp
 from (it computes wrong numbers, silently, on other strides): calls are dispatched by dtypes and
 ranks, every input is made contiguous first, and a call no kernel fits runs the same torch
 operations eagerly. The cache directory is named by a hash of everything the libraries depend on
-(torch's version, the kernels' source, the compile options, the CPU's features), so a change of
+(torch's version, the kernels' source, the compile options, the CPU's features; the native kernels'
+compiler, flags and source, :func:`llmzip.native.identity`), so a change of
 any of them builds afresh rather than loading a stale or foreign library.
 """
 
@@ -33,11 +34,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import attention8, fused_calls, fused_torch, quantize, runtime
+from . import attention8, fused_calls, fused_torch, native, runtime
 from .fused_calls import Signature, signature, tensor
 
 CACHE_ENV = "LLMZIP_CACHE_DIR"
 MANIFEST = "manifest.json"    # written last: a directory without it is not a finished build
+NATIVE = "native"             # the manifest's name for the library of hand-written kernels (llmzip.native)
 
 
 @dataclass(frozen=True)
@@ -71,32 +73,14 @@ def _attend(add_rank: int) -> Callable[[], tuple[torch.Tensor, ...]]:
     return example
 
 
-def _attend_step8() -> tuple[torch.Tensor, ...]:
-    """Queries (3 rows, 2 key/value heads, 3 query heads each, 16); a cache of 40 positions; 11 read."""
-    exps = _ints(3, 2, 40, dtype=torch.int32).abs() % 5
-    return (_ints(3, 2, 3, 16, dtype=torch.int32), _ints(3, 2, 3, dtype=torch.int32).abs() % 5,
-            _ints(3, 2, 16, 40, dtype=torch.int8), exps - 3, _ints(3, 2, 40, 16, dtype=torch.int8), exps,
-            _ints(3, 2, 3, dtype=torch.int32).abs() % 5, torch.zeros(11, dtype=torch.int8),
-            torch.from_numpy(attention8._weight_table()))
-
-
-def _head() -> tuple[torch.Tensor, ...]:
-    """A 48 -> 24 output head, the exp table, clip and scale, and an int32 table to write."""
-    return _linear() + (torch.from_numpy(quantize._exp_table_f64()), tensor(2.0**30), tensor(2.0**28),
-                        _ints(5, 24, dtype=torch.int32))
-
-
 SPECS: tuple[Spec, ...] = (
     Spec("linear8", _linear), Spec("linear8_int", _linear),
     Spec("attend", _attend(2), static=(6,)), Spec("attend", _attend(1), static=(6,)),
-    Spec("attend_step8", _attend_step8, static=(8,)),
-    Spec("quantize_heads", lambda: (_ints(3, 5, 16) << 20, _ints(5).abs() + 1)),
     Spec("swiglu", lambda: (_ints(5, 14), _ints(33), tensor(16), tensor(1000), tensor(12))),
     Spec("activation", lambda: (_ints(5, 14), _ints(33), tensor(16))),
     Spec("norm", lambda: (_ints(5, 14), tensor(True), tensor(20), tensor(1e-5), tensor(16), tensor(12), _ints(14),
                           tensor(14), _ints(14), tensor(1000))),
     Spec("rotate", lambda: (_ints(3, 7, 5, 16), _ints(7, 8), _ints(7, 8), tensor(15), tensor(1000))),
-    Spec("head_freqs", _head, static=(4,)),
 )
 
 
@@ -130,10 +114,10 @@ def _cpu_features() -> str:
 def build_dir(specs: Sequence[Spec] = SPECS) -> Path:
     """The directory of this machine's build of ``specs``: named by a hash of torch's version, the
     kernels' source, the compile options, the CPU's features, the specs' signatures and their fixed
-    tables (whose lengths are compiled in)."""
+    tables (whose lengths are compiled in), and the native kernels' compiler, flags and source."""
     h = hashlib.sha256()
     for part in (torch.__version__, sys.version.split()[0], platform.machine(), _cpu_features(),
-                 json.dumps(fused_torch.COMPILE_OPTIONS, sort_keys=True), *(s.file for s in specs)):
+                 json.dumps(fused_torch.COMPILE_OPTIONS, sort_keys=True), *(s.file for s in specs), native.identity()):
         h.update(part.encode() + b"\0")
     for module in (fused_torch, sys.modules[__name__]):
         h.update(Path(module.__file__ or "").read_bytes())
@@ -176,6 +160,8 @@ def build(specs: Sequence[Spec] = SPECS, directory: Path | None = None) -> Path:
         files = {spec.file: f"{tag}-{spec.file}" for spec in specs}
         for spec in specs:
             _compile(spec, work / files[spec.file])
+        files[NATIVE] = f"{tag}-native.so"
+        native.compile_library(work / files[NATIVE])
         manifest = {"torch": torch.__version__, "files": files}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1))
         work.chmod(0o755)                       # mkdtemp's 0700 would hide a shared cache from others
@@ -280,8 +266,9 @@ class CompiledKernel:
         return torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs([_capsule(p, None, None) for p in outputs])
 
 
-def load(directory: Path, specs: Sequence[Spec] = SPECS) -> fused_calls.Dispatcher:
-    """A finished build, loaded: a dispatcher of its kernels, each fixed table at its example's size."""
+def load(directory: Path, specs: Sequence[Spec] = SPECS) -> tuple[fused_calls.Dispatcher, dict[str, Callable[..., Any]]]:
+    """A finished build, loaded: a dispatcher of its compiled kernels, each fixed table at its example's
+    size, and its native kernels by name."""
     instances = max(2, runtime.usable_cores())   # one model per thread that may call a kernel at once
     kernels: dict[tuple[str, Signature], fused_calls.Compiled] = {}
     fixed: dict[tuple[str, Signature], dict[int, tuple[int, ...]]] = {}
@@ -291,4 +278,4 @@ def load(directory: Path, specs: Sequence[Spec] = SPECS) -> fused_calls.Dispatch
         key = (spec.name, signature(example))
         kernels[key] = CompiledKernel(directory / files[spec.file], instances)
         fixed[key] = {i: tuple(example[i].shape) for i in spec.static}
-    return fused_calls.Dispatcher(kernels, fixed)
+    return fused_calls.Dispatcher(kernels, fixed), native.kernels(directory / files[NATIVE])

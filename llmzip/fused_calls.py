@@ -60,15 +60,6 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp
             and add.shape[-1] <= keys.shape[2] and (add.dim() == 1 or add.shape[0] == q.shape[2]))
 
 
-def _attend_step8(q8: torch.Tensor, eq: torch.Tensor, keys_t: torch.Tensor, key_exp: torch.Tensor,
-                  values: torch.Tensor, value_exp: torch.Tensor, top: torch.Tensor, positions: torch.Tensor,
-                  table: torch.Tensor) -> bool:
-    rows, kv, capacity, hd = values.shape
-    return (q8.shape[:2] == (rows, kv) and q8.shape[3] == hd and eq.shape == top.shape == q8.shape[:3]
-            and keys_t.shape == (rows, kv, hd, capacity) and key_exp.shape == value_exp.shape == (rows, kv, capacity)
-            and positions.shape[0] <= capacity)
-
-
 def _norm(x: torch.Tensor, *rest: torch.Tensor) -> bool:
     gamma, beta = rest[5], rest[7]
     return gamma.shape == beta.shape == x.shape[1:]
@@ -78,14 +69,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *_: torch.Ten
     return x.shape[3] % 2 == 0 and cos.shape == sin.shape == (x.shape[1], x.shape[3] // 2)
 
 
-def _head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor, *rest: torch.Tensor) -> bool:
-    return _linear(x, w, factor, bias) and rest[-1].shape == (x.shape[0], w.shape[1])
-
-
 SHAPES: dict[str, Callable[..., bool]] = {   # the size relations a compiled kernel assumes
-    "linear8": _linear, "linear8_int": _linear, "attend": _attend, "attend_step8": _attend_step8,
-    "quantize_heads": lambda x, mult: mult.shape == x.shape[1:2], "norm": _norm,
-    "rotate": _rotate, "head_freqs": _head_freqs,
+    "linear8": _linear, "linear8_int": _linear, "attend": _attend, "norm": _norm,
+    "rotate": _rotate,
     "swiglu": lambda gate_up, *_: gate_up.shape[1] % 2 == 0,
     "activation": lambda *_: True,
 }
@@ -152,10 +138,6 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
                     top: np.ndarray, table: np.ndarray) -> np.ndarray:
         return run("attend", (q, keys, values, value_exp, top, _halves(end), table))[0].numpy()
 
-    def attend_step8(q8: np.ndarray, eq: np.ndarray, keys_t: np.ndarray, key_exp: np.ndarray, values: np.ndarray,
-                     value_exp: np.ndarray, top: np.ndarray, end: int, table: np.ndarray) -> np.ndarray:
-        return run("attend_step8", (q8, eq, keys_t, key_exp, values, value_exp, top, _positions(end), table))[0].numpy()
-
     def rotate(qkv: np.ndarray, cos: np.ndarray, sin: np.ndarray, heads: int, frac: int, clip: int) -> np.ndarray:
         # Rotates every head (the value heads too, unused): one contiguous input, no copy of a slice.
         return run("rotate", (qkv, cos, sin, frac, clip))[0].numpy()[:, :, :heads]
@@ -163,39 +145,19 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
     def norm(x: np.ndarray, centre: bool, *rest: Any) -> tuple[np.ndarray, ...]:
         return tuple(t.numpy() for t in run("norm", (x, bool(centre), *rest)))
 
-    def head_freqs(x: np.ndarray, w: np.ndarray, factor: np.ndarray, bias: np.ndarray, table: np.ndarray,
-                   clip: float, scale: float, out: np.ndarray) -> np.ndarray:
-        if not (out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError("head_freqs writes into a writeable C-contiguous array only")
-        run("head_freqs", (x, w, factor, bias, table, clip, scale, out))
-        return out
-
     return {"linear8": single("linear8"), "linear8_int": single("linear8_int"), "attend": attend,
-            "attend_step": attend_step, "attend_step8": attend_step8,
-            "quantize_heads": lambda x, mult: tuple(t.numpy() for t in run("quantize_heads", (x, mult))),
+            "attend_step": attend_step,
             "swiglu": rows("swiglu"), "activation": rows("activation"),
-            "norm": norm, "rotate": rotate,
-            "head_freqs": head_freqs}
+            "norm": norm, "rotate": rotate}
 
 
-def _positions(end: int) -> np.ndarray:
-    """An (end,) array whose length tells ``attend_step8`` how many positions to read: a view of one
-    zero array, grown as needed (read once: a thread growing it meanwhile cannot shorten the view)."""
-    held = _POSITIONS[0]
-    if len(held) < end:
-        held = np.zeros(max(end, 2 * len(held)), dtype=np.int8)
-        held.setflags(write=False)
-        _POSITIONS[0] = held
-    return held[:end]
-
-
-_POSITIONS = [np.zeros(0, dtype=np.int8)]
 _HALVES = [np.zeros(0)]   # the longest row of halves asked for so far (read-only)
 
 
 def _halves(end: int) -> np.ndarray:
     """(end,) halves: a decoding step's rounding, every key visible. One array, grown as needed and
-    sliced (a contiguous view), rather than one per length (read once, as in :func:`_positions`)."""
+    sliced (a contiguous view), rather than one per length (read once: a thread growing it meanwhile
+    cannot shorten the view)."""
     held = _HALVES[0]
     if len(held) < end:
         held = np.full(max(end, 2 * len(held)), 0.5)

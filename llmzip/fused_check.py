@@ -55,12 +55,11 @@ def check_linear_layer(kernels: Kernels) -> None:
 
 
 def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int,
-                  capacity: int = 64, kind: Any = attention8.KVCache8) -> Any:
-    """A one-layer cache of ``kind`` (:class:`~llmzip.attention8.KVCache8` or
-    :class:`~llmzip.attention8_steps.StepCache8`) holding ``length`` random positions."""
+                  capacity: int = 64) -> attention8.KVCache8:
+    """A one-layer float32 cache holding ``length`` random positions."""
     from .engine.common import SCORE_SHIFT
 
-    cache = kind(1, rows, kv_heads, capacity, hd)
+    cache = attention8.KVCache8(1, rows, kv_heads, capacity, hd)
     scale = 2.0 ** rng.integers(0, 20, size=(rows, kv_heads, length, 1))   # exponents that vary by position
     k = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale).astype(np.int64)
     v = (rng.uniform(-1, 1, size=(rows, kv_heads, length, hd)) * scale[:, :, ::-1]).astype(np.int64)
@@ -96,40 +95,32 @@ def check_attend(kernels: Kernels) -> None:
             _equal("attend", want, got)
 
 
-def check_attend_step8(kernels: Kernels) -> None:
-    """Decoding steps over an int8 cache against the reference over the float32 cache of the same
-    numbers: 1 and 3 query heads per key/value head, 1 and 2 of those, one row, the first position,
-    a full cache, and queries whose scales put the score shift on both sides of 0."""
-    from .attention8_steps import StepCache8
+def check_attend8(kernels: Kernels) -> None:
+    """The native attention (a block's store and attention in one call) against the reference's store and
+    attention over a float32 cache: prefill blocks (masked) and single steps; 1 and 3 query heads per
+    key/value head, 1 and 2 of those, 1 and 2 rows; head sizes on and off the SIMD width; capacities
+    that are not a multiple of it (the last vector of keys read through a bounce buffer), up to a full
+    cache; queries and keys of every scale (the score shift on both sides of 0); zero vectors; and
+    values large enough to take the kernel's integer division."""
+    from .attention8_int8 import Int8KVCache
+    from .engine.common import SCORE_SHIFT
 
-    hd = 16
-    for group, rows, kv, capacity in ((1, 2, 2, 64), (3, 2, 2, 64), (3, 1, 1, 64), (1, 2, 1, 9), (3, 2, 2, 9)):
-        seed = 7 * group + 3 * rows + kv + capacity
-        want_cache = _filled_cache(np.random.default_rng(seed), rows, kv, 9, hd, capacity)
-        got_cache = _filled_cache(np.random.default_rng(seed), rows, kv, 9, hd, capacity, StepCache8)
-        rng = np.random.default_rng(seed)
-        for end, scale in ((9, 36), (9, 12), (5, 24), (1, 36), (1, 0)):
-            q = (rng.uniform(-1, 1, size=(rows, kv, group, hd)) * 2.0 ** scale).astype(np.int64)
-            q[0, 0, 0] = 0
-            q8, eq = attention8.quantize_vectors(q)
-            want = attention8._attend_rows(q8, eq, want_cache, 0, slice(0, rows), end - 1, end)
-            top = np.repeat(got_cache.value_max[0][:, :, end - 1 : end], group, axis=2)
-            got = kernels["attend_step8"](q8.astype(np.int32), eq.astype(np.int32), got_cache.keys_t[0],
-                                          got_cache.key_exp[0], got_cache.values[0], got_cache.value_exp[0],
-                                          top, end, attention8._weight_table())
-            _equal("attend_step8", want, got)
-
-
-def check_quantize_heads(kernels: Kernels) -> None:
-    """A step's queries (times a scale), keys and values: rows on both sides of every shift boundary."""
-    rng = np.random.default_rng(4)
-    x = _edge_rows(rng, 16, 2**36)[:15].reshape(3, 5, 16)
-    mult = np.array([9459, 8192, 1, 1, 1], dtype=np.int64)
-    for rows in (x, x[:1]):
-        want = attention8.quantize_vectors(rows * mult[:, None])
-        got = kernels["quantize_heads"](rows, mult)
-        for w, g in zip(want, got):
-            _equal("quantize_heads", w, g)
+    for hd, group, kv, rows, capacity, value_bits in ((16, 1, 2, 2, 64, 20), (48, 3, 1, 1, 21, 20),
+                                                      (8, 3, 2, 1, 64, 12), (40, 1, 1, 2, 35, 40),
+                                                      (12, 1, 1, 1, 64, 20)):
+        rng = np.random.default_rng(hd + capacity)
+        want, got = attention8.KVCache8(1, rows, kv, capacity, hd), Int8KVCache(1, rows, kv, capacity, hd)
+        bounds = (0, 9, 10, 11, capacity - 3, capacity)
+        for start, end in zip(bounds, bounds[1:]):
+            shape = (rows, kv, end - start, hd)
+            k = (rng.uniform(-1, 1, shape) * 2.0 ** rng.integers(0, 21, size=shape[:3] + (1,))).astype(np.int64)
+            v = (rng.uniform(-1, 1, shape) * 2.0 ** rng.integers(0, value_bits + 1, size=shape[:3] + (1,))).astype(np.int64)
+            q = (rng.uniform(-1, 1, (rows, kv * group) + shape[2:]) * 2.0 ** rng.integers(0, 21)).astype(np.int64)
+            q[0, 0, 0], v[0, 0, 0] = 0, 0
+            outs = want.attend_new(q, k, v, 0, start, 9459, SCORE_SHIFT)
+            got.reserve(end)
+            _equal("attend8", outs, kernels["attend8"](q, k, v, 9459, SCORE_SHIFT, start, got, 0,
+                                                       attention8._weight_table()))
 
 
 def _around(limit: int, clip: int, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -203,14 +194,14 @@ def check_rotate(kernels: Kernels) -> None:
         _equal("rotate", want, kernels["rotate"](qkv, c, s, 5, ROPE_FRAC, ACT_CLIP))
 
 
-def check_head_freqs(kernels: Kernels) -> None:
-    """Tables from output heads: peaked and flat rows, logits past the clip, gaps past the table (a
+def check_head_tables(kernels: Kernels) -> None:
+    """Tables from output heads by the native kernels: peaked and flat rows, logits past the clip, gaps past the table (a
     zero row's logits are the head's bias, which sets each case), and rows of real products."""
     from . import quantize
     from .engine.common import ACT_CLIP, ACT_FRAC
 
     rng = np.random.default_rng(7)
-    table, frac = quantize._exp_table_f64(), quantize.LOGIT_FRAC_BITS
+    frac = quantize.LOGIT_FRAC_BITS
     for vocab in (300, 5):
         cases = rng.integers(-6000, 6000, size=(5, vocab))
         cases[1] = 0
@@ -224,10 +215,90 @@ def check_head_freqs(kernels: Kernels) -> None:
             for bits, rows in ((quantize.FREQ_BITS, x), (16, x), (quantize.FREQ_BITS, x[:1])):
                 want = quantize.freqs_from_logits(_linear_reference(head, rows, np.float64), bits).astype(np.int32)
                 out = np.zeros(want.shape, dtype=np.int32)
-                kernels["head_freqs"](rows, *head.kernel_args(), table, float(quantize._CLIP), float(1 << bits), out)
-                _equal("head_freqs", want, out)
+                quantize.native_head_freqs(kernels.__getitem__, head, rows, bits, out)
+                _equal("head_tables", want, out)
 
 
-CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_attend_step8, check_quantize_heads,
-                                                check_swiglu, check_activation, check_norms, check_rotate,
-                                                check_head_freqs)
+def check_quantize_rows(kernels: Kernels) -> None:
+    """Rows on both sides of every shift boundary, up to 2**62, and rows whose peak is 2**k - 1, 2**k
+    or 2**k + 1 for every k, of either sign (the bit length from the float64 exponent field)."""
+    x = _edge_rows(np.random.default_rng(4), 40, 2**62 - 1)
+    peaks = sorted({min((1 << k) + d, 2**62) for k in range(63) for d in (-1, 0, 1)})
+    powers = np.zeros((2 * len(peaks), 40), dtype=np.int64)
+    powers[::2, 3], powers[1::2, 5] = peaks, [-p for p in peaks]
+    for rows in (x, x[:1], powers):
+        for want, got in zip(quantize_rows(rows), kernels["quantize_rows"](rows)):
+            _equal("quantize_rows", want, got)
+
+
+def check_mixing(kernels: Kernels) -> None:
+    """The mixer's dense part: LM rows whose totals reach 2**30 and rows of ones, gates from 0 to
+    2**28, candidates repeated and at both ends of the vocabulary, tokens at both ends and among
+    the candidates, LM rows read in place from a wider array (as the codec passes them)."""
+    from .mixing import mixture
+
+    rng = np.random.default_rng(11)
+    for vocab, width in ((300, 7), (5, 3)):
+        lm3 = rng.integers(1, 2**30 // vocab, size=(6, 2, vocab)).astype(np.int32)
+        lm3[1] = 1
+        lm3[2, 0, 0] = 2**30 - (int(lm3[2, 0].sum()) - int(lm3[2, 0, 0]))           # a total of 2**30
+        lm = lm3[:, 0]
+        mass = np.array([0, 1, 2**28, 2**27, 12345, 2**28 - 1], dtype=np.int64)
+        tok = rng.integers(0, vocab, size=(6, width))
+        tok[0, :2], tok[1, :2], tok[2, :2] = (0, vocab - 1), (3 % vocab, 3 % vocab), (vocab - 1, vocab - 1)
+        share = rng.integers(0, 2**26, size=(6, width))
+        x = np.array([0, vocab - 1, tok[2, 0], tok[3, 1], 1, vocab // 2], dtype=np.int64)
+        dense = mixture.scaled_lm(lm, mass)
+        for want, got in zip(mixture.coding_terms(dense.copy(), tok, share, x), kernels["mix_terms"](lm, mass, tok, share, x)):
+            _equal("mix_terms", want, got)
+        _equal("mix_tables", mixture.tables(dense, tok, share), kernels["mix_tables"](lm, mass, tok, share))
+
+
+def check_ngrams(kernels: Kernels) -> None:
+    """The n-gram table's lookups and counting against numpy's: contexts repeated within a step (a
+    slot updated several times, by several orders and rows), mostly steady checks with some that
+    replace a slot's context, counts past the limit (halving: hundreds of times), full slots
+    (replacing the first least counted entry, one halved to 0 among them), dead contexts, tokens up
+    to the table's mask."""
+    from .mixing.ngram import NgramTable
+    from .mixparams import MixParams
+
+    params = MixParams(hash_bits=10, slot_width=3, count_limit=4)
+    want, got = NgramTable(params), NgramTable(params)
+    rng = np.random.default_rng(12)
+    orders = len(params.orders)
+    steps = [(rng.integers(0, 3, size=(rows, orders)),
+              np.where(rng.random((rows, orders)) < 0.97, 1, rng.integers(0, 3, size=(rows, orders))) * (t % 17 != 3),
+              rng.integers(0, 4, size=rows) + (t % 11 == 5) * (2**21 - 5))
+             for t, rows in enumerate(rng.integers(1, 9, size=300))]
+    one = np.full((1, orders), 4)                                   # one context: the limit, then a new token
+    steps += [(one, np.ones_like(one), np.array([7]))] * (params.count_limit + 2) + [(one, np.ones_like(one), np.array([8]))]
+    for slot, chk, x in steps:
+        for a, b in zip(want.lookup_numpy(slot, chk), kernels["ngram_lookup"](got.table, slot, chk)):
+            _equal("ngram_lookup", a, b)
+        want.learn_numpy(slot, chk, x)
+        kernels["ngram_learn"](got.table, params.count_limit, slot, chk, x)
+        _equal("ngram_learn", want.table, got.table)
+
+
+def check_divide_rows(kernels: Kernels) -> None:
+    """The attention kernel's division alone, against numpy's floor division: exact ties (where the
+    float64 estimate falls one short before the correction: dozens of the 640 here), numerators on
+    both sides of 2**52 (the integer path), negative ones, and tops from 0 to 62."""
+    rng = np.random.default_rng(13)
+    den = rng.integers(2**14, 2**23, size=64) * 2
+    num = rng.integers(-(2**31), 2**31, size=(64, 16))
+    top = rng.integers(0, 21, size=64)
+    # Ties: 2 * num = k * den with k odd, top 0, so (2 * num + den) / (2 * den) = (k + 1) / 2 exactly.
+    num[:40], top[:40] = (den[:40, None] // 2) * (2 * rng.integers(-(2**6), 2**6, size=(40, 16)) + 1), 0
+    top[40:48] = [20, 21, 22, 23, 24, 25, 40, 62]                                    # around 2**52 and past it
+    want = (2 * (num.astype(np.int64) << top[:, None]) + den[:, None]) // (2 * den[:, None])
+    _equal("divide_rows", want, kernels["divide_rows"](num.astype(np.int32), top.astype(np.int32), den))
+
+
+# The Inductor kernels (fused_torch), and the hand-written ones (llmzip.native).
+INDUCTOR_CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_swiglu, check_activation,
+                                                         check_norms, check_rotate)
+NATIVE_CASES: tuple[Callable[[Kernels], None], ...] = (check_attend8, check_divide_rows, check_head_tables,
+                                                       check_quantize_rows, check_mixing, check_ngrams)
+CASES = INDUCTOR_CASES + NATIVE_CASES

@@ -105,48 +105,6 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp:
     return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
 
 
-def quantize_heads(x: torch.Tensor, mult: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``attention8.quantize_vectors(x * mult)`` for int64 ``x`` (R, N, hd) and ``mult`` (N,): a decoding
-    step's queries (times the attention scale), keys and values, quantised in one call."""
-    return _quantize_rows(x * mult.unsqueeze(-1))
-
-
-def attend_step8(q8: torch.Tensor, eq: torch.Tensor, keys_t: torch.Tensor, key_exp: torch.Tensor,
-                 values: torch.Tensor, value_exp: torch.Tensor, top: torch.Tensor, positions: torch.Tensor,
-                 table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``attention8._attend_rows`` for one decoding step over an ``attention8_steps.StepCache8``.
-
-    ``q8``/``eq`` int32 (R, KV, G, hd)/(R, KV, G): the quantised queries (``quantize_vectors``), G
-    query heads per key/value head; the cache's whole arrays of one layer, int8 ``keys_t`` (R, KV,
-    hd, capacity) and ``values`` (R, KV, capacity, hd), int32 ``key_exp`` (``e_k - score_shift``) and
-    ``value_exp`` (R, KV, capacity), read up to ``end``, the length of ``positions`` (its values
-    unused); ``top`` int32 (R, KV, G) the running maximum of value exponents at the step's position.
-    Returns the int64 outputs (R, KV, G, hd) and the shifted weights (returned only so that they are
-    computed once, not once per slice of the value loop).
-
-    Every sum is an exact int32: ``|q8 . k8| <= hd * 127**2 < 2**24`` (``attention8.check_bounds``)
-    and ``w * v <= 2**15 * 127`` over at most ``attention8.SPAN`` = 512 positions, below 2**31. The
-    reference's score ``floor(dot * 2**s + 1/2)``, ``s = eq + e_k - score_shift``, is ``dot << s`` for
-    ``s >= 0`` and ``(dot + 2**(m - 1)) >> m`` for ``m = -s >= 1`` (both exact in int64; the clamps only
-    keep C++'s shift counts defined: ``s`` lies in ``[-score_shift, 62 - 24]`` for the engine's inputs,
-    and a right shift past 62 gives 0 as the reference's rounding does for ``|dot| < 2**24``)."""
-    end = positions.shape[0]
-    keys_t, key_exp, values, value_exp = keys_t[..., :end], key_exp[..., :end], values[:, :, :end], value_exp[..., :end]
-    dot = (q8.unsqueeze(-1) * keys_t.unsqueeze(-3).to(torch.int32)).sum(-2, dtype=torch.int32)   # (R, KV, G, end)
-    s = (eq.unsqueeze(-1) + key_exp.unsqueeze(-2)).to(torch.int64)
-    d = dot.to(torch.int64)
-    m = torch.clamp(-s, 1, 62)
-    scores = torch.where(s >= 0, d << torch.clamp(s, 0, 62), (d + (torch.ones_like(m) << (m - 1))) >> m)
-    gaps = scores.amax(-1, keepdim=True) - scores
-    weights = table[torch.clamp(gaps, 0, table.shape[0] - 1)]
-    den = weights.sum(-1, keepdim=True, dtype=torch.int64)
-    # As in attend: numpy's w >> (E - e_s) is 0 for counts >= 32 (w <= 2**15); counts are >= 0 here.
-    weights = weights >> torch.clamp(top.unsqueeze(-1) - value_exp.unsqueeze(-2), 0, 31)
-    num = (weights.unsqueeze(-1) * values.unsqueeze(-3).to(torch.int32)).sum(-2, dtype=torch.int32)
-    num = num.to(torch.int64) << top.unsqueeze(-1).to(torch.int64)
-    return torch.div(2 * num + den, 2 * den, rounding_mode="floor"), weights
-
-
 def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: Scalar, clip: Scalar, frac: Scalar) -> torch.Tensor:
     """``engine.llama.swiglu``: clip both halves to ``clip``, ``silu(gate) * up``, rounded half up by
     ``frac`` bits. ``table``: :func:`fixedpoint._activation_values` for SiLU (index ``u + limit``)."""
@@ -233,27 +191,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frac: Scalar, 
     return torch.clamp(out, -clip, clip)
 
 
-def _exp_values(logits: torch.Tensor, table: torch.Tensor, clip: Scalar) -> torch.Tensor:
-    """``quantize._scaled_block_clipped``'s ``e``: the exp table at each logit's gap to its row's maximum."""
-    x = torch.clamp(logits, -clip, clip)
-    gap = torch.clamp(x.amax(-1, keepdim=True) - x, max=float(table.shape[0] - 1))   # integers: exact
-    return table[gap.to(torch.int64)]
-
-
-def head_freqs(x: torch.Tensor, w: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor, table: torch.Tensor,
-               clip: Scalar, scale: Scalar, out: torch.Tensor) -> tuple[()]:
-    """``quantize.freqs_from_logits(Linear8.float_out(x), freq_bits, out)``: the output head and the
-    quantiser in one pass, so the (rows, V) float64 logits never travel through memory three times.
-    ``scale`` is ``2**freq_bits``; ``ratio = scale / sum(e)`` is one IEEE division per row, as numpy's
-    (float64 sums of integers below 2**53: exact in any order), then one IEEE product per entry."""
-    e = _exp_values(linear8(x, w, factor, bias), table, clip)
-    ratio = scale / e.sum(-1, keepdim=True)
-    out.copy_((e * ratio).to(out.dtype) + 1)          # the cast truncates: floor (e >= 0)
-    return ()
-
-
 KERNELS: dict[str, Callable[..., Any]] = {
-    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "attend_step8": attend_step8,
-    "quantize_heads": quantize_heads, "swiglu": swiglu, "activation": activation,
-    "norm": norm, "rotate": rotate, "head_freqs": head_freqs,
+    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "swiglu": swiglu, "activation": activation,
+    "norm": norm, "rotate": rotate,
 }

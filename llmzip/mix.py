@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import fused
 from .mixing import mixture
 from .mixing.gates import CLASSES, GateWeights
 from .mixing.match import MatchModel
@@ -129,8 +130,11 @@ class Mixer:
         Returns:
             int64 (R, V), entries >= 1, totals <= 2**28 + 2 * V.
         """
-        dense, tok, share = self._mix(lm, first)
-        out = mixture.tables(dense, tok, share)
+        mass, tok, share = self._step_parts(lm, first)
+        if _native(lm):
+            out = fused.kernel("mix_tables")(lm, mass, tok, share)
+        else:
+            out = mixture.tables(mixture.scaled_lm(lm, mass), tok, share)
         self._coded.append((out, None))                     # learning reads the coded entries
         return out
 
@@ -139,7 +143,11 @@ class Mixer:
         the tables: ``(cum, freq, total)``, each (R,) int64, equal to ``cdf[x]``, ``table[x]``
         and the row sums of :meth:`tables` (tested). Learning then proceeds as after ``tables``.
         """
-        cum, freq, total = mixture.coding_terms(*self._mix(lm, 0), x)
+        mass, tok, share = self._step_parts(lm, 0)
+        if _native(lm):
+            cum, freq, total = fused.kernel("mix_terms")(lm, mass, tok, share, x)
+        else:
+            cum, freq, total = mixture.coding_terms(mixture.scaled_lm(lm, mass), tok, share, x)
         self._coded.append((None, freq))
         return cum, freq, total
 
@@ -160,9 +168,9 @@ class Mixer:
         share = mixture.shares(cnts, mass, totals, self.entry_model)
         self._step = Prediction(toks, cnts, totals, share, cls, mass, slot, chk)
 
-    def _mix(self, lm: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The mixture's parts for rows ``first``...: :func:`mixture.scaled_lm` (R, V) and the
-        sparse candidates' tokens and shares (R, S)."""
+    def _step_parts(self, lm: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mixture's parts for rows ``first``... of ``lm``: the LM's gates (R,) and the sparse
+        candidates' tokens and shares (R, S)."""
         stop = first + lm.shape[0]
         if first != self._mixed:
             raise ValueError(f"rows must be mixed in order: expected row {self._mixed}, got {first}")
@@ -172,7 +180,7 @@ class Mixer:
             raise ValueError("prepare() the step for all the rows it mixes")
         step = self._step
         self._mixed = stop
-        return mixture.scaled_lm(lm, step.mass[first:stop, 0]), step.tok[first:stop], step.share[first:stop]
+        return step.mass[first:stop, 0], step.tok[first:stop], step.share[first:stop]
 
     # ------------------------------------------------------------------ learning
 
@@ -212,3 +220,9 @@ class Mixer:
             coded.append(freq if table is None else table[np.arange(n), x[first:first + n]])
             first += n
         return coded[0] if len(coded) == 1 else np.concatenate(coded)
+
+
+def _native(lm: np.ndarray) -> bool:
+    """Whether the dense mixing of ``lm`` runs in the native kernels: while the kernels are active
+    (:mod:`llmzip.fused`), for the int32 tables the predictor makes."""
+    return fused.active() and lm.dtype == np.int32 and lm.ndim == 2

@@ -90,7 +90,7 @@ class LoadedModel:
         (:func:`llmzip.fused.select`). Never changes a table."""
         per_token = self.flops_per_token
         torch_gemm = self.engine.version.int8_gemm and select_backend(tokens * per_token, 0 if encoding else per_token)
-        fused.select(tokens, torch_gemm, decoding=not encoding)
+        fused.select(tokens, torch_gemm)
 
     def advance(self, state: Any, tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Append tokens (rows, T); return tables (rows, T, V) for the token after each, int32

@@ -14,11 +14,11 @@ below 0.0003 bits per token for a 50k vocabulary.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import fused
+from . import fused, linear8
 from .fixedpoint import exp_table
 from .linear8 import Linear8
 
@@ -69,13 +69,23 @@ def freqs_from_logits(logits: np.ndarray, freq_bits: int = FREQ_BITS, out: np.nd
 
 def head_freqs(head: LinearLayer, hidden: np.ndarray, freq_bits: int, out: np.ndarray) -> None:
     """:func:`freqs_from_logits` of the output head's logits (``head.float_out(hidden)``, rows of
-    ``hidden``) written into ``out`` (rows, V). An int8 head does both in one fused kernel while the
-    kernels are active (:mod:`llmzip.fused`): the same logits, sums, division and products."""
-    if fused.active() and isinstance(head, Linear8) and len(hidden):
-        args = (hidden, *head.kernel_args(), _exp_table_f64(), float(_CLIP), float(1 << freq_bits), out)
-        fused.kernel("head_freqs")(*args)
+    ``hidden``) written into ``out`` (rows, V). While the kernels are active (:mod:`llmzip.fused`), an
+    int8 head with int32 tables goes through :func:`native_head_freqs`: the same integers."""
+    if fused.active() and isinstance(head, Linear8) and len(hidden) and out.dtype == np.int32:
+        native_head_freqs(fused.kernel, head, hidden, freq_bits, out)
         return
     freqs_from_logits(head.float_out(hidden), freq_bits, out)
+
+
+def native_head_freqs(kernel: Callable[[str], Callable[..., Any]], head: Linear8, hidden: np.ndarray, freq_bits: int,
+                      out: np.ndarray) -> None:
+    """:func:`head_freqs` by the native kernels (``kernel(name)``, :mod:`llmzip.native`): the rows
+    quantised, the int8 GEMM (torch's where selected), and its int32 products turned into int32 tables
+    ``out`` in one pass per row (the logits, sums, division and products of :func:`freqs_from_logits`)."""
+    q, shift = kernel("quantize_rows")(hidden)
+    acc = linear8.int8_matmul(q, head.w).astype(np.int32, copy=False)   # int32 from torch; exact either way
+    _, factor, bias = head.kernel_args()
+    kernel("head_tables")(acc, shift, factor, bias, _exp_table_i32(), float(_CLIP), float(1 << freq_bits), out)
 
 
 def _scaled_block(logits: np.ndarray, freq_bits: int) -> np.ndarray:
@@ -122,6 +132,14 @@ def _scaled_block_clipped(logits: np.ndarray, freq_bits: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _exp_table_f64() -> np.ndarray:
     return exp_table(LOGIT_FRAC_BITS, EXP_OUT_BITS, EXP_LIMIT).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _exp_table_i32() -> np.ndarray:
+    """The same table as int32 (entries <= 2**30), as the native kernel reads it."""
+    table = exp_table(LOGIT_FRAC_BITS, EXP_OUT_BITS, EXP_LIMIT).astype(np.int32)
+    table.setflags(write=False)
+    return table
 
 
 def freqs_from_probs(probs: np.ndarray, freq_bits: int = FREQ_BITS) -> np.ndarray:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,6 +197,24 @@ def prose_file(tmp_path: Path) -> Path:
     path = tmp_path / "prose.txt"
     path.write_bytes(PROSE)
     return path
+
+
+@pytest.fixture(scope="session")
+def native_kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The native kernels (llmzip.native), compiled alone into a temporary directory: seconds."""
+    from llmzip import native
+
+    library = tmp_path_factory.mktemp("native") / "native.so"
+    try:
+        native.compile_library(library)
+    except native.NativeBuildError as e:
+        pytest.skip(f"no C compiler here: {e}")
+    return native.kernels(library)
+
+
+@pytest.fixture(scope="session")
+def native_attend8(native_kernels: dict[str, Any]) -> Any:
+    return native_kernels["attend8"]
 
 
 @pytest.fixture(scope="session")

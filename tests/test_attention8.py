@@ -152,11 +152,11 @@ def test_cache_grows_as_positions_are_stored_and_refuses_past_its_capacity():
 
 
 def _run_steps_cache(q: np.ndarray, k: np.ndarray, v: np.ndarray, step: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """:func:`_run` over a StepCache8 (its numpy path: no kernels), dropping to ``rows`` halfway."""
-    from llmzip.attention8_steps import StepCache8
+    """:func:`_run` over an Int8KVCache (its numpy path: no kernels), dropping to ``rows`` halfway."""
+    from llmzip.attention8_int8 import Int8KVCache
 
     n, heads, length, head_dim = q.shape
-    cache = StepCache8(1, n, k.shape[1], length, head_dim)
+    cache = Int8KVCache(1, n, k.shape[1], length, head_dim)
     parts = []
     for t0 in range(0, length, step):
         if rows is not None and t0 >= length // 2:
@@ -169,8 +169,8 @@ def _run_steps_cache(q: np.ndarray, k: np.ndarray, v: np.ndarray, step: int, row
 
 
 @pytest.mark.parametrize("step", [1, 7, 60])
-def test_int8_steps_cache_holds_the_same_numbers(step: int) -> None:
-    """The decoders' int8 cache, read by numpy, gives the float32 cache's integers, through growth
+def test_int8_cache_holds_the_same_numbers(step: int) -> None:
+    """The int8 cache, read by numpy, gives the float32 cache's integers, through growth
     past its first capacity and rows dropped."""
     q, k, v = _qkv(3, 2, 150, 16, seed=8)
     want = _run(q, k, v, 150)

@@ -33,6 +33,7 @@ def kernels_on(built_kernels: None) -> Iterator[None]:
 
 
 def _eager_kernels() -> dict[str, Any]:
+    """The Inductor kernels' torch operations run eagerly."""
     from llmzip import fused_calls
 
     return fused_calls.numpy_kernels(fused_calls.eager)
@@ -42,19 +43,32 @@ def test_probe_holds_for_the_uncompiled_kernels() -> None:
     """The same torch operations run eagerly (what a call no compiled kernel fits runs)."""
     from llmzip import fused_check
 
-    for case in fused_check.CASES:
+    for case in fused_check.INDUCTOR_CASES:
         case(_eager_kernels())
 
 
-def test_probe_catches_a_kernel_off_by_one() -> None:
+def test_probe_holds_for_the_native_kernels(native_kernels: dict[str, Any]) -> None:
+    """The hand-written kernels, compiled alone (no Inductor build needed)."""
     from llmzip import fused_check
 
-    kernels = _eager_kernels()
+    for case in fused_check.NATIVE_CASES:
+        case(native_kernels)
+
+
+def test_probe_catches_a_kernel_off_by_one(native_kernels: dict[str, Any]) -> None:
+    from llmzip import fused_check
+
+    kernels = _eager_kernels() | native_kernels
     for name, broken in (("linear8_int", lambda *a: kernels["linear8_int"](*a) + 1),
                          ("attend", lambda *a: kernels["attend"](*a) ^ 1),
-                         ("attend_step8", lambda *a: kernels["attend_step8"](*a) - 1),
-                         ("quantize_heads", lambda *a: (kernels["quantize_heads"](*a)[0], kernels["quantize_heads"](*a)[1] + 1)),
-                         ("head_freqs", lambda *a: np.add(kernels["head_freqs"](*a), 1, out=a[-1]))):
+                         ("attend8", lambda *a: kernels["attend8"](*a) - 1),
+                         ("head_tables", lambda *a: np.add(kernels["head_tables"](*a), 1, out=a[-1])),
+                         ("quantize_rows", lambda *a: (kernels["quantize_rows"](*a)[0], kernels["quantize_rows"](*a)[1] + 1)),
+                         ("mix_terms", lambda *a: tuple(t + (i == 2) for i, t in enumerate(kernels["mix_terms"](*a)))),
+                         ("mix_tables", lambda *a: kernels["mix_tables"](*a) + 1),
+                         ("ngram_lookup", lambda *a: (kernels["ngram_lookup"](*a)[0], kernels["ngram_lookup"](*a)[1] * 2)),
+                         ("ngram_learn", lambda *a: [kernels["ngram_learn"](*a) for _ in range(2)]),
+                         ("divide_rows", lambda *a: kernels["divide_rows"](*a) + 1)):
         with pytest.raises(AssertionError, match="differs"):
             for case in fused_check.CASES:
                 case({**kernels, name: broken})
@@ -294,7 +308,9 @@ def test_one_kernel_builds_loads_and_runs(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert fused_aot.built(directory) and [p.name for p in tmp_path.joinpath("kernels").iterdir()] == [directory.name]
     mtime = (directory / fused_aot.MANIFEST).stat().st_mtime_ns
     assert fused_aot.build(specs) == directory and (directory / fused_aot.MANIFEST).stat().st_mtime_ns == mtime
-    compiled = fused_aot.load(directory, specs)
+    compiled, native = fused_aot.load(directory, specs)
+    assert sorted(native) == ["attend8", "divide_rows", "head_tables", "mix_tables", "mix_terms", "ngram_learn",
+                              "ngram_lookup", "quantize_rows"]
     table, limit = fixedpoint.silu_table(ACT_FRAC)
     u = np.arange(-3 * limit, 3 * limit, 7, dtype=np.int64)[:600].reshape(-1, 6)
     got = compiled.run("activation", (u, table, limit))[0]
@@ -394,3 +410,14 @@ def test_clean_removes_other_builds_only(monkeypatch: pytest.MonkeyPatch, tmp_pa
     result = CliRunner().invoke(main, ["kernels", "--clean"])
     assert result.exit_code == 0 and f"removed {here.parent / '0ld'}" in result.stderr
     assert sorted(p.name for p in here.parent.iterdir()) == sorted([".build-live", here.name])
+
+
+def test_kernel_bit_length_equals_the_reference_everywhere() -> None:
+    """Every power of two and its neighbours up to 2**63 - 1, as the float64 conversion rounds them."""
+    torch = pytest.importorskip("torch")
+
+    from llmzip import fixedpoint, fused_torch
+
+    x = sorted({max(0, min((1 << k) + d, 2**63 - 1)) for k in range(64) for d in (-1, 0, 1)})
+    x = np.array(x, dtype=np.int64)
+    np.testing.assert_array_equal(fused_torch._bit_length(torch.from_numpy(x)).numpy(), fixedpoint.bit_length(x))

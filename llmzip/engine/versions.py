@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from .. import attention8, fused
-from ..attention8_steps import StepCache8
+from ..attention8_int8 import Int8KVCache
 from ..errors import UnsupportedFormatError
 from ..linear8 import check_linear8, quantize_linear8
 from .common import SCORE_SHIFT
@@ -74,17 +74,17 @@ class Int8Attention:
 
     @staticmethod
     def new_cache(n_layer: int, rows: int, kv_heads: int, capacity: int, head_dim: int) -> Any:
-        """The float32 cache numpy's GEMMs and the prefill kernel read, or while decoding steps run
-        their kernel (:func:`llmzip.fused.steps_active`) the int8 one it reads: the same integers."""
-        steps = fused.steps_active() and capacity <= attention8.SPAN
-        return (StepCache8 if steps else attention8.KVCache8)(n_layer, rows, kv_heads, capacity, head_dim)
+        """The float32 cache numpy's GEMMs read, or while the kernels run (:func:`llmzip.fused.active`)
+        and for up to SPAN positions the int8 one the native attention reads: the same integers."""
+        native = fused.active() and capacity <= attention8.SPAN
+        return (Int8KVCache if native else attention8.KVCache8)(n_layer, rows, kv_heads, capacity, head_dim)
 
     @staticmethod
     def check_bounds(head_dim: int, n_ctx: int) -> None:
         attention8.check_bounds(head_dim)
 
     @staticmethod
-    def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: attention8.KVCache8 | StepCache8, layer: int,
+    def __call__(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: attention8.KVCache8 | Int8KVCache, layer: int,
                  start: int, scale: int) -> np.ndarray:
         """Store k, v (rows, kv_heads, T, hd); attend with ``q * scale`` (rows, H, T, hd); int64 (rows, H, T, hd)."""
         return cache.attend_new(q, k, v, layer, start, scale, SCORE_SHIFT)   # |q * scale| < 2**20 * 2**16

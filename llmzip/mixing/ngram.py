@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import fused
 from ..mixparams import MixParams
 
 U64 = np.uint64
@@ -87,7 +88,13 @@ class NgramTable:
 
     def lookup(self, slot: np.ndarray, chk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and counts (R, O, slot_width) int64 of the contexts; count 0 where the slot
-        holds another context (or nothing)."""
+        holds another context (or nothing). By the native kernel while the kernels are active."""
+        if fused.active():
+            return fused.kernel("ngram_lookup")(self.table, slot, chk)
+        return self.lookup_numpy(slot, chk)
+
+    def lookup_numpy(self, slot: np.ndarray, chk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lookup` by numpy (the reference the native kernel is proven against)."""
         rec = self.table[slot]
         tok = (rec[..., 1:] & TOKEN_MASK).astype(np.int64)
         cnt = (rec[..., 1:] >> TOKEN_BITS).astype(np.int64)
@@ -95,7 +102,16 @@ class NgramTable:
         return tok, cnt
 
     def learn(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
-        """Count ``x`` (R,) after each live context (R, O) (check > 0), in row order."""
+        """Count ``x`` (R,) after each live context (R, O) (check > 0), in row order. By the native
+        kernel while the kernels are active: the same updates, one by one in that order."""
+        if fused.active():
+            fused.kernel("ngram_learn")(self.table, self.limit, slot, chk, x)
+        else:
+            self.learn_numpy(slot, chk, x)
+
+    def learn_numpy(self, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
+        """:meth:`learn` by numpy (the reference the native kernel is proven against): the distinct
+        slots at once, then the repeated ones slot by slot."""
         live = chk > 0
         slots, chks = slot[live], chk[live]
         toks = np.broadcast_to(x[:, None], slot.shape)[live]

@@ -1,25 +1,23 @@
-"""Decoding steps of :mod:`llmzip.attention8` over a KV cache held as int8: the same integers from a
-quarter of the memory.
+"""The KV cache of :mod:`llmzip.attention8` held as int8, for the native attention kernel: the same
+integers from a quarter of the memory, at several times the speed.
 
-A decoding step reads every cached key and value of every row, so with the cache held as float32
-(:class:`~llmzip.attention8.KVCache8`, the layout numpy's float32 GEMMs need) it is bound by memory
-reads: 64 rows of the embedded model (4 heads of 48) at 128 positions are 12.6 MB per layer and step.
-:class:`StepCache8` holds the same numbers as int8, with their exponents beside them, and the fused
-kernel ``attend_step8`` (:mod:`llmzip.fused_torch`) computes both products in int32 straight from
-them. Nothing here is a new arithmetic: every score, weight and output is the integer
-:func:`llmzip.attention8._attend_rows` gives (the kernel's probe, :mod:`llmzip.fused_check`, and
-the tests compare them). Keys are stored transposed, (head_dim, positions) per row and head, so
-the kernel's score loop runs along positions.
+:class:`~llmzip.attention8.KVCache8` holds the quantised keys and values as float32, the layout
+numpy's float32 GEMMs need; a decoding step then reads 4 bytes per number (64 rows of the embedded
+model, 4 heads of 48, at 128 positions are 12.6 MB per layer and step). :class:`Int8KVCache` holds
+them as int8 with their exponents beside them, and the hand-written kernel ``attend8``
+(:mod:`llmzip.native`) stores a block's keys and values and attends its queries in one call per
+layer, prefill blocks and decoding steps alike. Nothing here is a new arithmetic: every score,
+weight and output is the integer :func:`llmzip.attention8.attend` gives (the kernel's probe,
+:mod:`llmzip.fused_check`, and the tests compare them). Keys are stored transposed, (head_dim,
+positions) per row and head, so the kernel's score loop runs along positions.
 
-Made only while :func:`llmzip.fused.steps_active` (a decoding call that runs the fused kernels) and
-for contexts of at most :data:`~llmzip.attention8.SPAN` positions, where the kernel's int32 sums are
-exact. Anything the kernel does not take (several positions at once) runs
-:func:`llmzip.attention8.attend` on a float32 copy of the positions read: exact, and slow.
+Made only while :func:`llmzip.fused.active` (a codec call that runs the kernels) and for contexts of
+at most :data:`~llmzip.attention8.SPAN` positions, where the kernel's int32 sums are exact. A cache
+made without the kernel (tests) attends by :func:`llmzip.attention8.attend` on a float32 copy of the
+positions read: exact, and slow.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -27,8 +25,8 @@ from . import attention8, fused
 from .attention8 import KVCache8, grown_capacity, quantize_vectors
 
 
-class StepCache8:
-    """Keys and values of every layer as int8 vectors with one exponent each, as a decoder holds them.
+class Int8KVCache:
+    """Keys and values of every layer as int8 vectors with one exponent each.
 
     ``keys_t[l]``: int8 (rows, heads, head_dim, capacity), ``q_k`` transposed; ``key_exp[l]``: int32
     (rows, heads, capacity), ``e_k - score_shift``. ``values[l]``: int8 (rows, heads, capacity,
@@ -46,7 +44,7 @@ class StepCache8:
         self.value_max = [np.zeros((rows, n_head, held), np.int32) for _ in range(n_layer)]
         self.length = 0
         # Chosen once: a cache made for the kernel keeps it even if a later call turns the flag off.
-        self.kernel_steps = fused.steps_active()
+        self.native = fused.active()
 
     @property
     def rows(self) -> int:
@@ -92,32 +90,19 @@ class StepCache8:
 
     def attend_new(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, start: int, scale: int,
                    score_shift: int) -> np.ndarray:
-        """Store keys and values (rows, kv_heads, T, hd) at ``start``..., then attend with ``q * scale``:
-        for one decoding step with the kernels, the three quantised by one kernel call."""
-        if k.shape[2] > 1 or start + 1 > attention8.SPAN or not self.kernel_steps:
+        """Store keys and values (rows, kv_heads, T, hd) at ``start``..., then attend with ``q * scale``
+        (rows, H, T, hd): by the native kernel in one call, else by :meth:`store` and :meth:`attend`."""
+        end = start + k.shape[2]
+        if not self.native or end > attention8.SPAN:
             self.store(layer, k, v, start, score_shift)
             return self.attend(q * scale, layer, start)
-        rows, heads, _, head_dim = q.shape
-        kv_heads = k.shape[1]
-        stacked = np.concatenate((q, k, v), axis=1)[:, :, 0]              # (rows, heads + 2 kv_heads, hd)
-        x8, e = fused.kernel("quantize_heads")(stacked, _multipliers(heads, kv_heads, scale))
-        kv = slice(heads, heads + kv_heads), slice(heads + kv_heads, None)   # keys, values: one position each
-        self._put(layer, start, x8[:, kv[0], None], e[:, kv[0], None], x8[:, kv[1], None], e[:, kv[1], None],
-                  score_shift)
-        q8 = x8[:, :heads].reshape(rows, kv_heads, heads // kv_heads, head_dim)
-        return self._kernel(layer, q8, e[:, :heads].reshape(q8.shape[:3]), start + 1).reshape(q.shape)
+        self.reserve(end)
+        return fused.kernel("attend8")(q, k, v, scale, score_shift, start, self, layer, attention8._weight_table())
 
     def attend(self, q: np.ndarray, layer: int, start: int) -> np.ndarray:
         """:func:`llmzip.attention8.attend` of queries (rows, H, T, hd) at positions ``start``..., over a
-        float32 copy of the positions read (the reference's path; steps go through :meth:`attend_new`)."""
+        float32 copy of the positions read (the reference's path)."""
         return attention8.attend(q, self.as_float32(layer, start + q.shape[2]), 0, start)
-
-    def _kernel(self, layer: int, q8: np.ndarray, eq: np.ndarray, end: int) -> np.ndarray:
-        """``attend_step8`` of quantised queries (rows, kv_heads, G, hd) at position ``end - 1``."""
-        top = np.repeat(self.value_max[layer][:, :, end - 1 : end], q8.shape[2], axis=2)
-        arrays = (q8.astype(np.int32), eq.astype(np.int32), self.keys_t[layer], self.key_exp[layer],
-                  self.values[layer], self.value_exp[layer], top, end)
-        return fused.kernel("attend_step8")(*arrays, attention8._weight_table())
 
     def as_float32(self, layer: int, end: int) -> KVCache8:
         """Positions ``0..end - 1`` of one layer as the one-layer float32 cache numpy's attention reads."""
@@ -131,14 +116,6 @@ class StepCache8:
         cache.value_max[0][:, :, :end] = self.value_max[layer][..., :end]
         cache.length = end
         return cache
-
-
-@functools.lru_cache(maxsize=16)
-def _multipliers(heads: int, kv_heads: int, scale: int) -> np.ndarray:
-    """``quantize_heads``' factor per head of a step's (queries, keys, values): the scale, then ones."""
-    mult = np.array([scale] * heads + [1] * (2 * kv_heads), dtype=np.int64)
-    mult.setflags(write=False)
-    return mult
 
 
 def _grown(a: np.ndarray, axis: int, size: int) -> np.ndarray:
