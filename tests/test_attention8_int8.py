@@ -98,6 +98,12 @@ def test_the_kernel_refuses_what_it_cannot_compute(native_attend8: Any) -> None:
         native_attend8(q, k, v, 1, SCORE_SHIFT, 0, cache, 0, table)
 
 
+def test_the_package_ships_the_c_sources() -> None:
+    """The kernels are compiled on the user's machine: an installed llmzip must carry its C files."""
+    for name in native.SOURCES + native.HEADERS:
+        assert (native.SOURCE_DIR / name).is_file(), name
+
+
 def test_a_missing_compiler_is_a_build_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(native.NativeBuildError):
