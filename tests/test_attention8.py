@@ -9,7 +9,7 @@ import pytest
 
 import attention8_reference
 from llmzip import attention8
-from llmzip.attention8 import KVCache8, attend, store
+from llmzip.attention8 import KVCache8, store
 
 SHIFT = 32   # the engine's SCORE_SHIFT: 2 * ACT_FRAC + QUERY_SCALE_BITS - ATT_FRAC
 
