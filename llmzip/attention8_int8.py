@@ -70,13 +70,11 @@ class Int8KVCache:
             arrays[:] = [a[rows] for a in arrays]
 
     def store(self, layer: int, k: np.ndarray, v: np.ndarray, start: int, score_shift: int) -> None:
-        """:func:`llmzip.attention8.store`'s numbers, kept as int8 and exponents."""
-        self._put(layer, start, *quantize_vectors(k), *quantize_vectors(v), score_shift)
-
-    def _put(self, layer: int, start: int, k8: np.ndarray, ek: np.ndarray, v8: np.ndarray, ev: np.ndarray,
-             score_shift: int) -> None:
-        """Write quantised keys and values (rows, kv_heads, T, hd), exponents (rows, kv_heads, T), at
-        positions ``start``..., and the running maximum of the value exponents."""
+        """:func:`llmzip.attention8.store`'s numbers for keys and values (rows, kv_heads, T, hd) at
+        positions ``start``..., kept as int8 and exponents, with the running maximum of the value
+        exponents."""
+        k8, ek = quantize_vectors(k)
+        v8, ev = quantize_vectors(v)
         end = start + k8.shape[2]
         self.reserve(end)
         self.keys_t[layer][..., start:end] = k8.swapaxes(-1, -2)

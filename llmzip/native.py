@@ -83,7 +83,19 @@ def compile_library(library: Path, extra_flags: tuple[str, ...] = ()) -> None:
         raise NativeBuildError(f"{' '.join(command)} failed: {done.stderr.strip()[:2000]}")
 
 
-_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+
+
+class _Bound:
+    """One C function of the library, bound with its result and argument types (class attributes)."""
+
+    symbol: str
+    restype: Any = _I64
+    argtypes: tuple[Any, ...]
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._fn = getattr(lib, self.symbol)
+        self._fn.restype, self._fn.argtypes = self.restype, list(self.argtypes)
 
 
 def kernels(library: Path) -> dict[str, Any]:
@@ -94,13 +106,11 @@ def kernels(library: Path) -> dict[str, Any]:
             "ngram_learn": NgramLearn(lib), "divide_rows": DivideRows(lib)}
 
 
-class Attend8:
+class Attend8(_Bound):
     """``llmzip_attend8`` of a loaded library, called with numpy arrays."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_attend8
-        self._fn.restype = _I64
-        self._fn.argtypes = [_I64] * 4 + [_PTR, _I64, _PTR, _PTR, _I64] + [_PTR] * 5 + [_I64] * 3 + [_PTR, _I64, _PTR]
+    symbol = "llmzip_attend8"
+    argtypes = (_I64,) * 4 + (_PTR, _I64, _PTR, _PTR, _I64) + (_PTR,) * 5 + (_I64,) * 3 + (_PTR, _I64, _PTR)
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: int, score_shift: int, start: int,
                  cache: Any, layer: int, table: np.ndarray) -> np.ndarray:
@@ -140,13 +150,12 @@ def _check_layout(q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: tuple[np.n
         raise ValueError("attend8: arrays of unexpected shapes, dtypes or layouts")
 
 
-class QuantizeRows:
+class QuantizeRows(_Bound):
     """``llmzip_quantize_rows``: :func:`llmzip.linear8.quantize_rows` of int64 rows (n, k)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_quantize_rows
-        self._fn.restype = None
-        self._fn.argtypes = [_I64, _I64, _PTR, _PTR, _PTR]
+    symbol = "llmzip_quantize_rows"
+    restype = None
+    argtypes = (_I64, _I64, _PTR, _PTR, _PTR)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.int64)
@@ -157,14 +166,11 @@ class QuantizeRows:
         return q, e
 
 
-class HeadTables:
+class HeadTables(_Bound):
     """``llmzip_head_tables``: coding tables (rows, V) into ``out`` from the head's int32 products."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_head_tables
-        self._fn.restype = _I64
-        self._fn.argtypes = [_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, ctypes.c_double, ctypes.c_double,
-                             _PTR, _PTR]
+    symbol = "llmzip_head_tables"
+    argtypes = (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _F64, _F64, _PTR, _PTR)
 
     def __call__(self, acc: np.ndarray, shift: np.ndarray, factor: np.ndarray, bias: np.ndarray,
                  table: np.ndarray, clip: float, scale: float, out: np.ndarray) -> np.ndarray:
@@ -204,14 +210,12 @@ def _candidates(lm: np.ndarray, mass: np.ndarray, tok: np.ndarray, share: np.nda
     return mass, tok, share
 
 
-class MixTerms:
+class MixTerms(_Bound):
     """``llmzip_mix_terms``: :func:`llmzip.mixing.mixture.coding_terms` of
     :func:`~llmzip.mixing.mixture.scaled_lm`, for int32 LM tables."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_mix_terms
-        self._fn.restype = _I64
-        self._fn.argtypes = [_I64, _I64, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+    symbol = "llmzip_mix_terms"
+    argtypes = (_I64, _I64, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR)
 
     def __call__(self, lm: np.ndarray, mass: np.ndarray, tok: np.ndarray, share: np.ndarray,
                  x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,14 +231,12 @@ class MixTerms:
         return cum, freq, total
 
 
-class MixTables:
+class MixTables(_Bound):
     """``llmzip_mix_tables``: :func:`llmzip.mixing.mixture.tables` of
     :func:`~llmzip.mixing.mixture.scaled_lm`, for int32 LM tables; int64 (R, V)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_mix_tables
-        self._fn.restype = _I64
-        self._fn.argtypes = [_I64, _I64, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR]
+    symbol = "llmzip_mix_tables"
+    argtypes = (_I64, _I64, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR)
 
     def __call__(self, lm: np.ndarray, mass: np.ndarray, tok: np.ndarray, share: np.ndarray) -> np.ndarray:
         lm, stride = _lm_rows(lm)
@@ -252,13 +254,11 @@ def _table(table: np.ndarray) -> np.ndarray:
     return table
 
 
-class NgramLookup:
+class NgramLookup(_Bound):
     """``llmzip_ngram_lookup``: :meth:`llmzip.mixing.ngram.NgramTable.lookup` of slots and checks (R, O)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_ngram_lookup
-        self._fn.restype = _I64
-        self._fn.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR]
+    symbol = "llmzip_ngram_lookup"
+    argtypes = (_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR)
 
     def __call__(self, table: np.ndarray, slot: np.ndarray, chk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         table = _table(table)
@@ -273,14 +273,12 @@ class NgramLookup:
         return tok, cnt
 
 
-class NgramLearn:
+class NgramLearn(_Bound):
     """``llmzip_ngram_learn``: :meth:`llmzip.mixing.ngram.NgramTable.learn` of tokens ``x`` (R,) after
     the contexts (R, O), into ``table`` in place."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_ngram_learn
-        self._fn.restype = _I64
-        self._fn.argtypes = [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR]
+    symbol = "llmzip_ngram_learn"
+    argtypes = (_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR)
 
     def __call__(self, table: np.ndarray, limit: int, slot: np.ndarray, chk: np.ndarray, x: np.ndarray) -> None:
         table = _table(table)
@@ -292,14 +290,13 @@ class NgramLearn:
             raise ValueError("ngram_learn: a slot, check, token or limit out of range")
 
 
-class DivideRows:
+class DivideRows(_Bound):
     """``llmzip_divide_rows``: the attention kernel's last step alone, for the probe: ``floor((2 * (num
     << top) + den) / (2 * den))`` of int32 ``num`` (R, hd) with int32 ``top`` and int64 ``den`` (R,)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.llmzip_divide_rows
-        self._fn.restype = None
-        self._fn.argtypes = [_I64, _I64, _PTR, _PTR, _PTR, _PTR]
+    symbol = "llmzip_divide_rows"
+    restype = None
+    argtypes = (_I64, _I64, _PTR, _PTR, _PTR, _PTR)
 
     def __call__(self, num: np.ndarray, top: np.ndarray, den: np.ndarray) -> np.ndarray:
         num = np.ascontiguousarray(num, dtype=np.int32)
