@@ -3,23 +3,25 @@
 The engine's arithmetic is defined by its numpy code (:mod:`llmzip.linear8`,
 :mod:`llmzip.attention8`, :mod:`llmzip.fixedpoint`). Most of its time goes to chains of small
 elementwise passes around the matrix products (quantising a GEMM's input, rescaling its output,
-attention scores to weights, activation tables). The same chains are written with torch
-operations (:mod:`llmzip.fused_torch`) and compiled ahead of time by AOTInductor into C++ loops,
-once per machine, into llmzip's cache (:mod:`llmzip.fused_aot`; it needs torch and a C++
-compiler), together with the hand-written C kernels of :mod:`llmzip.native` (attention over int8
-caches, the output head's tables, the mixer; a C compiler), which are built, loaded and proven
-with them. Nothing here is a new arithmetic:
+attention scores to weights, norms, activation tables). Some chains are written with torch
+operations (:mod:`llmzip.fused_torch`: the linear layers of large blocks, the float32 cache's
+attention, rotary positions) and compiled ahead of time by AOTInductor into C++ loops, once per
+machine, into llmzip's cache (:mod:`llmzip.fused_aot`; it needs torch and a C++ compiler); the
+rest are the hand-written C kernels of :mod:`llmzip.native` (attention over int8 caches, the
+linear layers of decoding steps, norms, activations, the output head's tables, the mixer; a C
+compiler), which are built, loaded and proven with them. Nothing here is a new arithmetic:
 
 * every step is an integer operation, or a float operation whose exact result is representable
   (products of small integers by powers of two, sums of integers below 2**53, ``floor``), so
-  fusing, vectorising or reordering them cannot change a bit; Inductor's C++ is built without
-  unsafe-math and without floating-point contraction (set in ``fused_torch.COMPILE_OPTIONS``);
+  fusing, vectorising or reordering them cannot change a bit; Inductor's C++ and the native C are
+  built without unsafe-math and without floating-point contraction (``fused_torch.COMPILE_OPTIONS``,
+  ``native.FLAGS``);
 * the rounding steps are the numpy code's single IEEE operations in its order: the quantiser's
   ``e * (2**28 / sum)`` (one division per row, one product per entry) and a norm's row scale
   (``fixedpoint.norm_scale``: conversion, division, sum, square root, division), each correctly
   rounded;
-* shift counts are clamped where numpy defines shifts past the width and C++ does not (every such
-  clamp is argued at its line);
+* shift counts are clamped where numpy defines shifts past the width and C does not, or the
+  kernel refuses such inputs and numpy computes them (every such case is argued at its line);
 * each process that loads the kernels first runs each on inputs chosen to hit its edge cases and
   compares it with the numpy reference (:func:`_probe`); any difference, build error or missing
   torch feature leaves the engine on numpy, which gives the same integers.
@@ -203,6 +205,11 @@ def kernel(name: str) -> Callable[..., Any]:
 
 
 _calls = 0
+
+
+def native_linear() -> bool:
+    """Whether the loaded kernels include the native linear layer (a CPU with AVX-512 VNNI)."""
+    return _kernels is not None and bool(_kernels["linear8_native"].vectorised)
 
 
 def kernel_calls() -> int:

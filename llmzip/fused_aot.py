@@ -76,10 +76,6 @@ def _attend(add_rank: int) -> Callable[[], tuple[torch.Tensor, ...]]:
 SPECS: tuple[Spec, ...] = (
     Spec("linear8", _linear), Spec("linear8_int", _linear),
     Spec("attend", _attend(2), static=(6,)), Spec("attend", _attend(1), static=(6,)),
-    Spec("swiglu", lambda: (_ints(5, 14), _ints(33), tensor(16), tensor(1000), tensor(12))),
-    Spec("activation", lambda: (_ints(5, 14), _ints(33), tensor(16))),
-    Spec("norm", lambda: (_ints(5, 14), tensor(True), tensor(20), tensor(1e-5), tensor(16), tensor(12), _ints(14),
-                          tensor(14), _ints(14), tensor(1000))),
     Spec("rotate", lambda: (_ints(3, 7, 5, 16), _ints(7, 8), _ints(7, 8), tensor(15), tensor(1000))),
 )
 

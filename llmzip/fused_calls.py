@@ -60,20 +60,12 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp
             and add.shape[-1] <= keys.shape[2] and (add.dim() == 1 or add.shape[0] == q.shape[2]))
 
 
-def _norm(x: torch.Tensor, *rest: torch.Tensor) -> bool:
-    gamma, beta = rest[5], rest[7]
-    return gamma.shape == beta.shape == x.shape[1:]
-
-
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *_: torch.Tensor) -> bool:
     return x.shape[3] % 2 == 0 and cos.shape == sin.shape == (x.shape[1], x.shape[3] // 2)
 
 
 SHAPES: dict[str, Callable[..., bool]] = {   # the size relations a compiled kernel assumes
-    "linear8": _linear, "linear8_int": _linear, "attend": _attend, "norm": _norm,
-    "rotate": _rotate,
-    "swiglu": lambda gate_up, *_: gate_up.shape[1] % 2 == 0,
-    "activation": lambda *_: True,
+    "linear8": _linear, "linear8_int": _linear, "attend": _attend, "rotate": _rotate,
 }
 
 
@@ -123,12 +115,6 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
     def single(name: str) -> Callable[..., np.ndarray]:
         return lambda *args: run(name, args)[0].numpy()
 
-    def rows(name: str) -> Callable[..., np.ndarray]:   # elementwise: its input as 2-D (rows, last axis)
-        def call(x: np.ndarray, *args: Any) -> np.ndarray:
-            y = run(name, (x.reshape(-1, x.shape[-1]),) + args)[0].numpy()
-            return y.reshape(*x.shape[:-1], y.shape[-1])
-        return call
-
     def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, value_exp: np.ndarray, end: int,
                top: np.ndarray, add: np.ndarray, table: np.ndarray) -> np.ndarray:
         assert add.shape[-1] == end, "the mask spans the positions read"
@@ -142,13 +128,8 @@ def numpy_kernels(run: Run) -> dict[str, Callable[..., Any]]:
         # Rotates every head (the value heads too, unused): one contiguous input, no copy of a slice.
         return run("rotate", (qkv, cos, sin, frac, clip))[0].numpy()[:, :, :heads]
 
-    def norm(x: np.ndarray, centre: bool, *rest: Any) -> tuple[np.ndarray, ...]:
-        return tuple(t.numpy() for t in run("norm", (x, bool(centre), *rest)))
-
     return {"linear8": single("linear8"), "linear8_int": single("linear8_int"), "attend": attend,
-            "attend_step": attend_step,
-            "swiglu": rows("swiglu"), "activation": rows("activation"),
-            "norm": norm, "rotate": rotate}
+            "attend_step": attend_step, "rotate": rotate}
 
 
 _HALVES = [np.zeros(0)]   # the longest row of halves asked for so far (read-only)

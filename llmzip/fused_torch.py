@@ -32,7 +32,7 @@ def _bit_length(peak: torch.Tensor) -> torch.Tensor:
     """Bit length of non-negative int64 values, read from the exponent field of their float64
     conversion: ``fixedpoint.bit_length`` (frexp of the same conversion, rounded to nearest) for
     every value, exact below 2**53 (the only range the engine passes: its largest inputs are 2**36
-    into ``down`` and the attention queries, 2**31 into the norms). 0 gives 0 (its field is 0)."""
+    into ``down`` and the attention queries). 0 gives 0 (its field is 0)."""
     field = (peak.to(torch.float64).view(torch.int64) >> 52) & 2047
     return torch.clamp(field - 1022, min=0)
 
@@ -105,81 +105,6 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, value_exp:
     return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
 
 
-def swiglu(gate_up: torch.Tensor, table: torch.Tensor, limit: Scalar, clip: Scalar, frac: Scalar) -> torch.Tensor:
-    """``engine.llama.swiglu``: clip both halves to ``clip``, ``silu(gate) * up``, rounded half up by
-    ``frac`` bits. ``table``: :func:`fixedpoint._activation_values` for SiLU (index ``u + limit``)."""
-    inner = gate_up.shape[-1] // 2
-    g = torch.clamp(gate_up[..., :inner], -clip, clip)
-    u = torch.clamp(gate_up[..., inner:], -clip, clip)
-    y = activation(g, table, limit)
-    return (y * u + (1 << (frac - 1))) >> frac
-
-
-def activation(u: torch.Tensor, table: torch.Tensor, limit: Scalar) -> torch.Tensor:
-    """``fixedpoint.activation_lookup``: the table inside ``[-limit, limit]``, ``u`` above, 0 below."""
-    y = table[torch.clamp(u, -limit, limit) + limit]
-    return torch.where(u > limit, u, y)
-
-
-def _norm_stats(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of int64 ``x`` (n, d): LayerNorm's mean (``fixedpoint.row_mean``; 0 unless ``centre``,
-    a boolean tensor: one compiled kernel for both norms), the shift and the exact sum of squares of
-    ``fixedpoint._normalise``."""
-    d = x.shape[-1]
-    mean = torch.div(2 * x.sum(-1, keepdim=True) + d, 2 * d, rounding_mode="floor") * centre.to(torch.int64)
-    x = x - mean
-    peak = torch.maximum(x.amax(-1), -x.amin(-1))
-    shift = torch.clamp(_bit_length(peak) - square_bits, min=0)               # 0 <= shift < 63
-    xs = x >> shift.unsqueeze(-1)
-    return mean.squeeze(-1), shift, (xs * xs).sum(-1)
-
-
-def _norm_apply(x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, inv: torch.Tensor,
-               out_shift: torch.Tensor, gamma: torch.Tensor, gamma_frac: Scalar, beta: torch.Tensor,
-               clip: Scalar) -> torch.Tensor:
-    """``fixedpoint._normalise``'s last step, then the gain, the bias and the clip of
-    ``engine.common.LayerNorm``/``RMSNorm`` (``beta`` zeros for RMSNorm). ``out_shift`` >= 1."""
-    xs = (x - mean.unsqueeze(-1)) >> shift.unsqueeze(-1)
-    s = out_shift.unsqueeze(-1)
-    z = (xs * inv.unsqueeze(-1) + ((torch.ones_like(s) << s) >> 1)) >> s
-    z = ((z * gamma + (1 << (gamma_frac - 1))) >> gamma_frac) + beta
-    return torch.clamp(z, -clip, clip)
-
-
-def _frexp_exponent(x: torch.Tensor) -> torch.Tensor:
-    """``np.frexp(x)[1]`` for float64 ``x`` that is 0 or a positive normal number, from its exponent field."""
-    field = (x.view(torch.int64) >> 52) & 2047
-    return torch.where(x > 0, field - 1022, 0)
-
-
-def _norm_scale(ss: torch.Tensor, shift: torch.Tensor, d: int, eps: Scalar, in_frac: Scalar,
-                out_frac: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fixedpoint.norm_scale``: the same IEEE operations in the same order (the int64 -> float64
-    conversion, the division by ``d``, the sum and ``sqrt`` and the division into ``2**g`` are each
-    correctly rounded; the powers of two are exact), so the same ``inv`` and shift per row. ``rms`` is
-    a positive normal number (at least ``sqrt(eps * 2**-102)``) or, with ``eps`` 0, possibly 0.
-    ``d`` must stay a size (the rows' width): Inductor compiles a division by it as a division, but a
-    division by a 0-d tensor input as a product by its reciprocal, which rounds otherwise (tried: the
-    probe caught it)."""
-    eps_scaled = eps * _pow2_float64(2 * (in_frac - shift))
-    rms = torch.sqrt(ss.to(torch.float64) / d + eps_scaled)
-    g = 24 + _frexp_exponent(rms)
-    inv = torch.floor(_pow2_float64(g) / rms).to(torch.int64)
-    return inv, g - out_frac
-
-
-def norm(x: torch.Tensor, centre: torch.Tensor, square_bits: Scalar, eps: Scalar, in_frac: Scalar, out_frac: Scalar,
-         gamma: torch.Tensor, gamma_frac: Scalar, beta: torch.Tensor, clip: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
-    """``engine.common.LayerNorm`` (``centre``) or ``RMSNorm`` (``beta`` zeros) of int64 rows ``x`` (n, d),
-    the clip included, in one kernel: :func:`_norm_stats`, :func:`_norm_scale`, :func:`_norm_apply`.
-    Returns the rows and each row's final shift: the result stands only where every shift is >= 1
-    (the caller checks; below 1 the kernel's shift is clamped and numpy must compute the row)."""
-    mean, shift, ss = _norm_stats(x, centre, square_bits)
-    inv, out_shift = _norm_scale(ss, shift, x.shape[-1], eps, in_frac, out_frac)
-    y = _norm_apply(x, mean, shift, inv, torch.clamp(out_shift, min=1), gamma, gamma_frac, beta, clip)
-    return y, out_shift
-
-
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frac: Scalar, clip: Scalar) -> torch.Tensor:
     """``rope.rotate`` of every head of ``x`` (rows, T, heads, hd), then the clip
     ``ExactLlama._attention`` applies: int64 (rows, T, heads, hd)."""
@@ -192,6 +117,5 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frac: Scalar, 
 
 
 KERNELS: dict[str, Callable[..., Any]] = {
-    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "swiglu": swiglu, "activation": activation,
-    "norm": norm, "rotate": rotate,
+    "linear8": linear8, "linear8_int": linear8_int, "attend": attend, "rotate": rotate,
 }

@@ -75,17 +75,26 @@ def test_probe_catches_a_kernel_off_by_one(native_kernels: dict[str, Any]) -> No
 
 
 @needs_kernels
-@pytest.mark.parametrize("seed", range(3))
-def test_linear_layer_outputs_match(seed: int) -> None:
+@pytest.mark.parametrize("seed, rows", [(0, 3), (1, 3), (2, 30)])
+def test_linear_layer_outputs_match(seed: int, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to NATIVE_MAX_ROWS rows (33) by the native layer where the CPU has VNNI, more (330) by
+    Inductor's kernel: numpy's integers either way."""
+    from llmzip.linear8 import NATIVE_MAX_ROWS
+
     rng = np.random.default_rng(seed)
     layer = quantize_linear8(rng.normal(size=(96, 40)), rng.normal(size=40), ACT_FRAC, 16)
-    x = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(3, 11, 96)) >> rng.integers(0, 20, size=(3, 11, 1))
+    x = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(rows, 11, 96)) >> rng.integers(0, 20, size=(rows, 11, 1))
     want_int, want_float = layer(x), layer.float_out(x)
+    names: list[str] = []
+    kernel = fused.kernel
+    monkeypatch.setattr(fused, "kernel", lambda name: names.append(name) or kernel(name))
     fused.force(True)
     try:
         got_int, got_float = layer(x), layer.float_out(x)
+        native = rows * 11 <= NATIVE_MAX_ROWS and fused.native_linear()
     finally:
         fused.force(False)
+    assert names == (["linear8_native"] * 2 if native else ["linear8_int", "linear8"])
     np.testing.assert_array_equal(want_int, got_int)
     np.testing.assert_array_equal(want_float, got_float)
     assert got_int.dtype == np.int64 and got_float.dtype == np.float64
@@ -303,20 +312,19 @@ def test_one_kernel_builds_loads_and_runs(monkeypatch: pytest.MonkeyPatch, tmp_p
     from llmzip import fused_aot, fused_calls
 
     monkeypatch.setenv(fused_aot.CACHE_ENV, str(tmp_path))
-    specs = [s for s in fused_aot.SPECS if s.name == "activation"]
+    specs = [s for s in fused_aot.SPECS if s.name == "rotate"]
     directory = fused_aot.build(specs)
     assert fused_aot.built(directory) and [p.name for p in tmp_path.joinpath("kernels").iterdir()] == [directory.name]
     mtime = (directory / fused_aot.MANIFEST).stat().st_mtime_ns
     assert fused_aot.build(specs) == directory and (directory / fused_aot.MANIFEST).stat().st_mtime_ns == mtime
     compiled, native = fused_aot.load(directory, specs)
-    assert sorted(native) == ["attend8", "divide_rows", "head_tables", "mix_tables", "mix_terms", "ngram_learn",
-                              "ngram_lookup", "quantize_rows"]
-    table, limit = fixedpoint.silu_table(ACT_FRAC)
-    u = np.arange(-3 * limit, 3 * limit, 7, dtype=np.int64)[:600].reshape(-1, 6)
-    got = compiled.run("activation", (u, table, limit))[0]
-    want = fused_calls.eager("activation", (u, table, limit))[0]
+    assert sorted(native) == ["activation", "attend8", "divide_rows", "head_tables", "linear8_native", "mix_tables",
+                              "mix_terms", "ngram_learn", "ngram_lookup", "norm", "quantize_rows", "swiglu"]
+    example = specs[0].example()
+    got = compiled.run("rotate", example)[0]
+    want = fused_calls.eager("rotate", example)[0]
     assert compiled.eager_calls == 0 and torch.equal(got, want)
-    compiled.run("activation", (u.astype(np.int32), table, limit))     # no kernel of that dtype: eager
+    compiled.run("rotate", (example[0].to(torch.int32), *example[1:]))     # no kernel of that dtype: eager
     assert compiled.eager_calls == 1
 
 
@@ -421,3 +429,22 @@ def test_kernel_bit_length_equals_the_reference_everywhere() -> None:
     x = sorted({max(0, min((1 << k) + d, 2**63 - 1)) for k in range(64) for d in (-1, 0, 1)})
     x = np.array(x, dtype=np.int64)
     np.testing.assert_array_equal(fused_torch._bit_length(torch.from_numpy(x)).numpy(), fixedpoint.bit_length(x))
+
+
+def test_the_native_layer_checks_its_arrays(native_kernels: dict[str, Any]) -> None:
+    """Strided inputs are copied first; inputs and weights of other shapes or types are refused."""
+    native = native_kernels["linear8_native"]
+    if not native.vectorised:
+        pytest.skip("a library built without AVX-512 VNNI has no linear layer")
+    rng = np.random.default_rng(11)
+    layer = quantize_linear8(rng.normal(size=(48, 24)), rng.normal(size=24), ACT_FRAC, 16)
+    wide = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(10, 96))
+    for x in (wide[:, ::2], wide[::2, 48:]):
+        np.testing.assert_array_equal(layer(np.ascontiguousarray(x)), native(x, *layer.kernel_args()))
+    with pytest.raises(ValueError, match="shapes"):
+        native(wide, *layer.kernel_args())
+    w, factor, bias = layer.kernel_args()
+    with pytest.raises(ValueError, match="int8 weights"):
+        native(wide[:, :48], w.astype(np.int16), factor, bias)
+    with pytest.raises(ValueError, match="dtype or layout"):
+        native(wide[:, :48], w, factor.astype(np.float32), bias)

@@ -6,6 +6,7 @@ arithmetic: changing one changes archives (add an engine version, see :mod:`.ver
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -61,8 +62,13 @@ class RMSNorm:
     def quantize(cls, gamma: Any) -> "RMSNorm":
         return cls(to_fixed(gamma, GAMMA_FRAC))
 
+    @functools.cached_property
+    def _no_bias(self) -> np.ndarray:
+        """Zeros as the fused LayerNorm kernel's bias: one array, whose address the kernel keeps."""
+        return np.zeros_like(self.gamma)
+
     def __call__(self, h: np.ndarray, eps: float) -> np.ndarray:
-        y = _fused_norm(h, self.gamma, np.zeros_like(self.gamma), eps, centre=False) if fused.active() else None
+        y = _fused_norm(h, self.gamma, self._no_bias, eps, centre=False) if fused.active() else None
         if y is not None:
             return y
         y = rms_norm(h, self.gamma, eps, RESID_FRAC, ACT_FRAC, GAMMA_FRAC)
@@ -70,17 +76,15 @@ class RMSNorm:
 
 
 def _fused_norm(h: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, centre: bool) -> np.ndarray | None:
-    """LayerNorm (``centre``) or RMSNorm then the clip, by one fused kernel: the numpy integers, the
+    """LayerNorm (``centre``) or RMSNorm then the clip, by one native kernel: the numpy integers, the
     rows' scales by the same IEEE operations as :func:`~llmzip.fixedpoint.norm_scale`. None (use
-    numpy) if a row's final shift is below 1, which the kernel's shifts do not define (never seen:
-    it needs a row of zeros and eps below 2**-56)."""
+    numpy) if a row's final shift is outside 1..62, which the kernel's shifts do not define (never
+    seen: it needs a row of zeros and eps below 2**-56)."""
     d = h.shape[-1]
     flat = h.reshape(-1, d)
-    y, out_shift = fused.kernel("norm")(flat, centre, norm_square_bits(d), eps, RESID_FRAC, ACT_FRAC, gamma,
-                                        GAMMA_FRAC, beta, ACT_CLIP)
-    if len(out_shift) and out_shift.min() < 1:
-        return None
-    return y.reshape(h.shape)
+    y = fused.kernel("norm")(flat, centre, norm_square_bits(d), eps, RESID_FRAC, ACT_FRAC, gamma, GAMMA_FRAC, beta,
+                             ACT_CLIP)
+    return None if y is None else y.reshape(h.shape)
 
 
 def inverse_sqrt(n: int) -> int:
