@@ -66,10 +66,16 @@ def check_linear_native(kernels: Kernels) -> None:
         w[:, 3] = 0.0
         layer = quantize_linear8(w, rng.normal(size=n) * 100, 12, 16)
         x = _edge_rows(rng, k, 2**36)
+        table, limit = fixedpoint.activation_values("gelu_new", 16)
         for rows in (x, x[:1], x[6:8], x[5:8], x[:5]):
             for dtype in (np.float64, np.int64):
                 _equal("linear8_native", _linear_reference(layer, rows, dtype),
                        native(rows, *layer.kernel_args(), dtype is np.float64))
+            y, residual = _linear_reference(layer, rows, np.int64), rng.integers(-2**40, 2**40, size=(len(rows), n))
+            _equal("linear8_native", fixedpoint.clip_inplace(residual + y, 2**38),
+                   native(rows, *layer.kernel_args(), residual=residual, clip=2**38))
+            _equal("linear8_native", fixedpoint.activation_lookup(fixedpoint.clip_inplace(y.copy(), 2**20), "gelu_new", 16),
+                   native(rows, *layer.kernel_args(), clip=2**20, activation=(table, limit)))
 
 
 def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int,

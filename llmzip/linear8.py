@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import fused
-from .fixedpoint import bit_length
+from .fixedpoint import activation_lookup, activation_values, bit_length, clip_inplace
 
 Q_MAX = 127          # int8 range used on both sides (never -128: the product bound stays symmetric)
 MULT_BITS = 15       # per-column dequantisation multiplier: 2**14 <= M < 2**15
@@ -64,19 +64,42 @@ class Linear8:
 
     def _outputs(self, x: np.ndarray, dtype: type) -> np.ndarray:
         flat = x.reshape(-1, x.shape[-1])
+        if self._native(len(flat)):
+            y = fused.kernel("linear8_native")(flat, *self.kernel_args(), dtype is np.float64)
+            return y.reshape(*x.shape[:-1], self.w.shape[1])
         if fused.active() and len(flat):
-            if len(flat) <= NATIVE_MAX_ROWS and fused.native_linear():
-                y = fused.kernel("linear8_native")(flat, *self.kernel_args(), dtype is np.float64)
-            else:
-                y = fused.kernel("linear8_int" if dtype is np.int64 else "linear8")(flat, *self.kernel_args())
+            y = fused.kernel("linear8_int" if dtype is np.int64 else "linear8")(flat, *self.kernel_args())
             return y.reshape(*x.shape[:-1], self.w.shape[1])
         q, e = quantize_rows(flat)
         acc = int8_matmul(q, self.w)                    # exact integers: int32 from torch, else float64
         return _rescale(acc, self._factor, np.ldexp(1.0, e)[:, None], self._bias, dtype).reshape(
             *x.shape[:-1], self.w.shape[1])
 
+    def added(self, x: np.ndarray, residual: np.ndarray, clip: int) -> np.ndarray:
+        """``clip(residual + self(x), +-clip)``: the layer and the residual connection after it, in
+        the native kernel's pass over the outputs where it runs."""
+        flat = x.reshape(-1, x.shape[-1])
+        if not self._native(len(flat)):
+            return clip_inplace(residual + self(x), clip)
+        y = fused.kernel("linear8_native")(flat, *self.kernel_args(), residual=residual.reshape(len(flat), -1), clip=clip)
+        return y.reshape(residual.shape)
+
+    def activated(self, x: np.ndarray, clip: int, kind: str, frac_bits: int) -> np.ndarray:
+        """``activation_lookup(clip(self(x), +-clip), kind, frac_bits)``: the layer and its activation,
+        in the native kernel's pass over the outputs where it runs."""
+        flat = x.reshape(-1, x.shape[-1])
+        if not self._native(len(flat)):
+            return activation_lookup(clip_inplace(self(x), clip), kind, frac_bits)
+        y = fused.kernel("linear8_native")(flat, *self.kernel_args(), clip=clip,
+                                           activation=activation_values(kind, frac_bits))
+        return y.reshape(*x.shape[:-1], self.w.shape[1])
+
     def integer_arrays(self) -> list[np.ndarray]:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]
+
+    def _native(self, rows: int) -> bool:
+        """Whether a block of ``rows`` rows runs as one native call (see NATIVE_MAX_ROWS)."""
+        return fused.active() and 0 < rows <= NATIVE_MAX_ROWS and fused.native_linear()
 
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The layer as the fused kernels take it: int8 weights, float64 ``M * 2**-D`` and ``b + 1/2``."""

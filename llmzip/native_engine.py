@@ -56,7 +56,7 @@ class Linear8Native(Bound):
     GEMM serves). Each layer's weights are packed for the library once, at their first call."""
 
     symbol = "llmzip_linear8"
-    argtypes = (I64,) * 3 + (PTR,) * 5 + (I64, PTR)
+    argtypes = (I64,) * 3 + (PTR,) * 5 + (I64, PTR) + (PTR, I64, PTR, I64)
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         super().__init__(lib)
@@ -64,7 +64,7 @@ class Linear8Native(Bound):
         self._size = function(lib, "llmzip_linear8_packed_size", I64, (I64, I64))
         self._pack = function(lib, "llmzip_linear8_pack", None, (I64, I64, PTR, PTR))
         self._layers = Pinned(self._packed)
-        self._floats = Pinned(address_of(np.float64))
+        self._floats, self._tables = Pinned(address_of(np.float64)), Pinned(address_of(np.int64))
 
     def _packed(self, w: np.ndarray) -> tuple[np.ndarray, int]:
         """The int8 weights (k, n) packed as the library reads them, and the address of the copy."""
@@ -74,21 +74,32 @@ class Linear8Native(Bound):
         self._pack(*w.shape, w.ctypes.data, packed.ctypes.data)
         return packed, int(packed.ctypes.data)
 
-    def __call__(self, x: np.ndarray, w: np.ndarray, factor: np.ndarray, bias: np.ndarray,
-                 as_float: bool = False) -> np.ndarray:
+    def __call__(self, x: np.ndarray, w: np.ndarray, factor: np.ndarray, bias: np.ndarray, as_float: bool = False,
+                 residual: np.ndarray | None = None, clip: int = -1,
+                 activation: tuple[np.ndarray, int] | None = None) -> np.ndarray:
         """The layer of ``x``: ``w`` its int8 weights (k, n), ``factor`` and ``bias`` float64 (n,)
-        (:meth:`llmzip.linear8.Linear8.kernel_args`); float64 if ``as_float``, else int64."""
+        (:meth:`llmzip.linear8.Linear8.kernel_args`); float64 if ``as_float``, else int64 followed,
+        in the same pass, by ``+ residual`` (rows, n), the clip to ``+-clip`` (if >= 0) and the
+        ``activation`` table's lookup (its table and limit, :func:`llmzip.fixedpoint.activation_values`)."""
         x = np.ascontiguousarray(x, dtype=np.int64)
         k, n = w.shape
         if x.ndim != 2 or x.shape[1] != k or factor.shape != (n,) or bias.shape != (n,):
             raise ValueError("linear8: arrays of unexpected shapes")
+        if residual is not None:
+            residual = np.ascontiguousarray(residual, dtype=np.int64)
+            if residual.shape != (len(x), n):
+                raise ValueError("linear8: a residual of unexpected shape")
+        table, limit = activation if activation is not None else (None, 0)
+        if table is not None and table.shape != (2 * limit + 1,):
+            raise ValueError("linear8: an activation table of 2 * limit + 1 entries expected")
         packed, packed_at = self._layers(w)     # packed: held for the call (the C code reads it)
         out = np.empty((len(x), n), dtype=np.float64 if as_float else np.int64)
         code = self._fn(len(x), k, n, x.ctypes.data, None, packed_at, self._floats(factor), self._floats(bias),
-                        int(as_float), out.ctypes.data)
+                        int(as_float), out.ctypes.data, None if residual is None else residual.ctypes.data, clip,
+                        None if table is None else self._tables(table), limit)
         if code:
             raise MemoryError("linear8: out of memory") if code == -1 else ValueError(
-                "linear8: sizes out of range" if code == -2 else "linear8: this library has no linear layer (no VNNI)")
+                "linear8: arguments out of range" if code == -2 else "linear8: this library has no linear layer (no VNNI)")
         return out
 
 

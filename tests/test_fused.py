@@ -101,6 +101,27 @@ def test_linear_layer_outputs_match(seed: int, rows: int, monkeypatch: pytest.Mo
 
 
 @needs_kernels
+@pytest.mark.parametrize("rows", [3, 30])
+def test_a_layer_with_its_residual_or_activation_matches(rows: int) -> None:
+    """``added`` and ``activated``: one native pass where it runs (33 rows), the layer then numpy's
+    clip, sum and table otherwise (330 rows): the same integers as the composition on numpy."""
+    rng = np.random.default_rng(rows)
+    layer = quantize_linear8(rng.normal(size=(96, 40)), rng.normal(size=40), ACT_FRAC, ACT_FRAC)
+    x = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(rows, 11, 96)) >> rng.integers(0, 20, size=(rows, 11, 1))
+    h = rng.integers(-2**30, 2**30, size=(rows, 11, 40))
+    want = (fixedpoint.clip_inplace(h + layer(x), 2**29),
+            fixedpoint.activation_lookup(fixedpoint.clip_inplace(layer(x), ACT_CLIP), "gelu_new", ACT_FRAC))
+    fused.force(True)
+    try:
+        got = (layer.added(x, h, 2**29), layer.activated(x, ACT_CLIP, "gelu_new", ACT_FRAC))
+    finally:
+        fused.force(False)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(w, g)
+        assert g.dtype == np.int64 and g.shape == w.shape
+
+
+@needs_kernels
 @pytest.mark.parametrize("group, steps", [(1, (0, 40, 47)), (3, (0, 30, 47))])
 def test_attention_over_a_growing_cache_matches(group: int, steps: tuple[int, ...]) -> None:
     """Prefill blocks then single steps, the cache growing past its first capacity, as the codec runs."""

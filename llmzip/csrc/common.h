@@ -1,4 +1,5 @@
-/* What the hand-written kernels share: the int8 quantiser of llmzip.linear8. The library is built
+/* What the hand-written kernels share: the int8 quantiser of llmzip.linear8 and the activation
+ * tables' lookup of llmzip.fixedpoint. The library is built
  * with -fwrapv: x * mult wraps on overflow as numpy's does (never, for the engine's inputs). */
 #ifndef LLMZIP_COMMON_H
 #define LLMZIP_COMMON_H
@@ -34,6 +35,12 @@ static inline int32_t quantize(const int64_t *x, int64_t mult, int64_t n, int8_t
         q[i * stride] = (int8_t)(v > Q_MAX ? Q_MAX : v < -Q_MAX ? -Q_MAX : v);
     }
     return (int32_t)e;
+}
+
+/* fixedpoint.activation_lookup of one value: table[u + limit] inside [-limit, limit], u above it,
+ * and the table's first entry (0) below it; table has 2 limit + 1 entries. */
+static inline int64_t lookup(int64_t u, const int64_t *table, int64_t limit) {
+    return u > limit ? u : table[(u < -limit ? -limit : u) + limit];
 }
 
 #endif

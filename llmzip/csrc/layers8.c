@@ -80,12 +80,6 @@ int64_t llmzip_norm(int64_t rows, int64_t d, const int64_t *x, int64_t centre, i
     return 0;
 }
 
-/* fixedpoint.activation_lookup of one value: table[u + limit] inside [-limit, limit], u above it,
- * and the table's first entry (0) below it; table has 2 limit + 1 entries. */
-static inline int64_t lookup(int64_t u, const int64_t *table, int64_t limit) {
-    return u > limit ? u : table[(u < -limit ? -limit : u) + limit];
-}
-
 /* The activation of u (n,) into out. */
 void llmzip_activation(int64_t n, const int64_t *u, const int64_t *table, int64_t limit, int64_t *out) {
     for (int64_t i = 0; i < n; i++)

@@ -128,37 +128,73 @@ static void rescale(const int32_t *restrict acc, int64_t n, int64_t e, const dou
 }
 #endif
 
+/* What follows a layer in the same pass over its outputs (int64 only), each step where asked:
+ * y += residual (the residual connection; int64 wraps as numpy's), y clipped to +-clip, y replaced by
+ * its activation (common.h's lookup). */
+typedef struct {
+    const int64_t *residual;   /* (rows, n) or NULL */
+    int64_t clip;              /* < 0: none */
+    const int64_t *table;      /* 2 limit + 1 entries, or NULL */
+    int64_t limit;
+} Epilogue;
+
+static void epilogue(const Epilogue *after, int64_t n, const int64_t *restrict residual, int64_t *restrict y) {
+    if (residual)
+        for (int64_t j = 0; j < n; j++)
+            y[j] += residual[j];
+    if (after->clip >= 0)
+        for (int64_t j = 0; j < n; j++)
+            y[j] = y[j] < -after->clip ? -after->clip : y[j] > after->clip ? after->clip : y[j];
+    if (after->table)
+        for (int64_t j = 0; j < n; j++)
+            y[j] = lookup(y[j], after->table, after->limit);
+}
+
+#define ROW_BLOCK 64   /* rows quantised, multiplied and rescaled together: their products stay in L2 */
+
 /* out (rows, n) = the layer of x (rows, k) int64 (|x| < 2^62): float64 if as_float, else int64
- * (the caller's bound keeps every value below 2^62, where the conversion is defined). w (k, n)
- * int8, unused (the packed weights hold it); packed: llmzip_linear8_pack of it; factor, bias (n,)
- * float64. Returns 0; -1 when out of memory, -2 for sizes out of range, -3 in a library built
- * without VNNI (nothing written). */
+ * (the caller's bound keeps every value below 2^62, where the conversion is defined), then the
+ * epilogue (residual, clip, table; int64 only). w (k, n) int8, unused (the packed weights hold it);
+ * packed: llmzip_linear8_pack of it; factor, bias (n,) float64. Returns 0; -1 when out of memory,
+ * -2 for sizes or arguments out of range, -3 in a library built without VNNI (nothing written). */
 int64_t llmzip_linear8(int64_t rows, int64_t k, int64_t n, const int64_t *x, const int8_t *w, const int8_t *packed,
-                       const double *factor, const double *bias, int64_t as_float, void *out) {
+                       const double *factor, const double *bias, int64_t as_float, void *out,
+                       const int64_t *residual, int64_t clip, const int64_t *table, int64_t limit) {
     (void)w;
 #if PACKED
-    if (rows < 0 || k < 1 || n < 1 || k > (INT32_MAX / (Q_MAX * Q_MAX)))
+    const Epilogue after = {residual, clip, table, limit};
+    if (rows < 0 || k < 1 || n < 1 || k > (INT32_MAX / (Q_MAX * Q_MAX)) || (table && limit < 0)
+        || (as_float && (residual || clip >= 0 || table)))
         return -2;
     const int64_t kg = groups(k), stride = kg * 4, width = padded(n);
-    uint8_t *q = calloc((size_t)(rows * stride + 1), 1);
-    int32_t *acc = malloc((size_t)(rows * width + 1) * sizeof *acc);
-    int64_t *e = malloc((size_t)(rows + 1) * sizeof *e);
-    if (!q || !acc || !e) {
-        free(q), free(acc), free(e);
+    uint8_t *q = malloc((size_t)(ROW_BLOCK * stride));
+    int32_t *acc = malloc((size_t)(ROW_BLOCK * width) * sizeof *acc);
+    if (!q || !acc) {
+        free(q), free(acc);
         return -1;
     }
-    for (int64_t r = 0; r < rows; r++)
-        e[r] = quantize(x + r * k, 1, k, (int8_t *)q + r * stride, 1);
-    for (int64_t i = 0; i < rows * stride; i++)
-        q[i] ^= 0x80;    /* q + 128 as an unsigned byte (the pads too: their weights are 0) */
-    product(rows, kg, width, q, packed, acc);
+    memset(q, 0, (size_t)(ROW_BLOCK * stride));
     const size_t item = as_float ? sizeof(double) : sizeof(int64_t);
-    for (int64_t r = 0; r < rows; r++)
-        rescale(acc + r * width, n, e[r], factor, bias, as_float, (char *)out + (size_t)(r * n) * item);
-    free(q), free(acc), free(e);
+    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        const int64_t nr = rows - r0 < ROW_BLOCK ? rows - r0 : ROW_BLOCK;
+        int64_t e[ROW_BLOCK];
+        for (int64_t r = 0; r < nr; r++)
+            e[r] = quantize(x + (r0 + r) * k, 1, k, (int8_t *)q + r * stride, 1);
+        for (int64_t i = 0; i < nr * stride; i++)
+            q[i] ^= 0x80;    /* q + 128 as an unsigned byte (the pads too, whose weights are 0: any byte) */
+        product(nr, kg, width, q, packed, acc);
+        for (int64_t r = 0; r < nr; r++) {
+            char *y = (char *)out + (size_t)((r0 + r) * n) * item;
+            rescale(acc + r * width, n, e[r], factor, bias, as_float, y);
+            if (!as_float)
+                epilogue(&after, n, residual ? residual + (r0 + r) * n : NULL, (int64_t *)y);
+        }
+    }
+    free(q), free(acc);
     return 0;
 #else
     (void)rows, (void)k, (void)n, (void)x, (void)packed, (void)factor, (void)bias, (void)as_float, (void)out;
+    (void)residual, (void)clip, (void)table, (void)limit;
     return -3;
 #endif
 }

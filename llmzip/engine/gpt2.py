@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..fixedpoint import GELU_KINDS, activation_lookup, clip_inplace
+from ..fixedpoint import GELU_KINDS, clip_inplace
 from ..quantize import LOGIT_FRAC_BITS
 from .common import ACT_CLIP, ACT_FRAC, RESID_CLIP, RESID_FRAC, LayerNorm, fingerprint, inverse_sqrt, to_fixed
 from .versions import EngineVersion, LinearLayer, engine_version, newest_engine
@@ -160,9 +160,9 @@ class ExactGPT2:
         h = self.wte[tokens] + self.wpe[start : start + t_new][None]
         for layer, blk in enumerate(self.blocks):
             a = self._attention(blk.qkv(blk.ln_1(h, eps)), cache, layer, start)
-            h = clip_inplace(h + blk.proj(a), RESID_CLIP)
-            u = clip_inplace(blk.fc(blk.ln_2(h, eps)), ACT_CLIP)
-            h = clip_inplace(h + blk.fc_proj(activation_lookup(u, self.spec.activation, ACT_FRAC)), RESID_CLIP)
+            h = blk.proj.added(a, h, RESID_CLIP)
+            u = blk.fc.activated(blk.ln_2(h, eps), ACT_CLIP, self.spec.activation, ACT_FRAC)
+            h = blk.fc_proj.added(u, h, RESID_CLIP)
         cache.length = start + t_new
         return self.ln_f(h, eps)
 

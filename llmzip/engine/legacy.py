@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..attention8 import ATTEND_BUDGET
-from ..fixedpoint import check_gemm_bound, exact_matmul, exp_table, rshift_round
+from ..fixedpoint import activation_lookup, check_gemm_bound, clip_inplace, exact_matmul, exp_table, rshift_round
 from .common import ACT_CLIP, ATT_FRAC, SCORE_SHIFT
 
 LINEAR16_WEIGHT_BITS = 15  # engine 1: |w| <= 2**15 - 1 after per-channel power-of-two scaling
@@ -55,6 +55,12 @@ class Linear16:
 
     def integer_arrays(self) -> list[np.ndarray]:
         return [self.w.astype(np.int64), self.shift, self.b]
+
+    def added(self, x: np.ndarray, residual: np.ndarray, clip: int) -> np.ndarray:
+        return clip_inplace(residual + self(x), clip)
+
+    def activated(self, x: np.ndarray, clip: int, kind: str, frac_bits: int) -> np.ndarray:
+        return activation_lookup(clip_inplace(self(x), clip), kind, frac_bits)
 
 
 def quantize_linear16(w: np.ndarray, b: np.ndarray | None, in_frac: int, out_frac: int) -> Linear16:

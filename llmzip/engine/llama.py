@@ -263,8 +263,8 @@ class ExactLlama:
         h = self.embed[tokens]
         for layer, blk in enumerate(self.blocks):
             a = self._attention(blk.qkv(blk.attn_norm(h, eps)), cache, layer, start)
-            h = clip_inplace(h + blk.o_proj(a), RESID_CLIP)
-            h = clip_inplace(h + blk.down(swiglu(blk.gate_up(blk.mlp_norm(h, eps)))), RESID_CLIP)
+            h = blk.o_proj.added(a, h, RESID_CLIP)
+            h = blk.down.added(swiglu(blk.gate_up(blk.mlp_norm(h, eps))), h, RESID_CLIP)
         cache.length = start + t_new
         return self.norm(h, eps)
 

@@ -39,6 +39,12 @@ class LinearLayer(Protocol):
     def float_out(self, x: np.ndarray) -> np.ndarray: ...
     def integer_arrays(self) -> list[np.ndarray]: ...
 
+    def added(self, x: np.ndarray, residual: np.ndarray, clip: int) -> np.ndarray:
+        """``clip(residual + self(x), +-clip)``: the layer and the residual connection after it."""
+
+    def activated(self, x: np.ndarray, clip: int, kind: str, frac_bits: int) -> np.ndarray:
+        """``activation_lookup(clip(self(x), +-clip), kind, frac_bits)``: the layer and its activation."""
+
 
 class KVCache(Protocol):
     """Keys and values of the positions seen so far, for ``rows`` independent sequences."""
