@@ -40,15 +40,25 @@ int64_t llmzip_linear8_packed_size(int64_t k, int64_t n) {
     return groups(k) * padded(n) * 4 + padded(n) * 4;
 }
 
-/* w (k, n) int8 into packed[g][j][t] = w[4g + t][j] (zeros past k and n), followed by the int32
- * correction 128 * sum_k w[k][j] of each (padded) column. */
+#define BLOCK_COLUMNS (TILE_VECS * LANES)
+
+/* Where packed column j of group g lies: columns go in blocks of BLOCK_COLUMNS (the last one
+ * narrower), each block's groups one after another, so that a tile's weights are one contiguous
+ * stream (rows of the whole padded width apart, they fell into a few cache sets and missed L1). */
+static inline int64_t packed_at(int64_t kg, int64_t np, int64_t g, int64_t j) {
+    const int64_t c0 = j - j % BLOCK_COLUMNS, width = np - c0 < BLOCK_COLUMNS ? np - c0 : BLOCK_COLUMNS;
+    return (c0 * kg + g * width + (j - c0)) * 4;
+}
+
+/* w (k, n) int8 into the four bytes at packed_at(g, j): w[4g + t][j] for t < 4 (zeros past k and
+ * n), followed by the int32 correction 128 * sum_k w[k][j] of each (padded) column. */
 void llmzip_linear8_pack(int64_t k, int64_t n, const int8_t *w, int8_t *packed) {
     const int64_t np = padded(n), kg = groups(k);
     memset(packed, 0, (size_t)llmzip_linear8_packed_size(k, n));
     int32_t *corr = (int32_t *)(packed + kg * np * 4);
     for (int64_t r = 0; r < k; r++)
         for (int64_t j = 0; j < n; j++) {
-            packed[((r / 4) * np + j) * 4 + r % 4] = w[r * n + j];
+            packed[packed_at(kg, np, r / 4, j) + r % 4] = w[r * n + j];
             corr[j] += 128 * w[r * n + j];
         }
 }
@@ -58,7 +68,7 @@ void llmzip_linear8_pack(int64_t k, int64_t n, const int8_t *w, int8_t *packed) 
  * them) of the packed columns; the first block of groups starts from -corr instead of acc. */
 static inline __attribute__((always_inline)) void tile(
     const uint8_t *restrict qu, int64_t stride, const int8_t *restrict wp, const int32_t *restrict corr,
-    int64_t g0, int64_t g1, int64_t np, int64_t i0, int64_t v0, int mb, int nb, int32_t *restrict acc) {
+    int64_t kg, int64_t g0, int64_t g1, int64_t np, int64_t i0, int64_t v0, int mb, int nb, int32_t *restrict acc) {
     __m512i c[TILE_ROWS][TILE_VECS];
     for (int j = 0; j < nb; j++)
         for (int i = 0; i < mb; i++)
@@ -67,7 +77,7 @@ static inline __attribute__((always_inline)) void tile(
     for (int64_t g = g0; g < g1; g++) {
         __m512i b[TILE_VECS];
         for (int j = 0; j < nb; j++)
-            b[j] = _mm512_loadu_si512(wp + (g * np + (v0 + j) * LANES) * 4);
+            b[j] = _mm512_loadu_si512(wp + packed_at(kg, np, g, (v0 + j) * LANES));
         for (int i = 0; i < mb; i++) {
             int32_t four;
             memcpy(&four, qu + (i0 + i) * stride + g * 4, 4);
@@ -94,9 +104,9 @@ static void product(int64_t rows, int64_t kg, int64_t np, const uint8_t *qu, con
             for (int64_t i0 = 0; i0 < rows; i0 += TILE_ROWS) {
                 int mb = rows - i0 < TILE_ROWS ? (int)(rows - i0) : TILE_ROWS;
                 if (mb == TILE_ROWS && nb == TILE_VECS)
-                    tile(qu, stride, wp, corr, g0, g1, np, i0, v0, TILE_ROWS, TILE_VECS, acc);
+                    tile(qu, stride, wp, corr, kg, g0, g1, np, i0, v0, TILE_ROWS, TILE_VECS, acc);
                 else
-                    tile(qu, stride, wp, corr, g0, g1, np, i0, v0, mb, nb, acc);
+                    tile(qu, stride, wp, corr, kg, g0, g1, np, i0, v0, mb, nb, acc);
             }
         }
     }
