@@ -78,6 +78,21 @@ def check_linear_native(kernels: Kernels) -> None:
                    native(rows, *layer.kernel_args(), clip=2**20, activation=(table, limit)))
 
 
+def check_epilogue(kernels: Kernels) -> None:
+    """The linear layer's epilogue alone: a residual, the clip, both, the activation after a clip."""
+    rng = np.random.default_rng(12)
+    table, limit = fixedpoint.activation_values("silu", 12, half_range=fixedpoint.SILU_HALF_RANGE)
+    y = rng.integers(-2**40, 2**40, size=(7, 33)) >> rng.integers(0, 40, size=(7, 1))
+    residual = rng.integers(-2**40, 2**40, size=y.shape)
+    epilogue = kernels["epilogue"]
+    _equal("epilogue", residual + y, epilogue(y.copy(), residual=residual))
+    _equal("epilogue", fixedpoint.clip_inplace(residual + y, 2**30), epilogue(y.copy(), residual=residual, clip=2**30))
+    _equal("epilogue", fixedpoint.clip_inplace(y.copy(), 5), epilogue(y.copy(), clip=5))
+    _equal("epilogue", fixedpoint.activation_lookup(fixedpoint.clip_inplace(y.copy(), 2**18), "silu", 12,
+                                                    half_range=fixedpoint.SILU_HALF_RANGE),
+           epilogue(y.copy(), clip=2**18, activation=(table, limit)))
+
+
 def _filled_cache(rng: np.random.Generator, rows: int, kv_heads: int, length: int, hd: int,
                   capacity: int = 64) -> attention8.KVCache8:
     """A one-layer float32 cache holding ``length`` random positions."""
@@ -323,7 +338,7 @@ def check_divide_rows(kernels: Kernels) -> None:
 
 # The Inductor kernels (fused_torch), and the hand-written ones (llmzip.native).
 INDUCTOR_CASES: tuple[Callable[[Kernels], None], ...] = (check_linear_layer, check_attend, check_rotate)
-NATIVE_CASES: tuple[Callable[[Kernels], None], ...] = (check_attend8, check_divide_rows, check_linear_native, check_norms,
-                                                       check_activation, check_swiglu, check_head_tables,
+NATIVE_CASES: tuple[Callable[[Kernels], None], ...] = (check_attend8, check_divide_rows, check_linear_native, check_epilogue,
+                                                       check_norms, check_activation, check_swiglu, check_head_tables,
                                                        check_quantize_rows, check_mixing, check_ngrams)
 CASES = INDUCTOR_CASES + NATIVE_CASES

@@ -77,21 +77,28 @@ class Linear8:
 
     def added(self, x: np.ndarray, residual: np.ndarray, clip: int) -> np.ndarray:
         """``clip(residual + self(x), +-clip)``: the layer and the residual connection after it, in
-        the native kernel's pass over the outputs where it runs."""
+        one pass over the outputs with the kernels (the native layer's, or after Inductor's)."""
         flat = x.reshape(-1, x.shape[-1])
-        if not self._native(len(flat)):
+        if self._native(len(flat)):
+            y = fused.kernel("linear8_native")(flat, *self.kernel_args(), residual=residual.reshape(len(flat), -1),
+                                               clip=clip)
+        elif fused.active() and len(flat):     # Inductor's layer, then the same pass alone
+            y = fused.kernel("epilogue")(self(flat), residual=residual.reshape(len(flat), -1), clip=clip)
+        else:
             return clip_inplace(residual + self(x), clip)
-        y = fused.kernel("linear8_native")(flat, *self.kernel_args(), residual=residual.reshape(len(flat), -1), clip=clip)
         return y.reshape(residual.shape)
 
     def activated(self, x: np.ndarray, clip: int, kind: str, frac_bits: int) -> np.ndarray:
         """``activation_lookup(clip(self(x), +-clip), kind, frac_bits)``: the layer and its activation,
-        in the native kernel's pass over the outputs where it runs."""
+        in one pass over the outputs with the kernels (the native layer's, or after Inductor's)."""
         flat = x.reshape(-1, x.shape[-1])
-        if not self._native(len(flat)):
+        if self._native(len(flat)):
+            y = fused.kernel("linear8_native")(flat, *self.kernel_args(), clip=clip,
+                                               activation=activation_values(kind, frac_bits))
+        elif fused.active() and len(flat):     # Inductor's layer, then the same pass alone
+            y = fused.kernel("epilogue")(self(flat), clip=clip, activation=activation_values(kind, frac_bits))
+        else:
             return activation_lookup(clip_inplace(self(x), clip), kind, frac_bits)
-        y = fused.kernel("linear8_native")(flat, *self.kernel_args(), clip=clip,
-                                           activation=activation_values(kind, frac_bits))
         return y.reshape(*x.shape[:-1], self.w.shape[1])
 
     def integer_arrays(self) -> list[np.ndarray]:

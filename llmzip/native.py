@@ -94,6 +94,7 @@ def kernels(library: Path) -> dict[str, Any]:
     """The kernels of a built library, by the names the engine calls them (:func:`llmzip.fused.kernel`)."""
     lib = ctypes.CDLL(str(library))
     engine = {"attend8": native_engine.Attend8, "linear8_native": native_engine.Linear8Native,
+              "epilogue": native_engine.Epilogue,
               "norm": native_engine.Norm, "activation": native_engine.Activation, "swiglu": native_engine.Swiglu,
               "head_tables": native_engine.HeadTables, "quantize_rows": native_engine.QuantizeRows,
               "divide_rows": native_engine.DivideRows}

@@ -103,6 +103,34 @@ class Linear8Native(Bound):
         return out
 
 
+class Epilogue(Bound):
+    """``llmzip_epilogue``: what :class:`Linear8Native` does after a layer, alone, in place over int64
+    outputs (rows, n) another kernel computed: ``+ residual``, the clip, the activation table."""
+
+    symbol = "llmzip_epilogue"
+    argtypes = (I64, I64, PTR, PTR, I64, PTR, I64)
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        super().__init__(lib)
+        self._tables = Pinned(address_of(np.int64))
+
+    def __call__(self, y: np.ndarray, residual: np.ndarray | None = None, clip: int = -1,
+                 activation: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+        if y.dtype != np.int64 or y.ndim != 2 or not y.flags.c_contiguous or not y.flags.writeable:
+            raise ValueError("epilogue: C-contiguous writeable int64 outputs (rows, n) expected")
+        if residual is not None:
+            residual = np.ascontiguousarray(residual, dtype=np.int64)
+            if residual.shape != y.shape:
+                raise ValueError("epilogue: a residual of unexpected shape")
+        table, limit = activation if activation is not None else (None, 0)
+        if table is not None and table.shape != (2 * limit + 1,):
+            raise ValueError("epilogue: an activation table of 2 * limit + 1 entries expected")
+        if self._fn(*y.shape, y.ctypes.data, None if residual is None else residual.ctypes.data, clip,
+                    None if table is None else self._tables(table), limit):
+            raise ValueError("epilogue: arguments out of range")
+        return y
+
+
 class Norm(Bound):
     """``llmzip_norm``: ``engine.common.LayerNorm`` (``centre``) or ``RMSNorm`` (``beta`` zeros) of int64
     rows (n, d), the clip included; None where a row needs numpy (its shifts out of the kernel's range)."""

@@ -160,6 +160,18 @@ static void epilogue(const Epilogue *after, int64_t n, const int64_t *restrict r
             y[j] = lookup(y[j], after->table, after->limit);
 }
 
+/* The epilogue alone, in place over y (rows, n) int64: for outputs another kernel computed. Returns
+ * 0, or -2 for arguments out of range. */
+int64_t llmzip_epilogue(int64_t rows, int64_t n, int64_t *y, const int64_t *residual, int64_t clip,
+                        const int64_t *table, int64_t limit) {
+    if (rows < 0 || n < 1 || (table && limit < 0))
+        return -2;
+    const Epilogue after = {residual, clip, table, limit};
+    for (int64_t r = 0; r < rows; r++)
+        epilogue(&after, n, residual ? residual + r * n : NULL, y + r * n);
+    return 0;
+}
+
 #define ROW_BLOCK 64   /* rows quantised, multiplied and rescaled together: their products stay in L2 */
 
 /* out (rows, n) = the layer of x (rows, k) int64 (|x| < 2^62): float64 if as_float, else int64
