@@ -20,7 +20,8 @@ class Attend8(Bound):
     """``llmzip_attend8`` of a loaded library, called with numpy arrays."""
 
     symbol = "llmzip_attend8"
-    argtypes = (I64,) * 4 + (PTR, I64, PTR, PTR, I64) + (PTR,) * 5 + (I64,) * 3 + (PTR, I64, PTR)
+    argtypes = ((I64,) * 4 + (PTR, I64, PTR, PTR, I64) + (PTR,) * 5 + (I64,) * 3 + (PTR, I64, PTR)
+                + (ctypes.POINTER(I64),))
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         super().__init__(lib)
@@ -31,8 +32,10 @@ class Attend8(Bound):
                  cache: Any, layer: int, table: np.ndarray) -> np.ndarray:
         """Store keys and values (rows, kv_heads, T, hd) into layer ``layer`` of ``cache`` (an
         :class:`~llmzip.attention8_int8.Int8KVCache` with room for ``start + T`` positions) at ``start``...,
-        then attend with ``q * scale`` (rows, H, T, hd); int64 (rows, H, T, hd)."""
-        q, k, v = (np.ascontiguousarray(a, dtype=np.int64) for a in (q, k, v))
+        then attend with ``q * scale`` (rows, H, T, hd); int64 (rows, H, T, hd), a transposed view of
+        a C-contiguous (rows, T, H, hd) array. The inputs may be views (e.g. transposed slices of
+        one (rows, T, 3, H, hd) array): read in place where their last axis is contiguous."""
+        (q, qs), (k, ks), (v, vs) = (_strided(a) for a in (q, k, v))
         rows, heads, t, hd = q.shape
         keys_t, key_exp, values = cache.keys_t[layer], cache.key_exp[layer], cache.values[layer]
         value_exp, value_max = cache.value_exp[layer], cache.value_max[layer]
@@ -41,13 +44,25 @@ class Attend8(Bound):
                 and values.shape == (rows, kv, capacity, hd)
                 and key_exp.shape == value_exp.shape == value_max.shape == (rows, kv, capacity) and table.ndim == 1):
             raise ValueError("attend8: arrays of unexpected shapes")
-        out = np.empty(q.shape, dtype=np.int64)
+        out = np.empty((rows, t, heads, hd), dtype=np.int64).transpose(0, 2, 1, 3)
+        strides = (I64 * 12)(*qs, *ks, *vs, *(st // 8 for st in out.strides[:3]))
         code = self._fn(rows, heads, t, start, q.ctypes.data, scale, k.ctypes.data, v.ctypes.data, score_shift,
                         self._int8(keys_t), self._int32(key_exp), self._int8(values), self._int32(value_exp),
-                        self._int32(value_max), kv, hd, capacity, self._table(table), len(table), out.ctypes.data)
+                        self._int32(value_max), kv, hd, capacity, self._table(table), len(table), out.ctypes.data,
+                        strides)
         if code:
             raise MemoryError("attend8: out of memory") if code == -1 else ValueError("attend8: sizes out of range")
         return out
+
+
+def _strided(a: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A 4-D int64 array whose last axis is contiguous (``a`` itself where it is one, else a copy), and
+    its first three strides in elements."""
+    if a.dtype != np.int64 or a.ndim != 4 or a.strides[-1] != 8 or any(st < 0 or st % 8 for st in a.strides):
+        a = np.ascontiguousarray(a, dtype=np.int64)
+        if a.ndim != 4:
+            raise ValueError("attend8: arrays (rows, heads, T, hd) expected")
+    return a, tuple(st // 8 for st in a.strides[:3])
 
 
 class Linear8Native(Bound):

@@ -63,6 +63,27 @@ def test_blocks_up_to_a_full_cache_of_any_capacity_match(native_attend8: Any, ca
     _blocks_against_float32(native_attend8, k, v, q, [0, 5, 6, 19, capacity - 1, capacity], capacity)
 
 
+@pytest.mark.parametrize("group", [1, 3])
+def test_views_of_the_engines_layout_are_read_and_written_in_place(native_attend8: Any, group: int) -> None:
+    """Queries, keys and values as the engines hold them (transposed slices of one (rows, T, heads, hd)
+    array) give what their contiguous copies give; the output is a view of a (rows, T, H, hd) array,
+    so the engine's transpose back needs no copy."""
+    rng = np.random.default_rng(group)
+    rows, kv, hd, t = 3, 2, 16, 9
+    heads = kv * group
+    qkv = rng.integers(-2**20, 2**20, size=(rows, t, heads + 2 * kv, hd)) >> rng.integers(0, 16, size=(rows, t, 1, 1))
+    q, k, v = (qkv[:, :, s].transpose(0, 2, 1, 3) for s in (slice(heads), slice(heads, heads + kv), slice(heads + kv, None)))
+    table = attention8._weight_table()
+    outs = []
+    for args in ((q, k, v), tuple(np.ascontiguousarray(a) for a in (q, k, v)), (q.astype(np.int32), k, v)):
+        cache = Int8KVCache(1, rows, kv, 16, hd)
+        cache.reserve(t)
+        outs.append(native_attend8(*args, 9459, SCORE_SHIFT, 0, cache, 0, table))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+    assert outs[0].shape == (rows, heads, t, hd) and outs[0].transpose(0, 2, 1, 3).flags.c_contiguous
+
+
 def test_attention_at_the_int32_bound_matches(native_attend8: Any) -> None:
     """SPAN positions of equal scores (every weight 2**15) and values at +-127 with equal exponents:
     the kernel's int32 value sums at the top of their range, as a prefill block and as a last step."""

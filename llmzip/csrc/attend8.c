@@ -81,14 +81,25 @@ typedef struct {              /* one layer of an Int8KVCache, for the rows of th
 } Cache;
 
 
+/* Where element (row, head, position) of a (rows, heads, t, hd) array lies, by its strides in
+ * elements (the last axis contiguous): views of the engine's (rows, t, heads, hd) arrays are read
+ * and written in place, without a copy. */
+typedef struct {
+    int64_t row, head, pos;
+} Strides;
+
+static inline int64_t at(const Strides *s, int64_t r, int64_t h, int64_t i) {
+    return r * s->row + h * s->head + i * s->pos;
+}
+
 /* attention8.store: keys and values (rows, kv, t, hd) at positions start... of every row. */
-static void store(const Cache *c, int64_t rows, int64_t t, int64_t start, const int64_t *k, const int64_t *v,
-                  int64_t score_shift) {
+static void store(const Cache *c, int64_t rows, int64_t t, int64_t start, const int64_t *k, const Strides *ks,
+                  const int64_t *v, const Strides *vs, int64_t score_shift) {
     for (int64_t rh = 0; rh < rows * c->kv; rh++) {
-        int64_t base = rh * c->cap;
+        int64_t base = rh * c->cap, r = rh / c->kv, h = rh % c->kv;
         for (int64_t i = 0; i < t; i++) {
             int64_t p = start + i;
-            const int64_t *kx = k + (rh * t + i) * c->hd, *vx = v + (rh * t + i) * c->hd;
+            const int64_t *kx = k + at(ks, r, h, i), *vx = v + at(vs, r, h, i);
             c->key_exp[base + p] = quantize(kx, 1, c->hd, c->keys_t + rh * c->hd * c->cap + p, c->cap) - (int32_t)score_shift;
             int32_t ev = quantize(vx, 1, c->hd, c->values + (base + p) * c->hd, 1);
             c->value_exp[base + p] = ev;
@@ -301,14 +312,18 @@ static int sizes_valid(int64_t rows, int64_t heads, int64_t t, int64_t start, in
 
 /* Store keys and values (rows, kv, t, hd) of positions start... into the cache, then attend the
  * queries q * scale (rows, heads, t, hd), query head h reading key/value head h / (heads / kv); the
- * outputs (rows, heads, t, hd) into out. All arrays C-contiguous. Returns 0, or -1 (no memory) or
- * -2 (sizes outside this kernel's exact range) having written nothing. */
+ * outputs (rows, heads, t, hd) into out. q, k, v and out are read and written by their strides
+ * (strides: row, head, position for each of them in turn, in elements; the last axis contiguous);
+ * the cache's arrays are C-contiguous. Returns 0, or -1 (no memory) or -2 (sizes outside this
+ * kernel's exact range) having written nothing. */
 int64_t llmzip_attend8(int64_t rows, int64_t heads, int64_t t, int64_t start, const int64_t *q, int64_t scale,
                        const int64_t *k, const int64_t *v, int64_t score_shift, int8_t *keys_t, int32_t *key_exp,
                        int8_t *values, int32_t *value_exp, int32_t *value_max, int64_t kv, int64_t hd, int64_t cap,
-                       const int32_t *table, int64_t table_len, int64_t *out) {
+                       const int32_t *table, int64_t table_len, int64_t *out, const int64_t *strides) {
     if (!sizes_valid(rows, heads, t, start, kv, hd, cap, table, table_len))
         return -2;
+    const Strides qs = {strides[0], strides[1], strides[2]}, ks = {strides[3], strides[4], strides[5]};
+    const Strides vs = {strides[6], strides[7], strides[8]}, os = {strides[9], strides[10], strides[11]};
     int64_t g = heads / kv, nq = g * t;
     Scratch x;
     x.n_pad = (start + t + LANES - 1) / LANES * LANES;
@@ -324,14 +339,13 @@ int64_t llmzip_attend8(int64_t rows, int64_t heads, int64_t t, int64_t start, co
     int64_t rc = -1;
     if (x.q8 && x.bounce && x.eq && x.pos && x.dots && x.w && x.num && x.scores && outs) {
         Cache c = {keys_t, key_exp, values, value_exp, value_max, kv, hd, cap};
-        store(&c, rows, t, start, k, v, score_shift);
+        store(&c, rows, t, start, k, &ks, v, &vs, score_shift);
         for (int64_t r = 0; r < rows; r++)
             for (int64_t h = 0; h < kv; h++) {
                 for (int64_t i = 0; i < nq; i++) {       /* query row i: head h * g + i / t, position i % t */
-                    int64_t at = ((r * heads + h * g) * t + i) * hd;
-                    x.eq[i] = quantize(q + at, scale, hd, x.q8 + i * hd, 1);
+                    x.eq[i] = quantize(q + at(&qs, r, h * g + i / t, i % t), scale, hd, x.q8 + i * hd, 1);
                     x.pos[i] = (int32_t)(start + i % t);
-                    outs[i] = out + at;
+                    outs[i] = out + at(&os, r, h * g + i / t, i % t);
                 }
                 attend_head(&c, r * kv + h, nq, table, table_len, &x, outs);
             }
