@@ -30,7 +30,8 @@ STAGES = ("linear_gemm", "linear_other", "head_gemm", "head_other", "attention",
           "engine_other", "quantiser", "mixer", "coder", "tokenizer", "other")
 DESCRIPTIONS = {
     "linear_gemm": "int8 GEMMs of the linear layers (torch._int_mm or float64 GEMM, int32 -> float64)",
-    "linear_other": "linear layers around the GEMM: activation rows to int8, dequantise, bias, floor",
+    "linear_other": "linear layers around the GEMM: activation rows to int8, dequantise, bias, floor; with the "
+                    "kernels also the residual add and clip or the activation table fused after the layer",
     "head_gemm": "int8 GEMM of the output head",
     "head_other": "output head around the GEMM (quantise, dequantise)",
     "attention": "attention: q/k/v reshapes, rotary, int8 KV cache, scores, softmax table, weighted values",
@@ -54,7 +55,9 @@ _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (llama.ExactLlama, "_attention", "attention", {}),
     (common.LayerNorm, "__call__", "norms_activations", {}),
     (common.RMSNorm, "__call__", "norms_activations", {}),
-    (gpt2, "activation_lookup", "norms_activations", {}),
+    (linear8.Linear8, "added", "linear_other", {}),       # with the residual add and clip
+    (linear8.Linear8, "activated", "linear_other", {}),   # with the clip and activation table...
+    (linear8, "activation_lookup", "norms_activations", {}),   # ...unless numpy looks it up apart
     (llama, "swiglu", "norms_activations", {}),
     (predictor.LoadedModel, "advance", "engine_other", {}),
     (quantize, "freqs_from_logits", "quantiser", {}),
