@@ -24,19 +24,19 @@ import time
 from typing import Any, Callable
 
 from llmzip import coder, linear8, lockstep, mix, predictor, quantize, tokens
-from llmzip.engine import common, gpt2, llama
+from llmzip.engine import common, gpt2, legacy, llama
 
 STAGES = ("linear_gemm", "linear_other", "head_gemm", "head_other", "attention", "norms_activations",
           "engine_other", "quantiser", "mixer", "coder", "tokenizer", "other")
 DESCRIPTIONS = {
     "linear_gemm": "int8 GEMMs of the linear layers (torch._int_mm or float64 GEMM, int32 -> float64)",
-    "linear_other": "linear layers around the GEMM: activation rows to int8, dequantise, bias, floor; with the "
-                    "kernels also the residual add and clip or the activation table fused after the layer",
+    "linear_other": "linear layers around the GEMM: activation rows to int8, dequantise, bias, floor, and what "
+                    "follows the layer (the residual add and clip, or the clip and activation table)",
     "head_gemm": "int8 GEMM of the output head",
     "head_other": "output head around the GEMM (quantise, dequantise)",
     "attention": "attention: q/k/v reshapes, rotary, int8 KV cache, scores, softmax table, weighted values",
-    "norms_activations": "LayerNorm / RMSNorm, GELU / SwiGLU tables",
-    "engine_other": "embeddings, residual adds and clipping, predictor glue",
+    "norms_activations": "LayerNorm / RMSNorm, SwiGLU, activation tables looked up apart from their layer",
+    "engine_other": "embeddings, clipping, predictor glue",
     "quantiser": "logits -> frequency tables, the encoder's table sums, the decoder's cumulative tables",
     "mixer": "context mixing (n-gram and match models, gates, mixture, learning)",
     "coder": "range coder (encode / decode symbols)",
@@ -58,6 +58,7 @@ _PATCHES: list[tuple[Any, str, str, dict[str, str]]] = [
     (linear8.Linear8, "added", "linear_other", {}),       # with the residual add and clip
     (linear8.Linear8, "activated", "linear_other", {}),   # with the clip and activation table...
     (linear8, "activation_lookup", "norms_activations", {}),   # ...unless numpy looks it up apart
+    (legacy, "activation_lookup", "norms_activations", {}),    # engine 1's layers
     (llama, "swiglu", "norms_activations", {}),
     (predictor.LoadedModel, "advance", "engine_other", {}),
     (quantize, "freqs_from_logits", "quantiser", {}),

@@ -66,8 +66,9 @@ def check_linear_native(kernels: Kernels) -> None:
         w[:, 3] = 0.0
         layer = quantize_linear8(w, rng.normal(size=n) * 100, 12, 16)
         x = _edge_rows(rng, k, 2**36)
+        many = np.concatenate([x] * 9)[:130]     # past the kernel's blocks of 64 rows
         table, limit = fixedpoint.activation_values("gelu_new", 16)
-        for rows in (x, x[:1], x[6:8], x[5:8], x[:5]):
+        for rows in (x, x[:1], x[6:8], x[5:8], x[:5], many):
             for dtype in (np.float64, np.int64):
                 _equal("linear8_native", _linear_reference(layer, rows, dtype),
                        native(rows, *layer.kernel_args(), dtype is np.float64))

@@ -58,7 +58,8 @@ class Attend8(Bound):
 def _strided(a: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """A 4-D int64 array whose last axis is contiguous (``a`` itself where it is one, else a copy), and
     its first three strides in elements."""
-    if a.dtype != np.int64 or a.ndim != 4 or a.strides[-1] != 8 or any(st < 0 or st % 8 for st in a.strides):
+    if (a.dtype != np.int64 or a.ndim != 4 or a.strides[-1] != 8 or not a.flags.aligned
+            or any(st < 0 or st % 8 for st in a.strides)):
         a = np.ascontiguousarray(a, dtype=np.int64)
         if a.ndim != 4:
             raise ValueError("attend8: arrays (rows, heads, T, hd) expected")
@@ -137,6 +138,8 @@ class Epilogue(Bound):
             residual = np.ascontiguousarray(residual, dtype=np.int64)
             if residual.shape != y.shape:
                 raise ValueError("epilogue: a residual of unexpected shape")
+            if np.shares_memory(residual, y):     # the C code reads it as memory apart from y
+                residual = residual.copy()
         table, limit = activation if activation is not None else (None, 0)
         if table is not None and table.shape != (2 * limit + 1,):
             raise ValueError("epilogue: an activation table of 2 * limit + 1 entries expected")

@@ -101,21 +101,29 @@ def test_linear_layer_outputs_match(seed: int, rows: int, monkeypatch: pytest.Mo
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [3, 30])
-def test_a_layer_with_its_residual_or_activation_matches(rows: int) -> None:
-    """``added`` and ``activated``: one native pass where it runs (33 rows), the layer then numpy's
-    clip, sum and table otherwise (330 rows): the same integers as the composition on numpy."""
+@pytest.mark.parametrize("rows", [3, 12, 30])
+def test_a_layer_with_its_residual_or_activation_matches(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``added`` and ``activated``: one native call where the CPU has VNNI (33 and 132 rows: one and
+    three of its blocks of rows), else and for more rows (330) Inductor's layer then the native
+    epilogue: the same integers as the composition on numpy."""
+    from llmzip.linear8 import NATIVE_MAX_ROWS
+
     rng = np.random.default_rng(rows)
     layer = quantize_linear8(rng.normal(size=(96, 40)), rng.normal(size=40), ACT_FRAC, ACT_FRAC)
     x = rng.integers(-ACT_CLIP, ACT_CLIP + 1, size=(rows, 11, 96)) >> rng.integers(0, 20, size=(rows, 11, 1))
     h = rng.integers(-2**30, 2**30, size=(rows, 11, 40))
     want = (fixedpoint.clip_inplace(h + layer(x), 2**29),
             fixedpoint.activation_lookup(fixedpoint.clip_inplace(layer(x), ACT_CLIP), "gelu_new", ACT_FRAC))
+    names: list[str] = []
+    kernel = fused.kernel
+    monkeypatch.setattr(fused, "kernel", lambda name: names.append(name) or kernel(name))
     fused.force(True)
     try:
         got = (layer.added(x, h, 2**29), layer.activated(x, ACT_CLIP, "gelu_new", ACT_FRAC))
+        native = rows * 11 <= NATIVE_MAX_ROWS and fused.native_linear()
     finally:
         fused.force(False)
+    assert names == (["linear8_native"] * 2 if native else ["epilogue", "linear8_int"] * 2)   # looked up in that order
     for w, g in zip(want, got):
         np.testing.assert_array_equal(w, g)
         assert g.dtype == np.int64 and g.shape == w.shape

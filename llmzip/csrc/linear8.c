@@ -8,7 +8,8 @@
  * layer's 128 * column sums come off again. Every operation on the lanes is an addition modulo
  * 2^32 (vpdpbusd does not saturate; -fwrapv for the sums), and the true product fits int32
  * (|q . w| <= 127 * 127 * k < 2^31, checked), so the lanes end at exactly it, whatever the order.
- * The weights are packed once per layer into groups of four rows (llmzip_linear8_pack).
+ * The weights are packed once per layer (llmzip_linear8_pack): groups of four input rows, in blocks
+ * of 64 output columns (packed_at).
  * Without VNNI the library has no linear layer (llmzip_linear8_packed() is 0 and llmzip_linear8
  * refuses): torch's int8 GEMM serves those machines faster than plain C loops would.
  * The probe in llmzip.fused_check compares it with numpy in every process that loads it. */
