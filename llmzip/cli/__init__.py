@@ -281,7 +281,7 @@ def models(shipped_only: bool, as_json: bool) -> int:
 @click.option("--clean", is_flag=True, help="Remove the builds of other llmzip or torch versions from the cache.")
 def kernels(build: bool, clean: bool) -> int:
     """Show whether the kernels (compiled C++ and C for the engine's hot loops; the same integers as
-    its numpy code; here compression ran 2.3x and decompression 1.8x as fast) are built on this
+    its numpy code; here compression and decompression ran 2.3x as fast) are built on this
     machine; with --build, build them (or replace a build that fails its check). Once built they
     serve every compression and decompression of 16k tokens or more; LLMZIP_FUSED=0 turns them off."""
     from .. import fused
