@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -79,27 +80,27 @@ class Linear8:
         """``clip(residual + self(x), +-clip)``: the layer and the residual connection after it, in
         one pass over the outputs with the kernels (the native layer's, or after Inductor's)."""
         flat = x.reshape(-1, x.shape[-1])
-        if self._native(len(flat)):
-            y = fused.kernel("linear8_native")(flat, *self.kernel_args(), residual=residual.reshape(len(flat), -1),
-                                               clip=clip)
-        elif fused.active() and len(flat):     # Inductor's layer, then the same pass alone
-            y = fused.kernel("epilogue")(self(flat), residual=residual.reshape(len(flat), -1), clip=clip)
-        else:
-            return clip_inplace(residual + self(x), clip)
-        return y.reshape(residual.shape)
+        y = self._then(flat, residual=residual.reshape(len(flat), residual.shape[-1]), clip=clip)
+        return clip_inplace(residual + self(x), clip) if y is None else y.reshape(residual.shape)
 
     def activated(self, x: np.ndarray, clip: int, kind: str, frac_bits: int) -> np.ndarray:
         """``activation_lookup(clip(self(x), +-clip), kind, frac_bits)``: the layer and its activation,
         in one pass over the outputs with the kernels (the native layer's, or after Inductor's)."""
         flat = x.reshape(-1, x.shape[-1])
-        if self._native(len(flat)):
-            y = fused.kernel("linear8_native")(flat, *self.kernel_args(), clip=clip,
-                                               activation=activation_values(kind, frac_bits))
-        elif fused.active() and len(flat):     # Inductor's layer, then the same pass alone
-            y = fused.kernel("epilogue")(self(flat), clip=clip, activation=activation_values(kind, frac_bits))
-        else:
+        y = self._then(flat, clip=clip, activation=activation_values(kind, frac_bits))
+        if y is None:
             return activation_lookup(clip_inplace(self(x), clip), kind, frac_bits)
         return y.reshape(*x.shape[:-1], self.w.shape[1])
+
+    def _then(self, flat: np.ndarray, **after: Any) -> np.ndarray | None:
+        """The layer of rows ``flat`` and its epilogue (``after``: the native kernels' residual, clip,
+        activation) by the kernels: in the native layer's pass, or after Inductor's layer; None
+        without the kernels (numpy composes them)."""
+        if self._native(len(flat)):
+            return fused.kernel("linear8_native")(flat, *self.kernel_args(), **after)
+        if fused.active() and len(flat):
+            return fused.kernel("epilogue")(self(flat), **after)
+        return None
 
     def integer_arrays(self) -> list[np.ndarray]:
         return [self.w.astype(np.int64), self.mult, self.shift, self.b]

@@ -15,6 +15,8 @@ import numpy as np
 
 from .native_bind import F64, I64, PTR, Bound, Pinned, address_of, function
 
+_EPILOGUE_ARGTYPES = (PTR, I64, PTR, I64)   # a layer's epilogue: residual, clip, activation table, its limit
+
 
 class Attend8(Bound):
     """``llmzip_attend8`` of a loaded library, called with numpy arrays."""
@@ -72,7 +74,7 @@ class Linear8Native(Bound):
     GEMM serves). Each layer's weights are packed for the library once, at their first call."""
 
     symbol = "llmzip_linear8"
-    argtypes = (I64,) * 3 + (PTR,) * 5 + (I64, PTR) + (PTR, I64, PTR, I64)
+    argtypes = (I64,) * 3 + (PTR,) * 4 + (I64, PTR) + _EPILOGUE_ARGTYPES
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         super().__init__(lib)
@@ -101,18 +103,11 @@ class Linear8Native(Bound):
         k, n = w.shape
         if x.ndim != 2 or x.shape[1] != k or factor.shape != (n,) or bias.shape != (n,):
             raise ValueError("linear8: arrays of unexpected shapes")
-        if residual is not None:
-            residual = np.ascontiguousarray(residual, dtype=np.int64)
-            if residual.shape != (len(x), n):
-                raise ValueError("linear8: a residual of unexpected shape")
-        table, limit = activation if activation is not None else (None, 0)
-        if table is not None and table.shape != (2 * limit + 1,):
-            raise ValueError("linear8: an activation table of 2 * limit + 1 entries expected")
-        packed, packed_at = self._layers(w)     # packed: held for the call (the C code reads it)
         out = np.empty((len(x), n), dtype=np.float64 if as_float else np.int64)
-        code = self._fn(len(x), k, n, x.ctypes.data, None, packed_at, self._floats(factor), self._floats(bias),
-                        int(as_float), out.ctypes.data, None if residual is None else residual.ctypes.data, clip,
-                        None if table is None else self._tables(table), limit)
+        residual, after = _epilogue_args("linear8", out, residual, clip, activation, self._tables)
+        packed, packed_at = self._layers(w)     # packed: held for the call (the C code reads it)
+        code = self._fn(len(x), k, n, x.ctypes.data, packed_at, self._floats(factor), self._floats(bias),
+                        int(as_float), out.ctypes.data, *after)
         if code:
             raise MemoryError("linear8: out of memory") if code == -1 else ValueError(
                 "linear8: arguments out of range" if code == -2 else "linear8: this library has no linear layer (no VNNI)")
@@ -124,7 +119,7 @@ class Epilogue(Bound):
     outputs (rows, n) another kernel computed: ``+ residual``, the clip, the activation table."""
 
     symbol = "llmzip_epilogue"
-    argtypes = (I64, I64, PTR, PTR, I64, PTR, I64)
+    argtypes = (I64, I64, PTR) + _EPILOGUE_ARGTYPES
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         super().__init__(lib)
@@ -134,19 +129,27 @@ class Epilogue(Bound):
                  activation: tuple[np.ndarray, int] | None = None) -> np.ndarray:
         if y.dtype != np.int64 or y.ndim != 2 or not y.flags.c_contiguous or not y.flags.writeable:
             raise ValueError("epilogue: C-contiguous writeable int64 outputs (rows, n) expected")
-        if residual is not None:
-            residual = np.ascontiguousarray(residual, dtype=np.int64)
-            if residual.shape != y.shape:
-                raise ValueError("epilogue: a residual of unexpected shape")
-            if np.shares_memory(residual, y):     # the C code reads it as memory apart from y
-                residual = residual.copy()
-        table, limit = activation if activation is not None else (None, 0)
-        if table is not None and table.shape != (2 * limit + 1,):
-            raise ValueError("epilogue: an activation table of 2 * limit + 1 entries expected")
-        if self._fn(*y.shape, y.ctypes.data, None if residual is None else residual.ctypes.data, clip,
-                    None if table is None else self._tables(table), limit):
+        residual, after = _epilogue_args("epilogue", y, residual, clip, activation, self._tables)
+        if self._fn(*y.shape, y.ctypes.data, *after):
             raise ValueError("epilogue: arguments out of range")
         return y
+
+
+def _epilogue_args(name: str, out: np.ndarray, residual: np.ndarray | None, clip: int,
+                   activation: tuple[np.ndarray, int] | None, tables: Pinned) -> tuple[np.ndarray | None, tuple[Any, ...]]:
+    """The residual as the C code reads it (contiguous int64 of ``out``'s shape, apart from ``out``'s
+    memory; held by the caller for the call) and the epilogue's C arguments (_EPILOGUE_ARGTYPES)."""
+    if residual is not None:
+        residual = np.ascontiguousarray(residual, dtype=np.int64)
+        if residual.shape != out.shape:
+            raise ValueError(f"{name}: a residual of unexpected shape")
+        if np.shares_memory(residual, out):     # the C code reads it as memory apart from the outputs
+            residual = residual.copy()
+    table, limit = activation if activation is not None else (None, 0)
+    if table is not None and table.shape != (2 * limit + 1,):
+        raise ValueError(f"{name}: an activation table of 2 * limit + 1 entries expected")
+    return residual, (None if residual is None else residual.ctypes.data, clip,
+                      None if table is None else tables(table), limit)
 
 
 class Norm(Bound):

@@ -37,6 +37,11 @@ static inline int32_t quantize(const int64_t *x, int64_t mult, int64_t n, int8_t
     return (int32_t)e;
 }
 
+/* v clipped to [-bound, bound] (bound >= 0): numpy's clip of the engine's residuals and activations. */
+static inline int64_t clamp(int64_t v, int64_t bound) {
+    return v < -bound ? -bound : v > bound ? bound : v;
+}
+
 /* fixedpoint.activation_lookup of one value: table[u + limit] inside [-limit, limit], u above it,
  * and the table's first entry (0) below it; table has 2 limit + 1 entries. */
 static inline int64_t lookup(int64_t u, const int64_t *table, int64_t limit) {

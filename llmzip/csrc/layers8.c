@@ -61,7 +61,7 @@ static int norm_row(int64_t d, const int64_t *restrict x, int64_t centre, int64_
     for (int64_t j = 0; j < d; j++) {
         int64_t z = (((x[j] - mean) >> shift) * inv + half) >> s;
         z = ((z * gamma[j] + ghalf) >> gamma_frac) + beta[j];
-        out[j] = z < -clip ? -clip : z > clip ? clip : z;
+        out[j] = clamp(z, clip);
     }
     return 0;
 }
@@ -97,9 +97,7 @@ int64_t llmzip_swiglu(int64_t rows, int64_t inner, const int64_t *gate_up, const
     for (int64_t r = 0; r < rows; r++) {
         const int64_t *gate = gate_up + r * 2 * inner, *up = gate + inner;
         for (int64_t j = 0; j < inner; j++) {
-            int64_t g = gate[j] < -clip ? -clip : gate[j] > clip ? clip : gate[j];
-            int64_t u = up[j] < -clip ? -clip : up[j] > clip ? clip : up[j];
-            out[r * inner + j] = (lookup(g, table, limit) * u + half) >> frac;
+            out[r * inner + j] = (lookup(clamp(gate[j], clip), table, limit) * clamp(up[j], clip) + half) >> frac;
         }
     }
     return 0;

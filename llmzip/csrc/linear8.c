@@ -143,19 +143,19 @@ static void rescale(const int32_t *restrict acc, int64_t n, int64_t e, const dou
  * y += residual (the residual connection; int64 wraps as numpy's), y clipped to +-clip, y replaced by
  * its activation (common.h's lookup). */
 typedef struct {
-    const int64_t *residual;   /* (rows, n) or NULL */
     int64_t clip;              /* < 0: none */
     const int64_t *table;      /* 2 limit + 1 entries, or NULL */
     int64_t limit;
 } Epilogue;
 
+/* One row: residual is the row's own (n entries) or NULL. */
 static void epilogue(const Epilogue *after, int64_t n, const int64_t *restrict residual, int64_t *restrict y) {
     if (residual)
         for (int64_t j = 0; j < n; j++)
             y[j] += residual[j];
     if (after->clip >= 0)
         for (int64_t j = 0; j < n; j++)
-            y[j] = y[j] < -after->clip ? -after->clip : y[j] > after->clip ? after->clip : y[j];
+            y[j] = clamp(y[j], after->clip);
     if (after->table)
         for (int64_t j = 0; j < n; j++)
             y[j] = lookup(y[j], after->table, after->limit);
@@ -167,7 +167,7 @@ int64_t llmzip_epilogue(int64_t rows, int64_t n, int64_t *y, const int64_t *resi
                         const int64_t *table, int64_t limit) {
     if (rows < 0 || n < 1 || (table && limit < 0))
         return -2;
-    const Epilogue after = {residual, clip, table, limit};
+    const Epilogue after = {clip, table, limit};
     for (int64_t r = 0; r < rows; r++)
         epilogue(&after, n, residual ? residual + r * n : NULL, y + r * n);
     return 0;
@@ -177,15 +177,14 @@ int64_t llmzip_epilogue(int64_t rows, int64_t n, int64_t *y, const int64_t *resi
 
 /* out (rows, n) = the layer of x (rows, k) int64 (|x| < 2^62): float64 if as_float, else int64
  * (the caller's bound keeps every value below 2^62, where the conversion is defined), then the
- * epilogue (residual, clip, table; int64 only). w (k, n) int8, unused (the packed weights hold it);
- * packed: llmzip_linear8_pack of it; factor, bias (n,) float64. Returns 0; -1 when out of memory,
- * -2 for sizes or arguments out of range, -3 in a library built without VNNI (nothing written). */
-int64_t llmzip_linear8(int64_t rows, int64_t k, int64_t n, const int64_t *x, const int8_t *w, const int8_t *packed,
+ * epilogue (residual (rows, n) or NULL, clip, table; int64 only). packed: llmzip_linear8_pack of the
+ * int8 weights (k, n); factor, bias (n,) float64. Returns 0; -1 when out of memory, -2 for sizes or
+ * arguments out of range, -3 in a library built without VNNI (nothing written). */
+int64_t llmzip_linear8(int64_t rows, int64_t k, int64_t n, const int64_t *x, const int8_t *packed,
                        const double *factor, const double *bias, int64_t as_float, void *out,
                        const int64_t *residual, int64_t clip, const int64_t *table, int64_t limit) {
-    (void)w;
 #if PACKED
-    const Epilogue after = {residual, clip, table, limit};
+    const Epilogue after = {clip, table, limit};
     if (rows < 0 || k < 1 || n < 1 || k > (INT32_MAX / (Q_MAX * Q_MAX)) || (table && limit < 0)
         || (as_float && (residual || clip >= 0 || table)))
         return -2;
